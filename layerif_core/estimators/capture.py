@@ -1,0 +1,63 @@
+"""Hooks that expose, for every tracked module, its input ``a`` and output gradient ``δ``.
+
+With ``y = W a (+ b)`` the gradient of the summed loss with respect to ``W`` is ``Σ_t δ_tᵀ a_t``,
+so every quantity an estimator needs (query gradients, K-FAC factors, per-example scores) is a
+contraction of ``a`` and ``δ``; no parameter gradient is ever formed. Parameters are frozen during
+capture and the embedding output is made to require grad, so the backward pass computes activation
+gradients only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from layerif_core.layers import TrackedModule
+
+# on_backward(module, a [B, T, d_in], delta [B, T, d_out]) — both float32
+BackwardFn = Callable[[TrackedModule, torch.Tensor, torch.Tensor], None]
+# on_forward(module, a [B, T, d_in]) — float32
+ForwardFn = Callable[[TrackedModule, torch.Tensor], None]
+
+
+@contextmanager
+def frozen_with_input_grad(model: nn.Module) -> Iterator[None]:
+    """Freeze every parameter and make the input embeddings' output require grad, restoring after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    emb = model.get_input_embeddings()
+    handle = emb.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+    try:
+        yield
+    finally:
+        handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def capture(modules: list[TrackedModule], on_backward: BackwardFn | None = None,
+            on_forward: ForwardFn | None = None) -> Iterator[None]:
+    """Call ``on_forward``/``on_backward`` with float32 ``a``/``δ`` of each module in ``modules``."""
+    handles = []
+
+    def hook(tm: TrackedModule) -> Callable:
+        def forward(_m: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            a = inputs[0].detach()
+            if on_forward is not None:
+                on_forward(tm, a.float())
+            if on_backward is not None and output.requires_grad:
+                output.register_hook(lambda d: on_backward(tm, a.float(), d.detach().float()))
+        return forward
+
+    for tm in modules:
+        handles.append(tm.module.register_forward_hook(hook(tm)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,146 @@
+"""The Python API: the steps of a run, in order. The CLI is a thin shell over these functions.
+
+>>> from layerif_core import load_config, open_run, compute_layer_scores
+>>> ctx = open_run(load_config("examples/quickstart.yaml"))
+>>> scores = compute_layer_scores(ctx)      # {task: LayerScores}
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layerif_core.artifacts import RunDir
+from layerif_core.config import RunConfig, TaskSpec
+from layerif_core.context import RunContext
+from layerif_core.data import TokenizedSplit, tokenize_split
+from layerif_core.errors import DataError
+from layerif_core.layers import LayerMap
+from layerif_core.models import fingerprint_model, load_model, max_context
+from layerif_core.plotting import plot_scores
+from layerif_core.protocols import Allocation, LayerScores
+from layerif_core.registry import get_registry
+
+log = logging.getLogger("layerif")
+
+
+def open_run(config: RunConfig, force: bool = False, show_progress: bool = True,
+             model: torch.nn.Module | None = None, tokenizer: Any = None) -> RunContext:
+    """Load the model (unless given), build the layer map and open the run directory."""
+    registry = get_registry()
+    # fail on unknown names before the (slow) model load
+    if config.scorer.name == "layerif":
+        registry.get("estimator", config.scorer.estimator.name).options(config.scorer.estimator.options)
+        registry.get("aggregator", config.scorer.aggregator.name).options(config.scorer.aggregator.options)
+    else:
+        registry.get("scorer", config.scorer.name).options(config.scorer.options)
+    run_dir = RunDir(Path(config.output_dir) / config.name, force=force)
+    torch.manual_seed(config.seed)
+    start = time.perf_counter()
+    if model is None:
+        model, tokenizer = load_model(config.model)
+    load_seconds = time.perf_counter() - start
+    layer_map = LayerMap(model, config.layers)
+    fp = fingerprint_model(model, config.model.source)
+    run_dir.update_manifest(
+        config=config.model_dump(mode="json"), seed=config.seed,
+        model={"source": config.model.source, "class": type(model).__name__, "fingerprint": fp,
+               "layers": len(layer_map), "tracked_modules": layer_map.describe()[0],
+               "tracked_params_per_layer": layer_map.num_params(),
+               "dtype": str(next(model.parameters()).dtype),
+               "device": str(next(model.parameters()).device), "load_seconds": round(load_seconds, 2)},
+    )
+    return RunContext(config, model, tokenizer, layer_map, run_dir, fp, show_progress)
+
+
+def load_task_splits(ctx: RunContext, task: TaskSpec) -> tuple[TokenizedSplit, TokenizedSplit]:
+    """Tokenise a task's train and validation splits, recording sizes and truncation."""
+    ctx_len = max_context(ctx.model)
+    train = tokenize_split(task.train, ctx.tokenizer, ctx.seed, f"{task.name}/train", ctx_len)
+    query = tokenize_split(task.validation, ctx.tokenizer, ctx.seed, f"{task.name}/validation", ctx_len)
+    if len(train) < ctx.batch_size:
+        log.warning("task '%s': %d training examples, fewer than batch_size %d", task.name,
+                    len(train), ctx.batch_size)
+    data = ctx.run_dir.manifest.setdefault("data", {})
+    data[task.name] = {
+        split.name: {"examples": len(split), "truncated": split.n_truncated,
+                     "fingerprint": split.fingerprint, "source": spec.source}
+        for split, spec in ((train, task.train), (query, task.validation))
+    }
+    ctx.run_dir.save_manifest()
+    return train, query
+
+
+def score_task(ctx: RunContext, task: TaskSpec) -> LayerScores:
+    """Layer scores of one task with the configured scorer."""
+    spec = ctx.config.scorer
+    scorer = get_registry().build("scorer", spec.name, spec.options)
+    start = time.perf_counter()
+    scores = scorer.score(ctx, task)
+    if scores.values.shape != (len(ctx.layer_map),):
+        raise DataError(f"scorer '{spec.name}' returned {tuple(scores.values.shape)} scores for "
+                        f"{len(ctx.layer_map)} layers; fix the scorer plugin.")
+    ctx.run_dir.manifest.setdefault("timings", {})[f"score:{task.name}"] = round(
+        time.perf_counter() - start, 3)
+    return scores
+
+
+def compute_layer_scores(ctx: RunContext) -> dict[str, LayerScores]:
+    """Score every task, then write ``scores.json`` and ``plots/scores.png``."""
+    scores = {task.name: score_task(ctx, task) for task in ctx.config.tasks}
+    ctx.run_dir.write_json("scores.json", {name: s.to_json() for name, s in scores.items()})
+    plot_scores(scores, ctx.run_dir.file("plots/scores.png"),
+                title=f"{ctx.config.model.source}: layer scores")
+    ctx.run_dir.save_manifest()
+    return scores
+
+
+def allocate(ctx: RunContext, scores: dict[str, LayerScores]) -> dict[str, Allocation]:
+    """Run the configured allocator on each task's scores and write ``allocation.json``."""
+    spec = ctx.config.allocation
+    if spec is None:
+        return {}
+    allocator = get_registry().build("allocator", spec.name, spec.options)
+    weights = [float(w) for w in ctx.layer_map.num_params()]
+    out = {task: allocator.allocate(s, weights) for task, s in scores.items()}
+    ctx.run_dir.write_json("allocation.json", {t: a.to_json() for t, a in out.items()})
+    return out
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` produced (also on disk in the run directory)."""
+
+    run_dir: Path
+    scores: dict[str, LayerScores]
+    allocations: dict[str, Allocation] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def run(config: RunConfig, force: bool = False, show_progress: bool = True) -> RunResult:
+    """The whole job: scores, then (if configured) allocation, application and evaluation.
+
+    The application and evaluators act on the first task's allocation.
+    """
+    ctx = open_run(config, force=force, show_progress=show_progress)
+    scores = compute_layer_scores(ctx)
+    allocations = allocate(ctx, scores)
+    model = ctx.model
+    registry = get_registry()
+    if config.application is not None:
+        if not allocations:
+            raise DataError("an application needs an allocation; add an `allocation:` section.")
+        app = registry.build("application", config.application.name, config.application.options)
+        model = app.apply(ctx, model, next(iter(allocations.values())))
+    metrics: dict[str, float] = {}
+    for spec in config.evaluation:
+        evaluator = registry.build("evaluator", spec.name, spec.options)
+        metrics.update(evaluator.evaluate(ctx, model, ctx.tokenizer))
+    if metrics:
+        ctx.run_dir.write_json("metrics.json", metrics)
+    return RunResult(ctx.run_dir.path, scores, allocations, metrics)

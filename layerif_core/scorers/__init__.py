@@ -1,0 +1,1 @@
+"""Layer scorers: ``layerif`` (influence: an estimator plus an aggregator) and model-only baselines."""
