@@ -41,17 +41,29 @@ def frozen_with_input_grad(model: nn.Module) -> Iterator[None]:
 
 @contextmanager
 def capture(modules: list[TrackedModule], on_backward: BackwardFn | None = None,
-            on_forward: ForwardFn | None = None) -> Iterator[None]:
-    """Call ``on_forward``/``on_backward`` with float32 ``a``/``δ`` of each module in ``modules``."""
+            on_forward: ForwardFn | None = None, batch_size: Callable[[], int] | None = None
+            ) -> Iterator[None]:
+    """Call ``on_forward``/``on_backward`` with float32 ``a``/``δ`` of each module in ``modules``.
+
+    Both are given as ``[B, T, d]``; models that flatten tokens before a linear layer (OPT's MLP
+    sees ``[B·T, d]``) are reshaped back using ``batch_size()``, the current batch's size.
+    """
     handles = []
+
+    def tokens(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return x
+        if batch_size is None:
+            raise ValueError("a tracked module sees flattened tokens; pass batch_size to capture()")
+        return x.reshape(batch_size(), -1, x.shape[-1])
 
     def hook(tm: TrackedModule) -> Callable:
         def forward(_m: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            a = inputs[0].detach()
+            a = tokens(inputs[0].detach())
             if on_forward is not None:
                 on_forward(tm, a.float())
             if on_backward is not None and output.requires_grad:
-                output.register_hook(lambda d: on_backward(tm, a.float(), d.detach().float()))
+                output.register_hook(lambda d: on_backward(tm, a.float(), tokens(d.detach()).float()))
         return forward
 
     for tm in modules:

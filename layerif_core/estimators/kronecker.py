@@ -40,8 +40,11 @@ def run_pass(ctx: RunContext, split: TokenizedSplit, description: str,
     index_map = shard(len(split))
     modules = modules if modules is not None else ctx.layer_map.modules()
     batches = mine.batches(ctx.batch_size, ctx.pad_id)
-    with frozen_with_input_grad(ctx.model), capture(modules, on_backward, on_forward):
+    current = {"size": 0}
+    with frozen_with_input_grad(ctx.model), capture(modules, on_backward, on_forward,
+                                                    batch_size=lambda: current["size"]):
         for batch in ctx.track(batches, mine.num_batches(ctx.batch_size), description):
+            current["size"] = batch.input_ids.shape[0]
             batch = Batch(batch.input_ids, batch.attention_mask, batch.labels,
                           torch.tensor([index_map[i] for i in batch.index.tolist()]))
             batch = batch.to(ctx.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_ctx, tiny_model
+from conftest import ARCHS, make_ctx, tiny_model
 
 from layerif_core.data import IGNORE
 from layerif_core.pipeline import load_task_splits
@@ -30,7 +30,7 @@ def explicit_layer_grads(ctx, split) -> list[list[torch.Tensor]]:
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_grad_dot_equals_explicit_inner_products(tmp_path, arch):
     ctx = make_ctx(tmp_path, model=tiny_model(arch))
     train, query = load_task_splits(ctx, ctx.config.tasks[0])
