@@ -6,6 +6,7 @@ also what ``layerif config schema`` prints.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -127,7 +128,8 @@ class RunConfig(Strict):
     model: ModelSpec = Field(default_factory=ModelSpec, description="The model to score.")
     layers: LayerSpec = Field(default_factory=LayerSpec, description="Tracked modules per layer.")
     tasks: list[TaskSpec] = Field(..., min_length=1, description="Tasks to score, each its own S[l].")
-    scorer: ScorerSpec = Field(default_factory=ScorerSpec, description="How layers are scored.")
+    scorer: ScorerSpec = Field(default_factory=ScorerSpec,
+                               description="The scorer of every task and its options.")
     batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
     allocation: ComponentSpec | None = Field(None, description="Allocator run on each task's scores.")
     application: ComponentSpec | None = Field(None, description="Application plugin (prune, lora_moe).")
@@ -198,7 +200,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict[str, Any] | None = None) -> RunConfig:
     """Parse a config file (or mapping) plus ``--set`` overrides into a :class:`RunConfig`."""
-    raw = dict(data) if data is not None else read_mapping(path) if path is not None else {}
+    raw = copy.deepcopy(data) if data is not None else read_mapping(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
     return parse_config(raw, source=str(path) if path else "config")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, make_ctx, tiny_model
 
+from conftest import ARCHS, make_ctx, tiny_model
 from layerif_core.data import IGNORE
 from layerif_core.pipeline import load_task_splits
 from layerif_core.registry import get_registry
