@@ -67,7 +67,9 @@ class DataSpec(Strict):
         "completion", description="Which tokens count in the loss when a completion is given."
     )
     limit: int | None = Field(None, ge=1, description="Use only the first `limit` examples.")
-    max_length: int = Field(256, ge=2, description="Truncate sequences to this many tokens.")
+    max_length: int | None = Field(
+        None, ge=2, description="Truncate sequences to this many tokens (default: the model's context)."
+    )
     add_eos: bool = Field(
         False, description="Append the tokenizer's EOS token to each sequence (turn on for "
         "fine-tuning, so the model learns to stop; off for scoring a pretrained model, where the "

@@ -21,6 +21,7 @@ from layerif_core.config import DataSpec
 from layerif_core.errors import DataError
 
 IGNORE = -100
+DEFAULT_MAX_LENGTH = 2048  # when neither the spec nor the model states a length
 BUNDLED_PROMPT = "Question: {question}\nAnswer: "
 BUNDLED_COMPLETION = "{answer}"
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -171,9 +172,10 @@ def tokenize_split(spec: DataSpec, tokenizer: Any, seed: int = 0, name: str | No
                    max_context: int | None = None) -> TokenizedSplit:
     """Load ``spec`` and tokenise it: ``prompt`` tokens are masked out of the loss when
     ``loss_on='completion'``; the EOS token ends each sequence when ``add_eos``."""
-    if max_context is not None and spec.max_length > max_context:
+    if max_context is not None and spec.max_length is not None and spec.max_length > max_context:
         raise DataError(f"max_length {spec.max_length} of '{spec.source}' exceeds the model's "
                         f"context of {max_context} tokens; set max_length <= {max_context}.")
+    max_length = spec.max_length or max_context or DEFAULT_MAX_LENGTH
     records = load_records(spec, seed)
     prompt_t, completion_t, text_t = _templates(spec)
     eos = [tokenizer.eos_token_id] if spec.add_eos and tokenizer.eos_token_id is not None else []
@@ -187,12 +189,12 @@ def tokenize_split(spec: DataSpec, tokenizer: Any, seed: int = 0, name: str | No
         else:
             ids = tokenizer(_fill(text_t, rec, spec, i), add_special_tokens=False)["input_ids"] + eos
             lab = list(ids)
-        if len(ids) > spec.max_length:
+        if len(ids) > max_length:
             truncated += 1
-            ids, lab = ids[: spec.max_length], lab[: spec.max_length]
+            ids, lab = ids[:max_length], lab[:max_length]
         if sum(t != IGNORE for t in lab[1:]) == 0:
             raise DataError(f"example {i} of '{spec.source}' has no token in the loss after "
-                            f"truncation to {spec.max_length}; raise max_length or shorten it.")
+                            f"truncation to {max_length}; raise max_length or shorten it.")
         all_ids.append(ids)
         all_labels.append(lab)
     h = hashlib.sha256(json.dumps([spec.model_dump(), all_ids, all_labels]).encode()).hexdigest()
