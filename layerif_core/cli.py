@@ -129,11 +129,19 @@ def scores(config: ConfigArg, set_: SetOpt = None, force: ForceOpt = False,
 
 @app.command()
 @guarded
-def plugins() -> None:
+def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+            = False) -> None:
     """List every registered estimator, aggregator, scorer, allocator, application and evaluator."""
     from layerif_core.registry import get_registry
 
     registry = get_registry()
+    if as_json:
+        typer.echo(json.dumps({
+            "components": [{"kind": c.kind, "name": c.name, "provider": c.provider,
+                            "version": c.version, "description": c.help} for c in registry.all()],
+            "problems": [{"provider": p.provider, "message": p.message} for p in registry.problems],
+        }, indent=2))
+        return
     table = Table(title="layerif plugins")
     for col in ("kind", "name", "provider", "version", "description"):
         table.add_column(col)

@@ -1,0 +1,78 @@
+"""Plugin registry: built-ins through the hooks, clear lookups, broken plugins isolated."""
+
+from __future__ import annotations
+
+import pytest
+
+from layerif_core.errors import ConfigError, PluginError
+from layerif_core.protocols import Aggregator, Estimator, Scorer
+from layerif_core.registry import load_registry
+
+
+def test_builtins_register_through_the_hooks():
+    reg = load_registry(entry_points=False)
+    assert {"grad_dot"} <= set(reg.names("estimator"))
+    assert {"positive_sum", "sum", "top_fraction"} <= set(reg.names("aggregator"))
+    assert isinstance(reg.build("estimator", "grad_dot"), Estimator)
+    assert isinstance(reg.build("aggregator", "positive_sum"), Aggregator)
+    assert isinstance(reg.build("scorer", "layerif"), Scorer)
+    assert all(c.provider == "layerif" for c in reg.all())
+
+
+def test_unknown_name_lists_registered_ones_and_suggests():
+    reg = load_registry(entry_points=False)
+    with pytest.raises(PluginError, match=r"unknown estimator 'grad_dott' \(did you mean 'grad_dot'\?\)"
+                                          r"; registered estimators: .*grad_dot"):
+        reg.get("estimator", "grad_dott")
+
+
+def test_options_are_validated_by_the_component():
+    reg = load_registry(entry_points=False)
+    assert reg.build("aggregator", "top_fraction", {"fraction": 0.5}).fraction == 0.5
+    with pytest.raises(ConfigError, match=r"has no option 'fracton' \(did you mean 'fraction'\?\)"):
+        reg.build("aggregator", "top_fraction", {"fracton": 0.5})
+    with pytest.raises(ConfigError, match="takes no options"):
+        reg.build("estimator", "grad_dot", {"damping": 1})
+
+
+def _dist(root, dist: str, module: str, source: str) -> None:
+    info = root / f"{dist.replace('-', '_')}-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(f"[layerif]\n{module} = {module}\n")
+    (root / f"{module}.py").write_text(source)
+
+
+GOOD = """
+from layerif_core import hookimpl
+
+class Median:
+    higher_is_better = False
+    def __call__(self, influence):
+        return (-influence).median(dim=1).values
+
+@hookimpl
+def layerif_register_aggregators(registry):
+    registry.add("aggregator", "median_harm", lambda _o: Median())
+"""
+CLASH = """
+from layerif_core import hookimpl
+
+@hookimpl
+def layerif_register_estimators(registry):
+    registry.add("estimator", "grad_dot", lambda _o: None)
+"""
+
+
+def test_broken_and_clashing_plugins_are_reported_and_skipped(tmp_path, monkeypatch):
+    _dist(tmp_path, "lif-broken", "lif_broken", "raise ImportError('needs a missing package')\n")
+    _dist(tmp_path, "lif-clash", "lif_clash", CLASH)
+    _dist(tmp_path, "lif-good", "lif_good", GOOD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = load_registry()
+    problems = {p.provider: p.message for p in reg.problems}
+    assert "needs a missing package" in problems["lif-broken"]
+    assert "already registered by 'layerif'" in problems["lif-clash"]
+    assert reg.get("estimator", "grad_dot").provider == "layerif"
+    good = reg.get("aggregator", "median_harm")
+    assert (good.provider, good.version) == ("lif-good", "0.3")
