@@ -1,0 +1,46 @@
+"""Calibration data of the data-driven baseline scorers (OWL, block influence, gradient norm).
+
+By default a scorer uses one split of the task it scores (OWL and block influence: ``train``, as
+calibration text; gradient norm: ``validation``); the option ``data`` points at any other
+:class:`~layerif_core.config.DataSpec` instead, and ``limit`` keeps only the first examples.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from layerif_core.config import DataSpec, TaskSpec
+from layerif_core.context import RunContext
+from layerif_core.data import TokenizedSplit, tokenize_split
+from layerif_core.models import max_context
+
+
+class CalibrationOptions(BaseModel):
+    """Where a data-driven baseline takes its examples from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: DataSpec | None = Field(
+        None, description="Calibration data; default: a split of the task being scored."
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first `limit` calibration examples.")
+
+
+def calibration_split(ctx: RunContext, task: TaskSpec, options: CalibrationOptions,
+                      default: Literal["train", "validation"]) -> TokenizedSplit:
+    """The tokenised calibration examples: ``options.data`` if given, else the task's ``default``
+    split (loaded through :func:`~layerif_core.pipeline.load_task_splits`, so it is recorded in the
+    manifest like any task split)."""
+    if options.data is not None:
+        split = tokenize_split(options.data, ctx.tokenizer, ctx.seed, f"{task.name}/calibration",
+                               max_context(ctx.model))
+    else:
+        from layerif_core.pipeline import load_task_splits
+
+        train, validation = load_task_splits(ctx, task)
+        split = train if default == "train" else validation
+    if options.limit is not None and options.limit < len(split):
+        split = split.subset(list(range(options.limit)))
+    return split

@@ -1,0 +1,53 @@
+"""The controls of every layer-score comparison: ``uniform`` (every layer equal) and ``random``
+(independent U(0, 1) scores from a seeded generator).
+
+Under any allocator, ``uniform`` reproduces the uniform allocation (equal sparsity, equal experts);
+``random`` is the chance level a data-driven or model-only score has to beat. Neither carries a
+direction, so both state ``higher_is_better=False`` (a higher random score is treated as worse).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from layerif_core.config import TaskSpec
+from layerif_core.context import RunContext
+from layerif_core.hookspecs import hookimpl
+from layerif_core.protocols import LayerScores
+
+
+class RandomOptions(BaseModel):
+    """Options of the ``random`` scorer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = Field(None, description="Seed of the scores; default: the run's seed.")
+
+
+class UniformScorer:
+    """Every layer scores 1: the control that turns any allocator into the uniform allocation."""
+
+    def score(self, ctx: RunContext, task: TaskSpec) -> LayerScores:
+        return LayerScores(torch.ones(len(ctx.layer_map)), False, "uniform")
+
+
+class RandomScorer:
+    """Independent U(0, 1) scores per layer from ``torch.Generator().manual_seed(seed)``."""
+
+    def __init__(self, options: RandomOptions):
+        self.options = options
+
+    def score(self, ctx: RunContext, task: TaskSpec) -> LayerScores:
+        seed = ctx.seed if self.options.seed is None else self.options.seed
+        gen = torch.Generator().manual_seed(seed)
+        values = torch.rand(len(ctx.layer_map), generator=gen, dtype=torch.float64).float()
+        return LayerScores(values, False, "random", {"seed": seed})
+
+
+@hookimpl
+def layerif_register_scorers(registry) -> None:
+    registry.add("scorer", "uniform", lambda _opts: UniformScorer(),
+                 help="Control: every layer equal (uniform allocation).")
+    registry.add("scorer", "random", RandomScorer, config=RandomOptions,
+                 help="Control: seeded U(0, 1) score per layer.")
