@@ -228,6 +228,33 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
     typer.echo(f"{config}: ok")
 
 
+@app.command("compare-scores")
+@guarded
+def compare_scores(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (or scores.json files).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Plot of every score vector over "
+                                         "the layer index (PNG; correlations go beside it as .json).")]
+    = Path("compare-scores.png"),
+) -> None:
+    """Spearman and Kendall correlations between the layer scores of RUNS (oriented so that larger
+    = worse trained), and a plot of all of them over the layer index."""
+    from layerif_core import compare
+
+    result = compare.compare_scores(list(runs))
+    out = Console()
+    for title, matrix in (("Spearman ρ", result.spearman), ("Kendall τ", result.kendall)):
+        table = Table(title=f"{title} (worse-ness oriented)")
+        table.add_column("")
+        for i in range(len(result.series)):
+            table.add_column(str(i), justify="right")
+        for i, (s, row) in enumerate(zip(result.series, matrix, strict=True)):
+            table.add_row(f"{i} {s.label}", *("n/a" if v != v else f"{v:.3f}" for v in row))
+        out.print(table)
+    compare.plot_comparison(result, output)
+    compare.write_comparison(result, output.with_suffix(".json"))
+    console.print(f"plot in {output}; correlations in {output.with_suffix('.json')}")
+
+
 def main() -> None:
     """Console entry point: load plugins (which may add commands), then run the CLI."""
     from layerif_core.registry import get_registry
