@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from layerif_core.distributed import is_main
 from layerif_core.errors import ArtifactError
 
 log = logging.getLogger("layerif")
@@ -94,6 +95,8 @@ class RunDir:
     # --- JSON -------------------------------------------------------------------------------
     def write_json(self, rel: str, data: Any) -> Path:
         path = self.file(rel)
+        if not is_main():  # under torch.distributed, rank 0 alone writes
+            return path
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
         return path
@@ -111,6 +114,8 @@ class RunDir:
     def write_tensors(self, rel: str, tensors: dict[str, torch.Tensor],
                       metadata: dict[str, str] | None = None) -> Path:
         path = self.file(rel)
+        if not is_main():
+            return path
         data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         with atomic_path(path) as tmp:
             save_file(data, str(tmp), metadata=metadata or {})

@@ -42,6 +42,12 @@ def _main(
                         handlers=[_handler()])
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if quiet:
+        import datasets
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
 
 
 def _handler() -> logging.Handler:

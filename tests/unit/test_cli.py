@@ -74,3 +74,16 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, changes, overrides, mes
 def test_config_check_validates_without_loading_the_model(tmp_path):
     out = invoke("config", "check", write(tmp_path), "--set", "model.source=./nowhere")
     assert out.exit_code == 0 and "ok" in out.output
+
+
+def test_hub_model_while_offline_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    out = subprocess.run([sys.executable, "-m", "layerif_core.cli", "--quiet", "run", write(tmp_path),
+                          "--set", "model.source=someone/some-model"],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "cannot reach the hub to fetch 'someone/some-model'" in " ".join(out.stderr.split())
