@@ -1,0 +1,46 @@
+"""The uniform and random controls, and that `layerif scores` records whichever scorer ran."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from conftest import make_ctx
+from layerif_core.pipeline import compute_layer_scores, score_task
+
+
+def _random(tmp_path, **options):
+    ctx = make_ctx(tmp_path, seed=3, scorer={"name": "random", "options": options})
+    return score_task(ctx, ctx.config.tasks[0])
+
+
+def test_uniform_scores_every_layer_equally(tmp_path):
+    ctx = make_ctx(tmp_path, scorer={"name": "uniform"})
+    scores = score_task(ctx, ctx.config.tasks[0])
+    assert scores.values.tolist() == [1.0] * len(ctx.layer_map)
+    assert scores.scorer == "uniform"
+
+
+def test_random_is_deterministic_for_a_seed(tmp_path):
+    a = _random(tmp_path / "a", seed=11)
+    b = _random(tmp_path / "b", seed=11)
+    c = _random(tmp_path / "c", seed=12)
+    assert torch.equal(a.values, b.values)
+    assert not torch.equal(a.values, c.values)
+    assert ((a.values >= 0) & (a.values < 1)).all()
+    assert a.details["seed"] == 11
+
+
+def test_random_defaults_to_the_run_seed(tmp_path):
+    assert torch.equal(_random(tmp_path / "a").values, _random(tmp_path / "b", seed=3).values)
+    assert _random(tmp_path / "c").details["seed"] == 3
+
+
+def test_scores_json_records_the_scorer(tmp_path):
+    ctx = make_ctx(tmp_path, scorer={"name": "random"})
+    compute_layer_scores(ctx)
+    data = json.loads(ctx.run_dir.file("scores.json").read_text())
+    assert data["arith"]["scorer"] == "random"
+    assert data["arith"]["higher_is_better"] is False
+    assert len(data["arith"]["values"]) == len(ctx.layer_map)
