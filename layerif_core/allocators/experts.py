@@ -1,0 +1,208 @@
+"""Expert allocators (DESIGN §5): how many LoRA experts each decoder layer gets.
+
+AlphaLoRA / LayerIF form (``alphalora_experts``). With ``w_l`` the layer's worse-ness
+(``LayerScores.worseness()``, min-max normalised to [0, 1] by default, optionally Savitzky–Golay
+smoothed over the layer index), ``m`` the minimum per layer and ``E`` the total::
+
+    v_l = w_l ** (beta / temperature)
+    f_l = v_l / Σ_j v_j · (E − L·m)
+    n_l = ⌊f_l⌋ + m,   then the E − Σ n_l experts left go to the largest fractional parts f_l − ⌊f_l⌋
+
+(largest-remainder / Hamilton rounding), so ``Σ n_l = E`` exactly and every layer has at least
+``m``. Sources: AlphaLoRA (Qing et al. 2024, ``v̂ = α̂^β`` with β = 2.5) and LayerIF (Askari et al.
+2025, arXiv 2505.23811, β = 3 on min-maxed harmful influence, E = 160 over 32 layers). A layer judged
+worse trained gets more experts. ``beta / temperature`` sharpens (large) or flattens (small, → uniform)
+the allocation.
+
+``uniform_experts`` is the control with the same total; ``given_experts`` takes a list from the user.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from layerif_core.errors import ConfigError, DataError
+from layerif_core.hookspecs import hookimpl
+from layerif_core.protocols import Allocation, LayerScores
+
+log = logging.getLogger("layerif")
+
+DEFAULT_PER_LAYER = 4  # total = 4 · L when no total is given
+
+
+class ExpertOptions(BaseModel):
+    """Options shared by the expert allocators."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total: int | None = Field(
+        None, ge=1, description="Total number of experts E over all layers (default: 4 per layer)."
+    )
+    min_per_layer: int = Field(1, ge=1, description="Minimum number of experts of every layer.")
+
+
+class AlphaLoRAOptions(ExpertOptions):
+    """Options of the AlphaLoRA/LayerIF expert allocator."""
+
+    beta: float = Field(3.0, gt=0, description="Exponent of the worse-ness: v_l = w_l ** (beta / "
+                        "temperature); 2.5 in AlphaLoRA, 3 in LayerIF's example.")
+    temperature: float = Field(1.0, gt=0, description="Divides beta: higher flattens the allocation "
+                               "towards uniform, lower sharpens it.")
+    normalize: bool = Field(True, description="Min-max the worse-ness to [0, 1] first (LayerIF). "
+                            "Off: the raw worse-ness is used and must be >= 0 (AlphaLoRA's alpha-hat).")
+    smooth_window: int | None = Field(None, ge=3, description="Savitzky–Golay window over the layer "
+                                      "index (LayerIF: 7); None = no smoothing. Odd; capped at L.")
+    smooth_order: int = Field(3, ge=1, description="Savitzky–Golay polynomial order.")
+
+
+class GivenOptions(BaseModel):
+    """A user-given allocation (for hand-made studies)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    values: list[int] = Field(..., min_length=1, description="Experts per layer, one integer >= 1 each.")
+
+
+def _total(opts: ExpertOptions, n_layers: int) -> int:
+    total = opts.total if opts.total is not None else DEFAULT_PER_LAYER * n_layers
+    floor = n_layers * opts.min_per_layer
+    if total < floor:
+        raise ConfigError(f"expert total {total} is smaller than {n_layers} layers x min_per_layer "
+                          f"{opts.min_per_layer} = {floor}; raise total or lower min_per_layer.")
+    return total
+
+
+def largest_remainder(shares: torch.Tensor, units: int, tiebreak: torch.Tensor | None = None
+                      ) -> list[int]:
+    """Split ``units`` integers in proportion to ``shares`` (>= 0) with Hamilton rounding.
+
+    Each entry gets ``⌊units · share / Σ share⌋``; the units left go one each to the largest
+    fractional parts (ties: larger ``tiebreak``, then lower index). Equal shares when Σ share = 0.
+    """
+    shares = shares.double().clamp_min(0)
+    n = shares.numel()
+    if float(shares.sum()) <= 0:
+        shares = torch.ones(n, dtype=torch.float64)
+    f = shares / shares.sum() * units
+    base = torch.floor(f)
+    # guard floating error: floor(f) must not exceed the units
+    base = torch.minimum(base, torch.full_like(base, units))
+    left = units - int(base.sum())
+    frac = (f - base).tolist()
+    tb = tiebreak.double().tolist() if tiebreak is not None else [0.0] * n
+    order = sorted(range(n), key=lambda i: (-round(frac[i], 12), -tb[i], i))
+    out = [int(b) for b in base.tolist()]
+    for i in order[:left]:
+        out[i] += 1
+    return out
+
+
+def _smooth(w: torch.Tensor, window: int | None, order: int) -> torch.Tensor:
+    if window is None:
+        return w
+    n = w.numel()
+    window = min(window, n if n % 2 == 1 else n - 1)
+    if window % 2 == 0:
+        window -= 1
+    if window <= order:
+        log.warning("Savitzky–Golay smoothing skipped: %d layers leave a window of %d, not above "
+                    "order %d", n, window, order)
+        return w
+    from scipy.signal import savgol_filter
+
+    return torch.tensor(savgol_filter(w.numpy(), window, order), dtype=torch.float64)
+
+
+def normalized_worseness(scores: LayerScores, normalize: bool = True, smooth_window: int | None = None,
+                         smooth_order: int = 3) -> torch.Tensor:
+    """The worse-ness ``w_l`` >= 0 (larger = worse trained) the expert shares are made of."""
+    w = scores.worseness()
+    if not torch.isfinite(w).all():
+        raise DataError(f"scores of '{scores.scorer}' hold NaN or infinite values; recompute them.")
+    if normalize:
+        span = float(w.max() - w.min())
+        w = (w - w.min()) / span if span > 0 else torch.zeros_like(w)
+    elif float(w.min()) < 0:
+        raise ConfigError(f"scores of '{scores.scorer}' oriented as worse-ness have negative values; "
+                          "set normalize: true (min-max) for this scorer.")
+    return _smooth(w, smooth_window, smooth_order).clamp_min(0)
+
+
+def _top_k(values: list[int]) -> list[int]:
+    return [1 if n == 1 else 2 for n in values]
+
+
+class AlphaLoRAExperts:
+    """More experts for worse-trained layers: ``n_l = m + Hamilton(w_l^β share of E − L·m)``."""
+
+    def __init__(self, opts: AlphaLoRAOptions):
+        self.opts = opts
+
+    def allocate(self, scores: LayerScores, weights: list[float] | None = None) -> Allocation:
+        o = self.opts
+        n_layers = scores.values.numel()
+        total = _total(o, n_layers)
+        w = normalized_worseness(scores, o.normalize, o.smooth_window, o.smooth_order)
+        v = w.pow(o.beta / o.temperature)
+        extra = largest_remainder(v, total - n_layers * o.min_per_layer, tiebreak=w)
+        values = [o.min_per_layer + e for e in extra]
+        return Allocation("experts", values, "alphalora_experts", {
+            "total": total, "min_per_layer": o.min_per_layer, "beta": o.beta,
+            "temperature": o.temperature, "normalize": o.normalize,
+            "worseness": [float(x) for x in w.tolist()], "scorer": scores.scorer,
+            "top_k": _top_k(values),
+        })
+
+
+class UniformExperts:
+    """The control: the same total spread evenly (the remainder to the first layers)."""
+
+    def __init__(self, opts: ExpertOptions):
+        self.opts = opts
+
+    def allocate(self, scores: LayerScores, weights: list[float] | None = None) -> Allocation:
+        n_layers = scores.values.numel()
+        total = _total(self.opts, n_layers)
+        values = largest_remainder(torch.ones(n_layers), total)
+        return Allocation("experts", values, "uniform_experts",
+                          {"total": total, "min_per_layer": self.opts.min_per_layer,
+                           "top_k": _top_k(values)})
+
+
+class GivenExperts:
+    """A user-given number of experts per layer."""
+
+    def __init__(self, opts: GivenOptions):
+        self.opts = opts
+
+    def allocate(self, scores: LayerScores, weights: list[float] | None = None) -> Allocation:
+        values = list(self.opts.values)
+        if len(values) != scores.values.numel():
+            raise ConfigError(f"given_experts has {len(values)} values for a model with "
+                              f"{scores.values.numel()} layers; give one per layer.")
+        if min(values) < 1:
+            raise ConfigError("given_experts values must all be >= 1 (one expert is plain LoRA).")
+        return Allocation("experts", values, "given_experts",
+                          {"total": sum(values), "top_k": _top_k(values)})
+
+
+def expected_total(opts: ExpertOptions, n_layers: int) -> int:
+    """The total an expert allocator will hand out for ``n_layers`` layers."""
+    return _total(opts, n_layers)
+
+
+@hookimpl
+def layerif_register_allocators(registry) -> None:
+    registry.add("allocator", "alphalora_experts", AlphaLoRAExperts, config=AlphaLoRAOptions,
+                 help="Experts per layer ∝ worse-ness^beta, min per layer, exact total (AlphaLoRA/LayerIF).")
+    registry.add("allocator", "uniform_experts", UniformExperts, config=ExpertOptions,
+                 help="Control: the same expert total spread evenly over the layers.")
+    registry.add("allocator", "given_experts", GivenExperts, config=GivenOptions,
+                 help="A user-given number of experts per layer.")
+
+
+__all__ = ["AlphaLoRAExperts", "UniformExperts", "GivenExperts", "largest_remainder",
+           "normalized_worseness"]

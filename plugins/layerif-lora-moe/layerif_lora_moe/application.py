@@ -1,0 +1,85 @@
+"""The ``lora_moe`` application: allocation in, trained LoRA-MoE model out (plus its artifacts).
+
+Artifacts under the run directory: ``lora_moe/adapter/`` (``lora_moe.safetensors`` +
+``lora_moe_config.json``; :func:`~layerif_lora_moe.model.load_lora_moe` puts it back on the base
+model), ``lora_moe/train_log.json``, ``lora_moe/checkpoint.safetensors`` (resume), and
+``plots/lora_moe_loss.png`` / ``plots/lora_moe_usage.png``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from layerif_core.context import RunContext
+from layerif_core.data import TokenizedSplit, tokenize_split
+from layerif_core.errors import ConfigError, DataError
+from layerif_core.models import max_context
+from layerif_core.protocols import Allocation
+from layerif_lora_moe.config import LoraMoeOptions
+from layerif_lora_moe.model import LoraMoeModel, inject_lora_moe
+from layerif_lora_moe.plots import plot_loss, plot_usage
+from layerif_lora_moe.train import TrainLog, train
+
+ADAPTER_DIR = "lora_moe/adapter"
+
+
+def experts_of(allocation: Allocation, n_layers: int) -> list[int]:
+    """The integer expert counts of an ``experts`` allocation that fits a model of ``n_layers``."""
+    if allocation.kind != "experts":
+        raise ConfigError(f"lora_moe needs an expert allocation, got '{allocation.kind}' from "
+                          f"'{allocation.allocator}'; use allocator alphalora_experts or uniform_experts.")
+    values = [int(round(v)) for v in allocation.values]
+    if len(values) != n_layers:
+        raise DataError(f"the allocation has {len(values)} layers but the model has {n_layers}; "
+                        "compute the scores and allocation on this model.")
+    return values
+
+
+def task_splits(ctx: RunContext, opts: LoraMoeOptions) -> tuple[TokenizedSplit, TokenizedSplit | None]:
+    """Tokenised training and validation data (the first task's splits unless given)."""
+    task = ctx.config.tasks[0]
+    train_spec = opts.train or task.train
+    val_spec = opts.validation or task.validation
+    n_ctx = max_context(ctx.model)
+    seed = ctx.seed if opts.seed is None else opts.seed
+    train_split = tokenize_split(train_spec, ctx.tokenizer, seed, "lora_moe/train", n_ctx)
+    val_split = tokenize_split(val_spec, ctx.tokenizer, seed, "lora_moe/validation", n_ctx)
+    return train_split, val_split
+
+
+class LoraMoeApplication:
+    """Mixture of LoRA experts per decoder layer, ``n_l`` from the allocation, trained on a task."""
+
+    def __init__(self, opts: LoraMoeOptions | None):
+        self.opts = opts or LoraMoeOptions()
+        self.handle: LoraMoeModel | None = None
+        self.log: TrainLog | None = None
+
+    def inject(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> LoraMoeModel:
+        o = self.opts
+        experts = experts_of(allocation, len(ctx.layer_map))
+        torch.manual_seed(ctx.seed if o.seed is None else o.seed)
+        return inject_lora_moe(model, ctx.layer_map, experts, o.rank, o.alpha, o.dropout,
+                               o.target_modules, o.top_k)
+
+    def apply(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation,
+              stop_after: int | None = None) -> torch.nn.Module:
+        handle = self.inject(ctx, model, allocation)
+        train_split, val_split = task_splits(ctx, self.opts)
+        log = train(ctx, handle, self.opts, train_split, val_split, stop_after=stop_after)
+        self.handle, self.log = handle, log
+        handle.save(ctx.run_dir.file(ADAPTER_DIR))
+        ctx.run_dir.write_json("lora_moe/train_log.json", log.to_json())
+        plot_loss(log, ctx.run_dir.file("plots/lora_moe_loss.png"),
+                  title=f"LoRA-MoE ({allocation.allocator}, {sum(handle.spec.experts)} experts)")
+        plot_usage(log, handle.spec.experts, ctx.run_dir.file("plots/lora_moe_usage.png"))
+        n_train = sum(p.numel() for p in handle.trainable().values())
+        ctx.run_dir.update_manifest(lora_moe={
+            "experts": handle.spec.experts, "top_k": handle.spec.top_k,
+            "target_modules": len(handle.spec.targets), "trainable_params": n_train,
+            "steps": len(log.steps), "resumed_from": log.resumed_from,
+            "train_seconds": round(log.seconds, 2),
+            "validation_loss": [v["loss"] for v in log.validation],
+        })
+        model.eval()
+        return model
