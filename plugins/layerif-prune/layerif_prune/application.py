@@ -1,0 +1,121 @@
+"""The ``prune`` application: an allocation of sparsity per layer, applied by a pruner."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layerif_core.context import RunContext
+from layerif_core.errors import ConfigError, DataError
+from layerif_core.layers import LayerMap
+from layerif_core.models import max_context
+from layerif_core.protocols import Allocation
+from layerif_prune.calibration import calibration_tokens, calibration_windows
+from layerif_prune.options import PruneOptions
+from layerif_prune.report import achieved, plot_sparsity, save_model, zeros_in_memory, zeros_in_saved
+from layerif_prune.sequential import prune_blocks
+
+log = logging.getLogger("layerif")
+
+
+@dataclass
+class PruneResult:
+    """The pruned model and what was measured on it."""
+
+    model: torch.nn.Module
+    masks: dict[str, torch.Tensor]
+    target: list[float]
+    achieved: dict[str, Any]
+    seconds: float
+    model_dir: Path | None
+
+
+def target_sparsities(allocation: Allocation, layer_map: LayerMap, opts: PruneOptions) -> list[float]:
+    """Per-layer sparsity: the allocation's, or ``1 − N/M`` everywhere for an N:M pattern."""
+    if allocation.kind != "sparsity":
+        raise ConfigError(f"pruning needs a sparsity allocation, got a '{allocation.kind}' one from "
+                          f"'{allocation.allocator}'; use e.g. alpha_pruning or uniform_sparsity.")
+    if len(allocation.values) != len(layer_map):
+        raise DataError(f"the allocation has {len(allocation.values)} layers but the model has "
+                        f"{len(layer_map)}; the scores come from another model.")
+    bad = [v for v in allocation.values if not 0.0 <= v < 1.0]
+    if bad:
+        raise ConfigError(f"layer sparsity {bad[0]} is outside [0, 1); fix the allocator options.")
+    nm = opts.nm()
+    if nm is None:
+        return [float(v) for v in allocation.values]
+    fixed = 1.0 - nm[0] / nm[1]
+    if max(allocation.values) - min(allocation.values) > 1e-9:
+        log.warning("pattern %s fixes the sparsity of every layer at %.3g; the per-layer allocation "
+                    "of '%s' is ignored", opts.pattern, fixed, allocation.allocator)
+    return [fixed] * len(layer_map)
+
+
+def calibration(ctx: RunContext, model: torch.nn.Module, opts: PruneOptions) -> torch.Tensor:
+    """The calibration windows ``[samples, seqlen]`` of the run."""
+    spec = opts.calibration
+    context = max_context(model)
+    if context is not None and spec.seqlen > context:
+        raise ConfigError(f"calibration.seqlen {spec.seqlen} exceeds the model's context of {context} "
+                          f"tokens; set calibration.seqlen <= {context}.")
+    task = ctx.config.tasks[0] if ctx.config.tasks else None
+    tokens, name = calibration_tokens(spec, ctx.tokenizer, task, ctx.seed)
+    return calibration_windows(tokens, spec.samples, spec.seqlen, ctx.seed, name)
+
+
+def prune_model(ctx: RunContext, model: torch.nn.Module, allocation: Allocation, opts: PruneOptions
+                ) -> PruneResult:
+    """Prune ``model`` in place as ``allocation`` says; write masks, model, sparsity report, plot."""
+    layer_map = ctx.layer_map if ctx.layer_map.model is model else LayerMap(model, ctx.config.layers)
+    target = target_sparsities(allocation, layer_map, opts)
+    windows = calibration(ctx, model, opts) if opts.pruner != "magnitude" else None
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    try:
+        masks = prune_blocks(model, layer_map, target, opts, windows, ctx.track)
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    run_dir = ctx.run_dir
+    if opts.save_masks:
+        run_dir.write_tensors("masks.safetensors", masks, {"pruner": opts.pruner, "pattern": opts.pattern,
+                                                           "convention": "True = pruned, [d_out, d_in]"})
+    model_dir = None
+    if opts.save_model:
+        model_dir = save_model(model, ctx.tokenizer, run_dir.file("pruned_model"))
+        zeros = zeros_in_saved(model_dir, layer_map)
+    else:
+        zeros = zeros_in_memory(layer_map)
+    result = achieved(layer_map, zeros)
+    report = {"pruner": opts.pruner, "pattern": opts.pattern, "allocator": allocation.allocator,
+              "measured_on": str(model_dir) if model_dir else "memory", "seconds": round(seconds, 3),
+              "target_per_layer": target, "achieved_overall": result["overall"],
+              "achieved_per_layer": result["per_layer"], "achieved_per_module": result["per_module"],
+              "calibration": None if windows is None else list(windows.shape)}
+    run_dir.write_json("sparsity.json", report)
+    plot_sparsity(target, result["per_layer"], run_dir.file("plots/sparsity.png"),
+                  f"{opts.pruner} {opts.pattern}, {allocation.allocator}: "
+                  f"achieved {result['overall']:.3f}")
+    run_dir.manifest.setdefault("timings", {})["prune"] = round(seconds, 3)
+    run_dir.save_manifest()
+    log.info("pruned with %s (%s): sparsity %.4f over tracked weights in %.1f s", opts.pruner,
+             opts.pattern, result["overall"], seconds)
+    return PruneResult(model, masks, target, result, seconds, model_dir)
+
+
+class Prune:
+    """Prune a model with magnitude, Wanda or SparseGPT to the allocation's layer-wise sparsity."""
+
+    def __init__(self, opts: PruneOptions):
+        self.opts = opts
+        self.result: PruneResult | None = None
+
+    def apply(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> torch.nn.Module:
+        self.result = prune_model(ctx, model, allocation, self.opts)
+        return self.result.model

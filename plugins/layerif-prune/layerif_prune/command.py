@@ -1,0 +1,104 @@
+"""``layerif prune CONFIG [--scores PATH]``: a thin shell over the pipeline with application=prune."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from layerif_core.cli import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
+from layerif_core.config import ComponentSpec, RunConfig
+from layerif_core.context import RunContext
+from layerif_core.errors import ArtifactError, ConfigError, DataError
+from layerif_core.protocols import LayerScores
+
+ScoresOpt = Annotated[Path | None, typer.Option(
+    "--scores", help="Use the layer scores of an earlier run (its scores.json or run directory) "
+    "instead of computing them.")]
+
+
+def prepare_config(cfg: RunConfig) -> RunConfig:
+    """Default the application to ``prune``; check names and options before loading the model."""
+    from layerif_core.registry import get_registry
+
+    if cfg.application is None:
+        cfg.application = ComponentSpec(name="prune")
+    elif cfg.application.name != "prune":
+        raise ConfigError(f"`layerif prune` runs the application 'prune', but the config names "
+                          f"'{cfg.application.name}'; use `layerif run` for it.")
+    if cfg.allocation is None:
+        raise ConfigError("pruning needs an `allocation:` section, e.g. {name: alpha_pruning, "
+                          "options: {sparsity: 0.5, epsilon: 0.2}} or {name: uniform_sparsity, ...}.")
+    reg = get_registry()
+    reg.get("application", "prune").options(cfg.application.options)
+    reg.get("allocator", cfg.allocation.name).options(cfg.allocation.options)
+    for spec in cfg.evaluation:
+        reg.get("evaluator", spec.name).options(spec.options)
+    return cfg
+
+
+def read_scores(path: Path) -> dict[str, LayerScores]:
+    """The ``{task: LayerScores}`` of a ``scores.json`` (or of a run directory holding one)."""
+    file = path / "scores.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ArtifactError(f"scores file '{file}' does not exist; point --scores to a run directory "
+                            "or its scores.json.")
+    try:
+        data = json.loads(file.read_text())
+        return {task: LayerScores.from_json(s) for task, s in data.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise ArtifactError(f"'{file}' is not a layerif scores.json; compute it with "
+                            "`layerif scores`.") from None
+
+
+def check_scores(scores: dict[str, LayerScores], ctx: RunContext, source: Path) -> None:
+    for task, s in scores.items():
+        if len(s.values) != len(ctx.layer_map):
+            raise DataError(f"scores of task '{task}' in '{source}' have {len(s.values)} layers but "
+                            f"the model has {len(ctx.layer_map)}; use scores computed for this model.")
+
+
+def run_prune(cfg: RunConfig, scores_path: Path | None = None, force: bool = False,
+              show_progress: bool = True) -> dict:
+    """Scores (computed or read), allocation, pruning and evaluation; returns the metrics."""
+    from layerif_core.pipeline import allocate, compute_layer_scores, open_run
+    from layerif_core.registry import get_registry
+
+    cfg = prepare_config(cfg)
+    scores = read_scores(scores_path) if scores_path is not None else None
+    ctx = open_run(cfg, force=force, show_progress=show_progress)
+    if scores is None:
+        scores = compute_layer_scores(ctx)
+    else:
+        check_scores(scores, ctx, scores_path)
+        ctx.run_dir.write_json("scores.json", {t: s.to_json() for t, s in scores.items()})
+    allocation = next(iter(allocate(ctx, scores).values()))
+    registry = get_registry()
+    app = registry.build("application", "prune", cfg.application.options)
+    model = app.apply(ctx, ctx.model, allocation)
+    metrics: dict[str, float] = {"sparsity/achieved": app.result.achieved["overall"]}
+    for spec in cfg.evaluation:
+        metrics.update(registry.build("evaluator", spec.name, spec.options).evaluate(ctx, model,
+                                                                                     ctx.tokenizer))
+    ctx.run_dir.write_json("metrics.json", metrics)
+    return {"run_dir": str(ctx.run_dir.path), "metrics": metrics}
+
+
+@guarded
+def prune_command(config: ConfigArg, set_: SetOpt = None, scores: ScoresOpt = None,
+                  force: ForceOpt = False) -> None:
+    """Prune CONFIG's model: layer scores (or --scores), the `allocation:` of sparsity per layer,
+    the `application: prune` options (pruner, pattern, calibration), then the `evaluation:`.
+    Writes pruned_model/, masks.safetensors, allocation.json, sparsity.json, plots/sparsity.png."""
+    from layerif_core.config import load_config
+
+    out = run_prune(load_config(config, set_ or []), scores, force, show_progress=not STATE["quiet"])
+    Console().print_json(json.dumps(out["metrics"]))
+    console.print(f"results in {out['run_dir']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prune")(prune_command)

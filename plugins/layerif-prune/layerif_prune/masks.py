@@ -1,0 +1,59 @@
+"""Pruning masks from importance scores (True = pruned), unstructured or N:M.
+
+- ``magnitude``: metric ``|W_ij|``, the ``⌊s·numel⌋`` smallest of the whole matrix are pruned
+  (Han et al. 2015; ``prune_magnitude`` in locuslab/wanda ``lib/prune.py``).
+- ``wanda`` (Sun et al. 2024): metric ``|W_ij| · ‖X_j‖₂`` with ``‖X_j‖₂`` the norm of input feature j
+  over every calibration token; the ``⌊s·d_in⌋`` smallest of each output row are pruned.
+- N:M: in every group of M consecutive inputs of a row, the M − N smallest are pruned, so N stay.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from layerif_core.errors import ConfigError
+
+
+def smallest_mask(metric: torch.Tensor, k: int, dim: int | None) -> torch.Tensor:
+    """True at the ``k`` smallest entries of ``metric`` (per row when ``dim=1``, overall when None)."""
+    # metric: [d_out, d_in]
+    mask = torch.zeros(metric.shape, dtype=torch.bool, device=metric.device)
+    if k <= 0:
+        return mask
+    if dim is None:
+        idx = torch.topk(metric.flatten(), k, largest=False).indices
+        mask.view(-1)[idx] = True
+        return mask
+    idx = torch.topk(metric, k, dim=dim, largest=False).indices
+    return mask.scatter_(dim, idx, True)
+
+
+def nm_mask(metric: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """True at the ``m − n`` smallest entries of every group of ``m`` consecutive columns."""
+    # metric: [d_out, d_in] -> groups [d_out, d_in / m, m]
+    d_out, d_in = metric.shape
+    if d_in % m:
+        raise ConfigError(f"N:M pattern {n}:{m} needs the input size ({d_in}) to be a multiple of "
+                          f"{m}; use another M or 'unstructured'.")
+    groups = metric.reshape(d_out, d_in // m, m)
+    idx = torch.topk(groups, m - n, dim=2, largest=False).indices
+    mask = torch.zeros(groups.shape, dtype=torch.bool, device=metric.device).scatter_(2, idx, True)
+    return mask.reshape(d_out, d_in)
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None
+                   ) -> torch.Tensor:
+    """Magnitude pruning of one matrix ``[d_out, d_in]``."""
+    metric = weight.abs().float()
+    if nm is not None:
+        return nm_mask(metric, *nm)
+    return smallest_mask(metric, int(weight.numel() * sparsity), dim=None)
+
+
+def wanda_mask(weight: torch.Tensor, sq_norms: torch.Tensor, sparsity: float,
+               nm: tuple[int, int] | None = None) -> torch.Tensor:
+    """Wanda mask of ``weight`` ``[d_out, d_in]`` from ``sq_norms[j] = Σ_t x_tj²`` ``[d_in]``."""
+    metric = weight.abs().float() * sq_norms.float().sqrt()[None, :]
+    if nm is not None:
+        return nm_mask(metric, *nm)
+    return smallest_mask(metric, int(weight.shape[1] * sparsity), dim=1)

@@ -1,0 +1,94 @@
+"""What pruning achieved, measured on the weights (the saved files when the model is saved), and
+its plot: target versus achieved sparsity per layer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from layerif_core.artifacts import atomic_path
+from layerif_core.errors import ArtifactError
+from layerif_core.layers import LayerMap
+
+
+def save_model(model: torch.nn.Module, tokenizer: Any, target: Path) -> Path:
+    """``save_pretrained`` (safetensors) of model and tokenizer into ``target``, atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def zeros_in_saved(model_dir: Path, layer_map: LayerMap) -> dict[str, tuple[int, int]]:
+    """``(zeros, numel)`` of each tracked module's weight, read back from ``model_dir``."""
+    wanted = {f"{tm.name}.weight": tm.name for tm in layer_map.modules()}
+    found: dict[str, tuple[int, int]] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if key in wanted:
+                    t = f.get_tensor(key)
+                    found[wanted[key]] = (int((t == 0).sum()), t.numel())
+    missing = sorted(set(wanted.values()) - set(found))
+    if missing:
+        raise ArtifactError(f"the saved model in '{model_dir}' lacks the weights of {missing[0]} (and "
+                            f"{len(missing) - 1} more); it was not saved under the model's names.")
+    return found
+
+
+def zeros_in_memory(layer_map: LayerMap) -> dict[str, tuple[int, int]]:
+    """``(zeros, numel)`` of each tracked module's weight in memory."""
+    return {tm.name: (int((tm.module.weight == 0).sum()), tm.module.weight.numel())
+            for tm in layer_map.modules()}
+
+
+def achieved(layer_map: LayerMap, zeros: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """Achieved sparsity per module, per layer (zeros over weights of the layer) and overall."""
+    per_layer = []
+    for layer in layer_map.layers:
+        z = sum(zeros[tm.name][0] for tm in layer)
+        n = sum(zeros[tm.name][1] for tm in layer)
+        per_layer.append(z / n if n else 0.0)
+    total_z = sum(z for z, _ in zeros.values())
+    total_n = sum(n for _, n in zeros.values())
+    return {"overall": total_z / total_n, "per_layer": per_layer,
+            "per_module": {name: z / n for name, (z, n) in zeros.items()}}
+
+
+def plot_sparsity(target: list[float], measured: list[float], path: Path, title: str) -> Path:
+    """Bars of the target sparsity per layer with the achieved sparsity as markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * len(target) + 2), 3.6))
+    x = list(range(len(target)))
+    ax.bar(x, target, color="tab:blue", alpha=0.5, label="target (allocation)")
+    ax.plot(x, measured, "o", color="tab:red", markersize=4, label="achieved (saved weights)")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("sparsity")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

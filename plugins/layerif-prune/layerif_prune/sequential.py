@@ -1,0 +1,165 @@
+"""Block-by-block pruning with the block inputs recomputed through the already-pruned blocks.
+
+As in the Wanda and SparseGPT reference code: the calibration windows run through the model up to the
+first decoder block, whose inputs (hidden states and whatever else the model passes it: attention
+mask, position ids, rotary embeddings) are captured by a pre-hook that then stops the forward. Each
+block in turn (1) runs on its inputs with hooks on its linear modules collecting input statistics,
+(2) has its modules pruned, (3) runs again, pruned, to give the next block its inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from layerif_core.layers import LayerMap, TrackedModule
+from layerif_prune.masks import magnitude_mask, wanda_mask
+from layerif_prune.options import PruneOptions
+from layerif_prune.sparsegpt import sparsegpt_prune
+
+
+class _Stop(Exception):
+    """Raised by the capture hook to end the forward pass at the first block."""
+
+
+@dataclass
+class BlockCall:
+    """The arguments one calibration batch passes to a decoder block, besides the hidden states."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    hidden_as_kwarg: bool
+
+
+def run_block(block: torch.nn.Module, call: BlockCall, hidden: torch.Tensor) -> torch.Tensor:
+    """The block's output hidden states for ``hidden`` ``[B, T, d]``."""
+    if call.hidden_as_kwarg:
+        out = block(*call.args, hidden_states=hidden, **call.kwargs)
+    else:
+        out = block(hidden, *call.args, **call.kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def capture_block_inputs(model: torch.nn.Module, block: torch.nn.Module, windows: torch.Tensor,
+                         batch_size: int) -> tuple[list[BlockCall], list[torch.Tensor]]:
+    """Inputs of ``block`` for each batch of ``windows`` ``[N, T]``: its calls and hidden states."""
+    calls: list[BlockCall] = []
+    hidden: list[torch.Tensor] = []
+
+    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        if args:
+            hidden.append(args[0].detach())
+            calls.append(BlockCall(tuple(args[1:]), kwargs, False))
+        else:
+            hidden.append(kwargs.pop("hidden_states").detach())
+            calls.append(BlockCall((), kwargs, True))
+        raise _Stop
+
+    device = next(model.parameters()).device
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, len(windows), batch_size):
+            ids = windows[start:start + batch_size].to(device)
+            with contextlib.suppress(_Stop):
+                model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    finally:
+        handle.remove()
+    return calls, hidden
+
+
+class InputStats:
+    """Input statistics of one linear module over calibration tokens (fp32 accumulators).
+
+    ``sq[j] = Σ_t x_tj²`` (Wanda) and ``xtx = Σ_t x_t x_tᵀ`` (SparseGPT, only when ``gram``).
+    """
+
+    def __init__(self, d_in: int, device: torch.device, gram: bool):
+        self.sq = torch.zeros(d_in, device=device)
+        self.xtx = torch.zeros(d_in, d_in, device=device) if gram else None
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        # x: [..., d_in] -> [N, d_in]
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.tokens += x.shape[0]
+        self.sq += (x * x).sum(0)
+        if self.xtx is not None:
+            self.xtx.addmm_(x.t(), x)
+
+    def hessian(self) -> torch.Tensor:
+        """SparseGPT's ``H = 2XXᵀ/n``."""
+        return self.xtx * (2.0 / max(self.tokens, 1))
+
+
+def prune_module(tm: TrackedModule, sparsity: float, opts: PruneOptions, stats: InputStats | None
+                 ) -> torch.Tensor:
+    """Prune ``tm``'s weight in place; returns its mask ``[d_out, d_in]`` (True = pruned)."""
+    weight = tm.weight_matrix(tm.module.weight.data)  # [d_out, d_in] view
+    nm = opts.nm()
+    if opts.pruner == "magnitude":
+        mask = magnitude_mask(weight, sparsity, nm)
+    elif opts.pruner == "wanda":
+        mask = wanda_mask(weight, stats.sq, sparsity, nm)
+    else:
+        new, mask = sparsegpt_prune(weight, stats.hessian(), sparsity, nm, opts.blocksize, opts.percdamp)
+        weight.copy_(new.to(weight.dtype))
+    weight.masked_fill_(mask, 0)
+    return mask
+
+
+Track = Callable[[Iterable[Any], int, str], Iterable[Any]]
+
+
+def _no_track(items: Iterable[Any], _total: int, _desc: str) -> Iterable[Any]:
+    return items
+
+
+@torch.no_grad()
+def prune_blocks(model: torch.nn.Module, layer_map: LayerMap, sparsities: list[float],
+                 opts: PruneOptions, windows: torch.Tensor | None, track: Track | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Prune every tracked module of block l to ``sparsities[l]``; returns the masks by module name."""
+    track = track or _no_track
+    masks: dict[str, torch.Tensor] = {}
+    pruned_any = opts.nm() is not None or any(s > 0 for s in sparsities)
+    if opts.pruner == "magnitude" or not pruned_any:
+        for layer in track(range(len(layer_map)), len(layer_map), f"{opts.pruner} pruning"):
+            for tm in layer_map.layers[layer]:
+                masks[tm.name] = prune_module(tm, sparsities[layer], opts, None)
+        return masks
+    calls, hidden = capture_block_inputs(model, layer_map.blocks[0], windows, opts.batch_size)
+    for layer in track(range(len(layer_map)), len(layer_map), f"{opts.pruner} pruning"):
+        block = layer_map.blocks[layer]
+        modules = layer_map.layers[layer]
+        if sparsities[layer] > 0 or opts.nm() is not None:
+            stats = _collect(block, modules, calls, hidden, gram=opts.pruner == "sparsegpt")
+            for tm in modules:
+                masks[tm.name] = prune_module(tm, sparsities[layer], opts, stats[tm.name])
+                stats[tm.name] = None  # free the Gram matrix early
+        else:
+            for tm in modules:
+                masks[tm.name] = torch.zeros(tm.d_out, tm.d_in, dtype=torch.bool)
+        if layer + 1 < len(layer_map):
+            hidden = [run_block(block, c, h) for c, h in zip(calls, hidden, strict=True)]
+    return masks
+
+
+def _collect(block: torch.nn.Module, modules: list[TrackedModule], calls: list[BlockCall],
+             hidden: list[torch.Tensor], gram: bool) -> dict[str, InputStats]:
+    """Run the block on every batch with hooks accumulating each module's input statistics."""
+    stats = {tm.name: InputStats(tm.d_in, h.device, gram) for tm in modules for h in hidden[:1]}
+    handles = [tm.module.register_forward_hook(
+        lambda _m, inp, _out, s=stats[tm.name]: s.add(inp[0])) for tm in modules]
+    try:
+        for c, h in zip(calls, hidden, strict=True):
+            run_block(block, c, h)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
