@@ -1,8 +1,9 @@
 """Expert allocators (DESIGN §5): how many LoRA experts each decoder layer gets.
 
 AlphaLoRA / LayerIF form (``alphalora_experts``). With ``w_l`` the layer's worse-ness
-(``LayerScores.worseness()``, min-max normalised to [0, 1] by default, optionally Savitzky–Golay
-smoothed over the layer index), ``m`` the minimum per layer and ``E`` the total::
+(``LayerScores.worseness()``, min-max normalised to [0, 1] by default; LayerIF's Savitzky–Golay
+smoothing is the run's ``scorer.postprocess``, applied before any allocator), ``m`` the minimum per
+layer and ``E`` the total::
 
     v_l = w_l ** (beta / temperature)
     f_l = v_l / Σ_j v_j · (E − L·m)
@@ -19,16 +20,13 @@ the allocation.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from layerif_core.allocators.preprocess import minmax
 from layerif_core.errors import ConfigError, DataError
 from layerif_core.hookspecs import hookimpl
 from layerif_core.protocols import Allocation, LayerScores
-
-log = logging.getLogger("layerif")
 
 DEFAULT_PER_LAYER = 4  # total = 4 · L when no total is given
 
@@ -53,9 +51,6 @@ class AlphaLoRAOptions(ExpertOptions):
                                "towards uniform, lower sharpens it.")
     normalize: bool = Field(True, description="Min-max the worse-ness to [0, 1] first (LayerIF). "
                             "Off: the raw worse-ness is used and must be >= 0 (AlphaLoRA's alpha-hat).")
-    smooth_window: int | None = Field(None, ge=3, description="Savitzky–Golay window over the layer "
-                                      "index (LayerIF: 7); None = no smoothing. Odd; capped at L.")
-    smooth_order: int = Field(3, ge=1, description="Savitzky–Golay polynomial order.")
 
 
 class GivenOptions(BaseModel):
@@ -100,35 +95,17 @@ def largest_remainder(shares: torch.Tensor, units: int, tiebreak: torch.Tensor |
     return out
 
 
-def _smooth(w: torch.Tensor, window: int | None, order: int) -> torch.Tensor:
-    if window is None:
-        return w
-    n = w.numel()
-    window = min(window, n if n % 2 == 1 else n - 1)
-    if window % 2 == 0:
-        window -= 1
-    if window <= order:
-        log.warning("Savitzky–Golay smoothing skipped: %d layers leave a window of %d, not above "
-                    "order %d", n, window, order)
-        return w
-    from scipy.signal import savgol_filter
-
-    return torch.tensor(savgol_filter(w.numpy(), window, order), dtype=torch.float64)
-
-
-def normalized_worseness(scores: LayerScores, normalize: bool = True, smooth_window: int | None = None,
-                         smooth_order: int = 3) -> torch.Tensor:
+def normalized_worseness(scores: LayerScores, normalize: bool = True) -> torch.Tensor:
     """The worse-ness ``w_l`` >= 0 (larger = worse trained) the expert shares are made of."""
     w = scores.worseness()
     if not torch.isfinite(w).all():
         raise DataError(f"scores of '{scores.scorer}' hold NaN or infinite values; recompute them.")
     if normalize:
-        span = float(w.max() - w.min())
-        w = (w - w.min()) / span if span > 0 else torch.zeros_like(w)
+        w = minmax(w)
     elif float(w.min()) < 0:
         raise ConfigError(f"scores of '{scores.scorer}' oriented as worse-ness have negative values; "
                           "set normalize: true (min-max) for this scorer.")
-    return _smooth(w, smooth_window, smooth_order).clamp_min(0)
+    return w.clamp_min(0)
 
 
 def _top_k(values: list[int]) -> list[int]:
@@ -145,7 +122,7 @@ class AlphaLoRAExperts:
         o = self.opts
         n_layers = scores.values.numel()
         total = _total(o, n_layers)
-        w = normalized_worseness(scores, o.normalize, o.smooth_window, o.smooth_order)
+        w = normalized_worseness(scores, o.normalize)
         v = w.pow(o.beta / o.temperature)
         extra = largest_remainder(v, total - n_layers * o.min_per_layer, tiebreak=w)
         values = [o.min_per_layer + e for e in extra]
