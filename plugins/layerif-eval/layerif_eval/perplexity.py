@@ -169,7 +169,9 @@ class Perplexity:
         seqlen = resolve_seqlen(opts, model)
         stride = opts.stride or seqlen
         text = read_text(opts, seed=getattr(ctx, "seed", 0))
-        ids = torch.tensor(tokenizer(text, add_special_tokens=opts.add_special_tokens)["input_ids"])
+        # verbose=False: a whole text is longer than the model's context by design (it is windowed)
+        ids = torch.tensor(tokenizer(text, add_special_tokens=opts.add_special_tokens,
+                                     verbose=False)["input_ids"])
         windows = plan_windows(len(ids), seqlen, stride, opts.drop_last)
         if not windows:
             raise DataError(f"text of '{opts.source}' has {len(ids)} tokens, less than one window of "
