@@ -127,8 +127,9 @@ def prune_blocks(model: torch.nn.Module, layer_map: LayerMap, sparsities: list[f
     """Prune every tracked module of block l to ``sparsities[l]``; returns the masks by module name."""
     track = track or _no_track
     masks: dict[str, torch.Tensor] = {}
-    pruned_any = opts.nm() is not None or any(s > 0 for s in sparsities)
-    if opts.pruner == "magnitude" or not pruned_any:
+    if opts.nm() is None and not any(s > 0 for s in sparsities):
+        return {tm.name: torch.zeros(tm.d_out, tm.d_in, dtype=torch.bool) for tm in layer_map.modules()}
+    if opts.pruner == "magnitude":
         for layer in track(range(len(layer_map)), len(layer_map), f"{opts.pruner} pruning"):
             for tm in layer_map.layers[layer]:
                 masks[tm.name] = prune_module(tm, sparsities[layer], opts, None)
