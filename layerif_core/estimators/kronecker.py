@@ -30,11 +30,12 @@ LabelFn = Callable[[Batch], torch.Tensor]
 def run_pass(ctx: RunContext, split: TokenizedSplit, description: str,
              on_backward: BackwardFn | None = None, on_forward: ForwardFn | None = None,
              labels: LabelFn | None = None, on_batch: Callable[[Batch], None] | None = None,
-             modules: list[TrackedModule] | None = None) -> None:
+             modules: list[TrackedModule] | None = None, sample_seed: int | None = None) -> None:
     """Forward and backward the summed loss of every batch of this rank's shard of ``split``.
 
     ``on_batch`` is called with each batch before its forward (estimators use it to learn the
-    current example indices and padding mask); ``labels`` replaces the data labels (true Fisher).
+    current example indices and padding mask); ``labels`` replaces the data labels;
+    ``sample_seed`` draws the labels from the model's own forward instead (the true Fisher).
     """
     mine = split.subset(shard(len(split))) if _sharded(split) else split
     index_map = shard(len(split))
@@ -51,7 +52,7 @@ def run_pass(ctx: RunContext, split: TokenizedSplit, description: str,
             if on_batch is not None:
                 on_batch(batch)
             lab = labels(batch) if labels is not None else None
-            losses = sequence_losses(ctx.model, batch, lab)
+            losses = sequence_losses(ctx.model, batch, lab, sample_seed)
             check_finite(losses, batch, split.name)
             if on_backward is not None:
                 losses.sum().backward()

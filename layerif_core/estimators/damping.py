@@ -1,0 +1,78 @@
+"""Options every curvature estimator shares: which Fisher, and the damping ``λ`` per module.
+
+``I[l, i] = (q^l)ᵀ (G_l + λ_l I)^{-1} g_i^l`` (DESIGN §4). The default damping is
+``λ_m = 0.1 · mean eigenvalue`` of module m's curvature block (Grosse et al. 2023 and kronfluence
+use 0.1 × the mean EK-FAC eigenvalue); a number replaces it for every module, and ``module_damping``
+sets it per module by a regular expression on the module's full name.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+
+from layerif_core.layers import TrackedModule
+
+
+class CurvatureOptions(BaseModel):
+    """The Fisher and damping options of ``kfac``, ``ekfac``, ``lissa`` and ``exact``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fisher: Literal["true", "empirical"] = Field(
+        "true", description="'true': labels sampled from the model (seeded per example); "
+                            "'empirical': the data labels.")
+    damping: PositiveFloat | None = Field(
+        None, description="Absolute damping λ for every module; unset: relative_damping × the "
+                          "module's mean curvature eigenvalue.")
+    relative_damping: PositiveFloat = Field(
+        0.1, description="λ_m = relative_damping · mean eigenvalue of module m's curvature (default).")
+    module_damping: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="Absolute λ per module: regex on the module's full name "
+                                          "→ λ; the first match wins over `damping`.")
+
+    def sample_seed(self, seed: int) -> int | None:
+        """The label-sampling seed of the true Fisher, or None for the empirical Fisher."""
+        return seed if self.fisher == "true" else None
+
+    def fit_key(self) -> dict:
+        """The options that change fitted curvature (the damping does not)."""
+        return {"fisher": self.fisher}
+
+
+def module_damping(opts: CurvatureOptions, tm: TrackedModule, mean_eigenvalue: float) -> float:
+    """``λ_m`` of one module: a matching ``module_damping`` rule, else ``damping``, else relative.
+
+    A module whose curvature is zero (no gradient reaches it) gets a tiny positive λ so the solve
+    stays finite; its query gradient is zero too, so its influence is 0.
+    """
+    fixed = absolute_damping(opts, tm)
+    if fixed is not None:
+        return fixed
+    return max(opts.relative_damping * float(mean_eigenvalue), 1e-12)
+
+
+def absolute_damping(opts: CurvatureOptions, tm: TrackedModule) -> float | None:
+    """The damping given as a number for this module (a rule or ``damping``), else None."""
+    for pattern, value in opts.module_damping.items():
+        if re.search(pattern, tm.name):
+            return float(value)
+    return float(opts.damping) if opts.damping is not None else None
+
+
+def check_rules(opts: CurvatureOptions, modules: list[TrackedModule]) -> None:
+    """Refuse a ``module_damping`` rule that matches no tracked module (a typo would go unnoticed)."""
+    from layerif_core.errors import ConfigError
+
+    for pattern in opts.module_damping:
+        try:
+            rx = re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"module_damping rule {pattern!r} is not a valid regex ({exc}); "
+                              "fix the pattern.") from None
+        if not any(rx.search(tm.name) for tm in modules):
+            example = modules[0].name if modules else "?"
+            raise ConfigError(f"module_damping rule {pattern!r} matches no tracked module (names look "
+                              f"like {example!r}); fix the pattern.")
