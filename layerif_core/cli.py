@@ -261,6 +261,21 @@ def compare_scores(
     console.print(f"plot in {output}; correlations in {output.with_suffix('.json')}")
 
 
+@app.command()
+@guarded
+def finetune(config: ConfigArg, set_: SetOpt = None, force: ForceOpt = False) -> None:
+    """LoRA fine-tune CONFIG's model on finetune.data (default: the first task's train split) and save
+    the adapter in peft's format (finetune.output, else model.adapter, else <run>/adapter); resumes
+    from its latest checkpoint."""
+    from layerif_core.finetune import finetune as run_finetune
+
+    result = run_finetune(_load(config, set_), show_progress=not STATE["quiet"], force=force)
+    if result.losses:
+        console.print(f"{result.steps} steps; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
+    console.print(f"adapter in {result.adapter_dir}; score with model.adapter={result.adapter_dir} "
+                  "and layers.lora_only=true")
+
+
 def main() -> None:
     """Console entry point: load plugins (which may add commands), then run the CLI."""
     from layerif_core.registry import get_registry

@@ -106,6 +106,20 @@ class ComponentSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="The component's options.")
 
 
+class PostprocessSpec(Strict):
+    """Pre-processing of the layer scores before allocation (DESIGN §5; LayerIF smooths |S|)."""
+
+    smooth: bool = Field(
+        False, description="Savitzky-Golay smoothing over the layer index of |S| min-maxed to [0, 1] "
+        "(as LayerIF does); the window shrinks to the number of layers when there are fewer."
+    )
+    window: int = Field(7, ge=1, description="Savitzky-Golay window length (odd; LayerIF uses 7).")
+    order: int = Field(3, ge=0, description="Savitzky-Golay polynomial order (LayerIF uses 3).")
+    normalize: Literal["none", "minmax"] = Field(
+        "none", description="'minmax' rescales the (smoothed) scores to [0, 1]."
+    )
+
+
 class ScorerSpec(Strict):
     """How layers are scored."""
 
@@ -119,6 +133,41 @@ class ScorerSpec(Strict):
         description="Aggregator of I[l, i] into S[l] (layerif scorer only).",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Options of a baseline scorer.")
+    postprocess: PostprocessSpec = Field(
+        default_factory=PostprocessSpec,
+        description="Smoothing / normalisation of S[l] before allocation (raw values kept in details).",
+    )
+
+
+class FinetuneSpec(Strict):
+    """LoRA fine-tuning with peft (`layerif finetune`): the LayerIF paper's first step."""
+
+    data: DataSpec | None = Field(
+        None, description="Training data; default: the first task's train split."
+    )
+    output: str | None = Field(
+        None, description="Adapter directory (peft format); default: model.adapter if set, else "
+        "<output_dir>/<name>/adapter."
+    )
+    rank: int = Field(8, ge=1, description="LoRA rank r.")
+    alpha: float = Field(16, gt=0, description="LoRA alpha (the update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt (e.g. [q_proj, v_proj]); default: peft's choice "
+        "for the architecture."
+    )
+    epochs: int = Field(1, ge=1, description="Passes over the training data.")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up optimizer steps.")
+    schedule: Literal["linear", "constant"] = Field(
+        "linear", description="Learning-rate schedule after warm-up."
+    )
+    batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
+    gradient_accumulation: int = Field(1, ge=1, description="Batches per optimizer step.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null: off).")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many optimizer steps.")
+    seed: int | None = Field(None, description="Seed of init, shuffling and dropout; default: seed.")
 
 
 class RunConfig(Strict):
@@ -136,6 +185,8 @@ class RunConfig(Strict):
     allocation: ComponentSpec | None = Field(None, description="Allocator run on each task's scores.")
     application: ComponentSpec | None = Field(None, description="Application plugin (prune, lora_moe).")
     evaluation: list[ComponentSpec] = Field(default_factory=list, description="Evaluator plugins.")
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec,
+                                   description="LoRA fine-tuning options (`layerif finetune`).")
 
     @field_validator("tasks")
     @classmethod

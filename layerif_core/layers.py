@@ -100,10 +100,11 @@ class LayerMap:
             tracked = []
             for short, mod in block.named_modules():
                 shape = _linear_shape(mod)
-                if shape is None or not short or _is_lora_part(short):
+                if shape is None or not short or _is_lora_part(short) != spec.lora_only:
                     continue
                 d_in, d_out, transposed = shape
-                tm = TrackedModule(f"{self.blocks_name}.{idx}.{short}", _base_name(short), idx, mod,
+                tm = TrackedModule(f"{self.blocks_name}.{idx}.{short}",
+                                   _lora_name(short) if spec.lora_only else _base_name(short), idx, mod,
                                    d_in, d_out, getattr(mod, "bias", None) is not None, transposed)
                 if spec.modules != "all" and tm.kind != spec.modules:
                     continue
@@ -111,6 +112,11 @@ class LayerMap:
                     continue
                 tracked.append(tm)
             self.layers.append(tracked)
+        if spec.lora_only and not any(self.layers) and not any(
+                _is_lora_part(n) for n, _ in model.named_modules()):
+            raise ConfigError(f"layers.lora_only is set but {type(model).__name__} has no LoRA modules; "
+                              "fine-tune an adapter first (`layerif finetune CONFIG`) and load it with "
+                              "model.adapter=<its directory>.")
         if not any(self.layers):
             raise ConfigError(f"the layer selection (modules={spec.modules!r}, regex={spec.regex!r}) "
                               f"matches no linear module of {type(model).__name__}; widen it.")
@@ -132,7 +138,15 @@ class LayerMap:
 
 def _is_lora_part(short: str) -> bool:
     return any(p in short.split(".") for p in ("lora_A", "lora_B", "lora_embedding_A",
-                                                "lora_embedding_B"))
+                                                "lora_embedding_B", "lora_moe"))
+
+
+def _lora_name(short: str) -> str:
+    """``self_attn.q_proj.lora_A.default`` -> ``self_attn.q_proj.lora_A`` (other adapter names kept)."""
+    parts = short.replace(".base_layer", "").split(".")
+    if len(parts) >= 2 and parts[-2] in ("lora_A", "lora_B") and parts[-1] == "default":
+        parts = parts[:-1]
+    return ".".join(parts)
 
 
 def _base_name(short: str) -> str:

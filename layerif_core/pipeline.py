@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from layerif_core.allocators.preprocess import postprocess
 from layerif_core.artifacts import RunDir
 from layerif_core.config import RunConfig, TaskSpec
 from layerif_core.context import RunContext
@@ -87,7 +88,7 @@ def score_task(ctx: RunContext, task: TaskSpec) -> LayerScores:
                         f"{len(ctx.layer_map)} layers; fix the scorer plugin.")
     ctx.run_dir.manifest.setdefault("timings", {})[f"score:{task.name}"] = round(
         time.perf_counter() - start, 3)
-    return scores
+    return postprocess(scores, spec.postprocess)
 
 
 def compute_layer_scores(ctx: RunContext) -> dict[str, LayerScores]:
