@@ -1,0 +1,105 @@
+"""Training, saving and resuming LoRA-MoE on a tiny llama with the bundled capitals task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_ctx, tiny_model
+from layerif_core.errors import ArtifactError, ConfigError
+from layerif_core.layers import LayerMap
+from layerif_core.protocols import Allocation
+from layerif_lora_moe import LoraMoeOptions, load_lora_moe
+from layerif_lora_moe.application import LoraMoeApplication
+
+ALLOC = Allocation("experts", [1, 2, 3], "given_experts")
+OPTS = dict(rank=2, alpha=4, dropout=0.1, lr=2e-2, max_steps=6, batch_size=2, grad_accum=2,
+            target_modules=["q_proj", "v_proj", "up_proj"], aux_loss_weight=0.1)
+
+
+def _train(tmp_path, stop_after=None, **changes):
+    ctx = make_ctx(tmp_path, model=tiny_model("llama"))
+    app = LoraMoeApplication(LoraMoeOptions(**{**OPTS, **changes}))
+    app.apply(ctx, ctx.model, ALLOC, stop_after=stop_after)
+    return ctx, app
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One uninterrupted 6-step run (checkpoints every 2 steps), shared by the tests below."""
+    return _train(tmp_path_factory.mktemp("full"), save_every=2)
+
+
+def test_training_writes_the_adapter_curves_and_log(trained):
+    ctx, app = trained
+    run = ctx.run_dir.path
+    log = json.loads((run / "lora_moe/train_log.json").read_text())
+    assert [r["step"] for r in log["steps"]] == list(range(1, 7))
+    assert [v["step"] for v in log["validation"]] == [0, 6]
+    assert all(r["aux"] > 0 for r in log["steps"])
+    routed_layers = {int(k) for u in log["usage"] for k in u["layers"]}
+    assert routed_layers == {1, 2}
+    for name in ("plots/lora_moe_loss.png", "plots/lora_moe_usage.png"):
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["lora_moe"]["experts"] == [1, 2, 3]
+
+
+def test_saved_adapter_reloads_to_identical_logits(trained):
+    ctx, app = trained
+    ids = torch.tensor([[5, 9, 14, 22, 30, 7]])
+    with torch.no_grad():
+        trained = ctx.model(input_ids=ids).logits
+        fresh = tiny_model("llama")
+        base = fresh(input_ids=ids).logits
+        load_lora_moe(fresh, ctx.run_dir.file("lora_moe/adapter"))
+        reloaded = fresh(input_ids=ids).logits
+    assert not torch.allclose(trained, base)  # training changed the model
+    assert torch.equal(reloaded, trained)
+
+
+def test_adapter_refuses_another_model(trained, tmp_path):
+    ctx, _ = trained
+    other = tiny_model("llama", num_hidden_layers=2)
+    with pytest.raises(ArtifactError, match="3 layers, this one has 2"):
+        load_lora_moe(other, ctx.run_dir.file("lora_moe/adapter"))
+    with pytest.raises(ArtifactError, match="no LoRA-MoE adapter"):
+        load_lora_moe(tiny_model("llama"), tmp_path)
+
+
+def test_resumed_training_equals_an_uninterrupted_run(trained, tmp_path):
+    _, full = trained
+    part_ctx, _ = _train(tmp_path / "part", stop_after=3)
+    ckpt = part_ctx.run_dir.read_tensors("lora_moe/checkpoint.safetensors")
+    assert ckpt[1]["step"] == "3"
+    # a new process: fresh model, same config and run directory
+    ctx = make_ctx(tmp_path / "part", model=tiny_model("llama"))
+    app = LoraMoeApplication(LoraMoeOptions(**OPTS))
+    app.apply(ctx, ctx.model, ALLOC)
+    assert app.log.resumed_from == 3
+    assert len(app.log.steps) == 6
+    expected, got = full.handle.state_dict(), app.handle.state_dict()
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.allclose(expected[name], got[name], atol=1e-6), name
+    assert [r["loss"] for r in app.log.steps] == pytest.approx([r["loss"] for r in full.log.steps])
+
+
+def test_training_lowers_the_validation_loss(trained):
+    _, app = trained
+    first, last = app.log.validation[0]["loss"], app.log.validation[-1]["loss"]
+    assert last < first
+
+
+def test_allocation_of_the_wrong_kind_is_an_error(tmp_path):
+    ctx = make_ctx(tmp_path, model=tiny_model("llama"))
+    app = LoraMoeApplication(LoraMoeOptions(**OPTS))
+    with pytest.raises(ConfigError, match="expert allocation"):
+        app.apply(ctx, ctx.model, Allocation("sparsity", [0.5, 0.5, 0.5], "alpha_pruning"))
+
+
+def test_layer_map_unchanged_after_injection(trained):
+    ctx, _ = trained
+    assert LayerMap(ctx.model).describe() == LayerMap(tiny_model("llama")).describe()
