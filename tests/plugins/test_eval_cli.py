@@ -88,3 +88,6 @@ def test_run_command_evaluates_the_model_after_scoring(workdir):
     metrics = data.get("metrics", data)
     assert metrics["perplexity/text"] > 1.0
     assert 0.0 <= metrics["lm_eval/layerif_antonyms/acc"] <= 1.0
+    manifest = json.loads((workdir / "runs" / "e" / "manifest.json").read_text())
+    assert manifest["evaluation"]["lm_eval"]["tasks"]["layerif_antonyms"]["version"] == 1.0
+    assert manifest["evaluation"]["perplexity/text"]["seqlen"] == 32

@@ -4,6 +4,7 @@ the fraction of items whose correct choice has the highest log-likelihood, compu
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,22 @@ def test_task_needing_the_hub_while_offline_names_the_local_file_fix(tmp_path):
                        dataset_path="layerif-no-such-org/no-such-dataset", dataset_kwargs=None)
     with pytest.raises(DataError, match="point the task at local files"):
         lm_eval(ctx, tasks=["hub_mc"], include_path=[str(tasks)])
+
+
+def test_hub_switch_is_restored_after_an_offline_evaluation(tmp_path):
+    import datasets.config
+    import huggingface_hub.constants
+
+    before = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE,
+              os.environ.get("HF_HUB_OFFLINE"))
+    ctx = make_ctx(tmp_path)
+    tasks = write_task(tmp_path / "tasks", bundled_records("antonyms", "test", n=2), name="hub_mc",
+                       dataset_path="layerif-no-such-org/no-such-dataset", dataset_kwargs=None)
+    with pytest.raises(DataError):
+        lm_eval(ctx, tasks=["hub_mc"], include_path=[str(tasks)])
+    after = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE,
+             os.environ.get("HF_HUB_OFFLINE"))
+    assert after == before
 
 
 def test_missing_include_path_is_reported(tmp_path):
