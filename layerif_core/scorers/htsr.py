@@ -82,21 +82,27 @@ class PowerLawFit:
 
 
 def esd(weight: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues of ``WᵀW`` (squared singular values of ``W``), ascending, float64."""
-    sv = torch.linalg.svdvals(weight.detach().float())
-    return torch.sort(sv.double().square().cpu()).values
+    """The ``min(d_out, d_in)`` eigenvalues of ``WᵀW`` (the squared singular values of ``W``),
+    ascending, float64.
+
+    Computed as ``eigvalsh`` of the smaller Gram matrix in float64: several times faster than an SVD
+    and more accurate than the source's float32 ``svdvals``. Round-off negatives are clipped to 0.
+    """
+    w = weight.detach().double()
+    gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+    return torch.linalg.eigvalsh(gram).clamp(min=0)
 
 
 def _candidates(eigs: torch.Tensor, opts: HTSROptions) -> torch.Tensor:
     """Boolean mask over ``eigs[:-1]`` of the λ_min candidates searched."""
     n = eigs.numel()
-    valid = torch.ones(n - 1, dtype=torch.bool)
+    valid = torch.ones(n - 1, dtype=torch.bool, device=eigs.device)
     if opts.xmin != "peak":
         return valid
     logs = torch.log10(eigs)
     lo, hi = logs.min(), logs.max()
     counts = torch.histc(logs, bins=opts.bins, min=float(lo), max=float(hi))
-    edges = torch.linspace(float(lo), float(hi), opts.bins + 1, dtype=torch.float64)
+    edges = torch.linspace(float(lo), float(hi), opts.bins + 1, dtype=torch.float64, device=eigs.device)
     peak = 10 ** edges[int(torch.argmax(counts))]
     lower = math.log10(0.95 * peak) if opts.peak_lower_bound == "source" else 0.95 * peak
     cand = eigs[:-1]
@@ -115,12 +121,12 @@ def fit_power_law(eigs: torch.Tensor, opts: HTSROptions | None = None) -> PowerL
     logs = torch.log(eigs)
     if opts.xmin == "mid":
         i = int(n_all / opts.xmin_pos)
-        alpha, dist = _fit_at(eigs, logs, torch.tensor([i]))
+        alpha, dist = _fit_at(eigs, logs, torch.tensor([i], device=eigs.device))
         return PowerLawFit(float(alpha[0]), float(eigs[i]), float(dist[0]), n_all - i, float(eigs[-1]))
     valid = _candidates(eigs, opts)
     if not valid.any():  # the source would return α = 0 here; search every candidate instead
-        valid = torch.ones(n_all - 1, dtype=torch.bool)
-    idx = torch.arange(n_all - 1)[valid]
+        valid = torch.ones(n_all - 1, dtype=torch.bool, device=eigs.device)
+    idx = torch.arange(n_all - 1, device=eigs.device)[valid]
     alphas, dists = _fit_at(eigs, logs, idx)
     best = int(torch.argmin(dists))  # first minimum, as torch.argmin in the source
     i = int(idx[best])
@@ -140,7 +146,7 @@ def _fit_at(eigs: torch.Tensor, logs: torch.Tensor, idx: torch.Tensor) -> tuple[
     n = (n_all - idx).double()
     alphas = 1 + n / (suffix[idx] - n * logs[idx])
     dists = torch.ones_like(alphas)
-    j = torch.arange(n_all)
+    j = torch.arange(n_all, device=eigs.device)
     for start in range(0, idx.numel(), _CHUNK):
         rows = idx[start:start + _CHUNK]
         a, nn_ = alphas[start:start + _CHUNK, None], n[start:start + _CHUNK, None]
