@@ -1,6 +1,8 @@
-"""``layerif moe CONFIG``: a thin shell over :func:`layerif_lora_moe.runner.run_moe`."""
+"""``layerif moe CONFIG``: a thin shell over :func:`layerif_lora_moe.runner.run_moe`.
 
-from __future__ import annotations
+(No ``from __future__ import annotations``: typer reads the annotations of the nested command, whose
+types are imported locally.)
+"""
 
 import json
 from pathlib import Path
