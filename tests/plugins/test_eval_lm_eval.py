@@ -124,6 +124,14 @@ def test_hub_switch_is_restored_after_an_offline_evaluation(tmp_path):
     assert after == before
 
 
+def test_missing_local_data_file_is_reported(tmp_path):
+    ctx = make_ctx(tmp_path)
+    tasks = write_task(tmp_path / "tasks", bundled_records("antonyms", "test", n=2), name="gone_mc")
+    (tasks / "gone_mc.jsonl").unlink()
+    with pytest.raises(DataError, match="gone_mc.jsonl.*data_files"):
+        lm_eval(ctx, tasks=["gone_mc"], include_path=[str(tasks)])
+
+
 def test_missing_include_path_is_reported(tmp_path):
     ctx = make_ctx(tmp_path)
     with pytest.raises(ConfigError, match="include_path"):

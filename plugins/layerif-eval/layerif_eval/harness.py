@@ -203,6 +203,9 @@ class LmEval:
                 )
         except Exception as exc:
             if not _hub_failure(exc):
+                if isinstance(exc, FileNotFoundError):
+                    raise DataError(f"lm-eval task data not found ({str(exc).splitlines()[0]}); check "
+                                    "`dataset_kwargs.data_files` in the task YAML.") from None
                 raise
             where = "with the hub switched off" if offline else "because the hub cannot be reached"
             raise DataError(f"lm-eval task(s) {', '.join(opts.tasks)} need data from the Hugging Face "
