@@ -173,7 +173,7 @@ class DataInf:
         store = self._store(ctx, len(train))
         try:
             per_example_gradients(ctx, train, store)
-            return self._combine(ctx, store, q, len(train))
+            return self._combine(ctx, store, q, train)
         finally:
             store.close()
 
@@ -186,9 +186,9 @@ class DataInf:
         directory = ctx.run_dir.file("datainf-gradients") if on_disk else None
         return GradientStore(sizes, n, ctx.device, directory)
 
-    def _combine(self, ctx: RunContext, store: GradientStore, q: dict[str, torch.Tensor], n: int
-                 ) -> torch.Tensor:
-        scores = torch.zeros(len(ctx.layer_map), n, dtype=torch.float64, device=ctx.device)
+    def _combine(self, ctx: RunContext, store: GradientStore, q: dict[str, torch.Tensor],
+                 train: TokenizedSplit) -> torch.Tensor:
+        scores = torch.zeros(len(ctx.layer_map), len(train), dtype=torch.float64, device=ctx.device)
         self.lambdas, self.zero_modules = {}, []
         for tm in ctx.layer_map.modules():
             grads = store.get(tm.name)
@@ -202,8 +202,8 @@ class DataInf:
                 continue
             scores[tm.layer] += datainf_influence(grads, q[tm.name].flatten(), lam)
         self._report_zero(ctx)
-        ctx.run_dir.manifest["datainf"] = {"lambdas": self.lambdas,
-                                           "zero_gradient_modules": self.zero_modules}
+        ctx.run_dir.manifest.setdefault("datainf", {})[train.name] = {
+            "lambdas": self.lambdas, "zero_gradient_modules": self.zero_modules}
         return scores.float()
 
     def _report_zero(self, ctx: RunContext) -> None:
