@@ -147,6 +147,7 @@ def _call_plugin(registry: Registry, pm: pluggy.PluginManager, plugin: object, p
     """Run every registration hook of one plugin, reverting what it added if it fails midway."""
     registry._provider = (provider, version)
     before = {k: dict(v) for k, v in registry.components.items()}
+    n_commands = len(app.registered_commands) if app is not None else 0
     try:
         for hook in _HOOKS.values():
             impl = getattr(plugin, hook, None)
@@ -155,13 +156,24 @@ def _call_plugin(registry: Registry, pm: pluggy.PluginManager, plugin: object, p
         impl = getattr(plugin, "layerif_register_commands", None)
         if impl is not None and app is not None:
             impl(app=app)
+            _check_commands(app)
     except Exception as exc:  # a broken third-party plugin must not stop the others
         registry.components = before
+        if app is not None:
+            del app.registered_commands[n_commands:]
         msg = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
         registry.problems.append(LoadProblem(provider, msg))
         log.warning("plugin '%s' skipped: %s", provider, msg)
     finally:
         registry._provider = ("layerif", "0")
+
+
+def _check_commands(app: Any) -> None:
+    """Build the click commands now, so that a plugin's malformed command fails here, where it is
+    isolated, rather than when the CLI starts."""
+    import typer.main
+
+    typer.main.get_command(app)
 
 
 def load_registry(app: Any | None = None, entry_points: bool = True) -> Registry:

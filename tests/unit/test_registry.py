@@ -76,3 +76,33 @@ def test_broken_and_clashing_plugins_are_reported_and_skipped(tmp_path, monkeypa
     assert reg.get("estimator", "grad_dot").provider == "layerif"
     good = reg.get("aggregator", "median_harm")
     assert (good.provider, good.version) == ("lif-good", "0.3")
+
+
+BAD_COMMAND = """
+from layerif_core import hookimpl
+
+@hookimpl
+def layerif_register_commands(app):
+    @app.command("bad")
+    def bad(x: UndefinedType) -> None:  # noqa: F821
+        pass
+"""
+
+
+def test_plugin_with_a_broken_command_does_not_break_the_cli(tmp_path, monkeypatch):
+    import typer
+    import typer.main
+
+    _dist(tmp_path, "lif-badcmd", "lif_badcmd", "from __future__ import annotations\n" + BAD_COMMAND)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = typer.Typer()
+
+    @app.command()
+    def ok() -> None:
+        """A command that works."""
+
+    reg = load_registry(app=app)
+    assert any(p.provider == "lif-badcmd" for p in reg.problems)
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert "ok" in names and "bad" not in names
+    typer.main.get_command(app)
