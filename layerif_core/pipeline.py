@@ -21,6 +21,7 @@ from layerif_core.config import RunConfig, TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.data import TokenizedSplit, tokenize_split
 from layerif_core.errors import DataError
+from layerif_core.evaluation import evaluate_model
 from layerif_core.layers import LayerMap
 from layerif_core.models import fingerprint_model, load_model, max_context
 from layerif_core.plotting import plot_scores
@@ -139,9 +140,6 @@ def run(config: RunConfig, force: bool = False, show_progress: bool = True) -> R
         app = registry.build("application", config.application.name, config.application.options)
         model = app.apply(ctx, model, next(iter(allocations.values())))
     metrics: dict[str, float] = {}
-    for spec in config.evaluation:
-        evaluator = registry.build("evaluator", spec.name, spec.options)
-        metrics.update(evaluator.evaluate(ctx, model, ctx.tokenizer))
-    if metrics:
-        ctx.run_dir.write_json("metrics.json", metrics)
+    if config.evaluation:
+        metrics = evaluate_model(ctx, model, ctx.tokenizer).metrics
     return RunResult(ctx.run_dir.path, scores, allocations, metrics)

@@ -4,8 +4,8 @@
 >>> report = evaluate_model(ctx)   # runs ctx.config.evaluation; writes metrics.json and metrics.md
 """
 
+from layerif_core.evaluation import EvalReport, evaluate_model
 from layerif_eval.harness import LmEval, LmEvalOptions
 from layerif_eval.perplexity import Perplexity, PerplexityOptions
-from layerif_eval.report import EvalReport, evaluate_model
 
 __all__ = ["EvalReport", "LmEval", "LmEvalOptions", "Perplexity", "PerplexityOptions", "evaluate_model"]

@@ -1,4 +1,4 @@
-"""``layerif eval CONFIG``: a thin shell over :func:`layerif_eval.report.evaluate_model`."""
+"""``layerif eval CONFIG``: a thin shell over :func:`layerif_core.evaluation.evaluate_model`."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def eval_command(config: ConfigArg, set_: SetOpt = None, model: ModelOpt = None,
     """Evaluate CONFIG's model (or --model) with the evaluators of its `evaluation:` section;
     writes metrics.json and metrics.md into the run directory."""
     from layerif_core.config import load_config
+    from layerif_core.evaluation import check_specs, evaluate_model
     from layerif_core.pipeline import open_run
-    from layerif_eval.report import check_specs, evaluate_model
 
     cfg = load_config(config, set_ or [])
     if model is not None:

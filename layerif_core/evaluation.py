@@ -1,5 +1,7 @@
-"""The Python API of evaluation: run the configured evaluators on a model, write ``metrics.json``
-and ``metrics.md`` into the run directory with the provenance of every number."""
+"""Run the configured evaluators on a model; write ``metrics.json`` and ``metrics.md`` into the run
+directory with the provenance (evaluator, provider, versions, lm-eval task versions) of every number.
+
+Used by ``layerif run`` after any application and by the evaluation plugin's ``layerif eval``."""
 
 from __future__ import annotations
 
