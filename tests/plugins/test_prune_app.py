@@ -108,6 +108,8 @@ def test_allocation_of_another_model_is_an_error(tmp_path):
 
 def write_model_and_config(tmp_path) -> tuple[str, dict]:
     model_dir = tmp_path / "tiny"
+    text = tmp_path / "eval.txt"
+    text.write_text("The capital of France is Paris. " * 8)
     tiny_model("llama").save_pretrained(model_dir)
     char_tokenizer().save_pretrained(model_dir)
     cfg = {
@@ -119,6 +121,7 @@ def write_model_and_config(tmp_path) -> tuple[str, dict]:
         "batch_size": 4,
         "allocation": {"name": "alpha_pruning", "options": {"sparsity": 0.6, "epsilon": 0.2}},
         "application": {"name": "prune", "options": {"pruner": "sparsegpt", "calibration": CALIB}},
+        "evaluation": [{"name": "perplexity", "options": {"source": str(text), "seqlen": 32}}],
     }
     path = tmp_path / "prune.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -137,7 +140,9 @@ def test_prune_command_with_scores_of_an_earlier_run(tmp_path):
     alloc = json.loads((run / "allocation.json").read_text())["caps"]["values"]
     assert alloc[0] == max(alloc) and alloc[1] == min(alloc)  # layer 0 scored worst
     assert report["pruner"] == "sparsegpt" and (run / "pruned_model" / "config.json").is_file()
-    assert json.loads((run / "metrics.json").read_text())["sparsity/achieved"] == report["achieved_overall"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["sparsity/achieved"] == report["achieved_overall"]
+    assert metrics["perplexity/eval"] > 1  # the evaluators ran on the pruned model
 
 
 def test_prune_command_rejects_scores_with_another_layer_count(tmp_path):
