@@ -55,3 +55,16 @@ def test_model_is_left_as_it_was(tmp_path):
     score_task(ctx, ctx.config.tasks[0])
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_squared_norm_equals_grad_dot_self_influence_sum(tmp_path):
+    # with train = validation, Σ_i I_grad_dot[l, i] = Σ_i q^lᵀ g_i^l = ‖q^l‖²
+    split = {"source": "bundled:capitals", "split": "validation", "limit": 4, "max_length": 96}
+    tasks = [{"name": "same", "train": split, "validation": split}]
+    ctx = make_ctx(tmp_path, tasks=tasks, scorer={"name": "gradient_norm"})
+    norms = score_task(ctx, ctx.config.tasks[0]).values.double()
+    from layerif_core.registry import get_registry
+
+    train, query = load_task_splits(ctx, ctx.config.tasks[0])
+    influence = get_registry().build("estimator", "grad_dot").influence(ctx, train, query)
+    torch.testing.assert_close(norms.square(), influence.double().sum(dim=1), rtol=1e-4, atol=0)
