@@ -19,7 +19,7 @@ import torch
 from layerif_core.layers import LayerMap, TrackedModule
 from layerif_prune.masks import magnitude_mask, wanda_mask
 from layerif_prune.options import PruneOptions
-from layerif_prune.sparsegpt import sparsegpt_prune
+from layerif_prune.sparsegpt import dampened_inverse_factor, sparsegpt_prune
 
 
 class _Stop(Exception):
@@ -97,9 +97,12 @@ class InputStats:
         return self.xtx * (2.0 / max(self.tokens, 1))
 
 
-def prune_module(tm: TrackedModule, sparsity: float, opts: PruneOptions, stats: InputStats | None
-                 ) -> torch.Tensor:
-    """Prune ``tm``'s weight in place; returns its mask ``[d_out, d_in]`` (True = pruned)."""
+def prune_module(tm: TrackedModule, sparsity: float, opts: PruneOptions, stats: InputStats | None,
+                 factors: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Prune ``tm``'s weight in place; returns its mask ``[d_out, d_in]`` (True = pruned).
+
+    ``factors`` caches SparseGPT's inverse-Hessian factor per shared :class:`InputStats`.
+    """
     weight = tm.weight_matrix(tm.module.weight.data)  # [d_out, d_in] view
     nm = opts.nm()
     if opts.pruner == "magnitude":
@@ -107,7 +110,11 @@ def prune_module(tm: TrackedModule, sparsity: float, opts: PruneOptions, stats: 
     elif opts.pruner == "wanda":
         mask = wanda_mask(weight, stats.sq, sparsity, nm)
     else:
-        new, mask = sparsegpt_prune(weight, stats.hessian(), sparsity, nm, opts.blocksize, opts.percdamp)
+        factors = {} if factors is None else factors
+        if id(stats) not in factors:
+            factors[id(stats)] = dampened_inverse_factor(stats.hessian(), opts.percdamp)
+        new, mask = sparsegpt_prune(weight, None, sparsity, nm, opts.blocksize, opts.percdamp,
+                                    factor=factors[id(stats)])
         weight.copy_(new.to(weight.dtype))
     weight.masked_fill_(mask, 0)
     return mask
@@ -140,9 +147,10 @@ def prune_blocks(model: torch.nn.Module, layer_map: LayerMap, sparsities: list[f
         modules = layer_map.layers[layer]
         if sparsities[layer] > 0 or opts.nm() is not None:
             stats = _collect(block, modules, calls, hidden, gram=opts.pruner == "sparsegpt")
+            factors: dict[int, torch.Tensor] = {}
             for tm in modules:
-                masks[tm.name] = prune_module(tm, sparsities[layer], opts, stats[tm.name])
-                stats[tm.name] = None  # free the Gram matrix early
+                masks[tm.name] = prune_module(tm, sparsities[layer], opts, stats[tm.name], factors)
+            del stats, factors
         else:
             for tm in modules:
                 masks[tm.name] = torch.zeros(tm.d_out, tm.d_in, dtype=torch.bool)
@@ -153,14 +161,31 @@ def prune_blocks(model: torch.nn.Module, layer_map: LayerMap, sparsities: list[f
 
 def _collect(block: torch.nn.Module, modules: list[TrackedModule], calls: list[BlockCall],
              hidden: list[torch.Tensor], gram: bool) -> dict[str, InputStats]:
-    """Run the block on every batch with hooks accumulating each module's input statistics."""
-    stats = {tm.name: InputStats(tm.d_in, h.device, gram) for tm in modules for h in hidden[:1]}
-    handles = [tm.module.register_forward_hook(
-        lambda _m, inp, _out, s=stats[tm.name]: s.add(inp[0])) for tm in modules]
+    """Run the block on every batch with hooks accumulating each module's input statistics.
+
+    Modules fed the very same input tensor (q/k/v, gate/up) share one :class:`InputStats`, so its
+    Gram matrix is accumulated (and SparseGPT's factor computed) once.
+    """
+    stats: dict[str, InputStats] = {}
+    seen: list[tuple[torch.Tensor, InputStats]] = []  # this batch's inputs, held so ids stay unique
+
+    def hook(tm: TrackedModule, x: torch.Tensor) -> None:
+        shared = next((st for t, st in seen if t is x), None)
+        if shared is not None:
+            stats.setdefault(tm.name, shared)
+            return
+        st = stats.setdefault(tm.name, InputStats(tm.d_in, x.device, gram))
+        st.add(x)
+        seen.append((x, st))
+
+    handles = [tm.module.register_forward_hook(lambda _m, inp, _out, tm=tm: hook(tm, inp[0]))
+               for tm in modules]
     try:
         for c, h in zip(calls, hidden, strict=True):
+            seen.clear()
             run_block(block, c, h)
     finally:
+        seen.clear()
         for handle in handles:
             handle.remove()
     return stats

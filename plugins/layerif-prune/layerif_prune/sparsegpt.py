@@ -34,14 +34,18 @@ def dampened_inverse_factor(hessian: torch.Tensor, percdamp: float) -> torch.Ten
 
 
 @torch.no_grad()
-def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
-                    nm: tuple[int, int] | None = None, blocksize: int = 128, percdamp: float = 0.01
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pruned weight and mask (True = pruned) of ``weight`` ``[d_out, d_in]`` (fp32 math)."""
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor | None, sparsity: float,
+                    nm: tuple[int, int] | None = None, blocksize: int = 128, percdamp: float = 0.01,
+                    factor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pruned weight and mask (True = pruned) of ``weight`` ``[d_out, d_in]`` (fp32 math).
+
+    ``factor`` is :func:`dampened_inverse_factor` of the Hessian when already computed (modules that
+    share their input share it); otherwise it is computed from ``hessian``.
+    """
     # w: [d_out, d_in]; u: [d_in, d_in] upper-triangular
     w = weight.detach().float().clone(memory_format=torch.contiguous_format)
     d_out, d_in = w.shape
-    u = dampened_inverse_factor(hessian.to(w.device), percdamp)
+    u = factor if factor is not None else dampened_inverse_factor(hessian.to(w.device), percdamp)
     mask = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
     if nm is None and sparsity <= 0:
         return w, mask

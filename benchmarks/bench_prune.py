@@ -1,0 +1,199 @@
+"""Pruning speed and quality on SmolLM2-135M with WikiText-2 (layerif-prune).
+
+Speed: the time of Wanda and SparseGPT pruning (block by block, inputs recomputed through the pruned
+blocks) against the time of the calibration forward passes alone (the whole model over the same
+windows). Goals: Wanda ≤ 1.5×, SparseGPT ≤ 5×. Full mode uses 128 × 512 calibration tokens (the
+issue's size); quick mode 16 × 256.
+
+Quality (the docs' table): WikiText-2 test perplexity of the dense model and of magnitude, Wanda and
+SparseGPT at the given sparsities, with uniform, HT-SR (AlphaPruning) and LayerIF allocation
+(alpha_pruning, ε = 0.2). Sizes are recorded in the result; ``run(quick=True)`` evaluates fewer
+settings on fewer tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+
+WIKI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext-2"
+
+
+def _tokens(tokenizer, split: str, chars: int) -> torch.Tensor:
+    text = (WIKI / f"{split}.txt").read_text(encoding="utf-8")[:chars]
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@torch.no_grad()
+def _perplexity(model, tokens: torch.Tensor, seqlen: int, windows: int, batch: int = 4) -> float:
+    x = tokens[: windows * seqlen].reshape(windows, seqlen).to(next(model.parameters()).device)
+    total, count = 0.0, 0
+    for start in range(0, windows, batch):
+        xb = x[start:start + batch]
+        logits = model(input_ids=xb, use_cache=False).logits[:, :-1].float()
+        nll = torch.logsumexp(logits, -1) - logits.gather(2, xb[:, 1:, None])[..., 0]
+        total, count = total + float(nll.double().sum()), count + nll.numel()
+    return math.exp(total / count)
+
+
+@torch.no_grad()
+def _forward_seconds(model, windows: torch.Tensor, batch: int) -> float:
+    device = next(model.parameters()).device
+    start = time.perf_counter()
+    for i in range(0, len(windows), batch):
+        ids = windows[i:i + batch].to(device)
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    _sync()
+    return time.perf_counter() - start
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _prune(model, pruner: str, sparsities: list[float], windows, batch: int) -> tuple[object, float]:
+    from layerif_core.layers import LayerMap
+    from layerif_prune.options import PruneOptions
+    from layerif_prune.sequential import prune_blocks
+
+    pruned = copy.deepcopy(model)
+    start = time.perf_counter()
+    prune_blocks(pruned, LayerMap(pruned), sparsities, PruneOptions(pruner=pruner, batch_size=batch),
+                 windows)
+    _sync()
+    return pruned, time.perf_counter() - start
+
+
+def _allocations(model, sparsity: float, scores: dict) -> dict[str, list[float]]:
+    """Per-layer sparsity: uniform, and alpha_pruning (ε = 0.2) from each scorer's scores."""
+    from layerif_core.allocators.sparsity import AlphaPruningOptions, AlphaPruningSparsity
+    from layerif_core.layers import LayerMap
+
+    lm = LayerMap(model)
+    weights = [float(w) for w in lm.num_params()]
+    out = {"uniform": [sparsity] * len(lm)}
+    alloc = AlphaPruningSparsity(AlphaPruningOptions(sparsity=sparsity, epsilon=0.2))
+    for name, s in scores.items():
+        out[name] = alloc.allocate(s, weights).values
+    return out
+
+
+def layer_scores(model, tokenizer, which: list[str]) -> dict:
+    """HT-SR alpha and LayerIF (grad_dot, positive_sum; 64 train / 16 validation examples of the
+    bundled arithmetic task) scores of the model."""
+    import tempfile
+
+    from layerif_core.config import RunConfig
+    from layerif_core.pipeline import compute_layer_scores, open_run
+
+    task = {"name": "arithmetic",
+            "train": {"source": "bundled:arithmetic", "limit": 64, "max_length": 64},
+            "validation": {"source": "bundled:arithmetic", "split": "validation", "limit": 16,
+                           "max_length": 64}}
+    scorers = {"htsr": {"name": "htsr_alpha"}, "layerif": {"name": "layerif"}}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in which:
+            cfg = RunConfig.model_validate({"name": name, "output_dir": tmp, "tasks": [task],
+                                            "scorer": scorers[name], "batch_size": 8})
+            ctx = open_run(cfg, show_progress=False, model=model, tokenizer=tokenizer)
+            out[name] = compute_layer_scores(ctx)["arithmetic"]
+    return out
+
+
+def quality_table(model, tokenizer, sparsities: list[float], which: list[str], windows: torch.Tensor,
+                  eval_seqlen: int, eval_windows: int, batch: int = 8) -> dict:
+    """Perplexity of dense and pruned models for every sparsity, allocation and pruner."""
+    test = _tokens(tokenizer, "test", 40 * eval_seqlen * eval_windows)
+    scores = layer_scores(model, tokenizer, which) if which else {}
+    rows = [{"pruner": "dense", "sparsity": 0.0, "allocation": "-",
+             "ppl": round(_perplexity(model, test, eval_seqlen, eval_windows), 3)}]
+    for s in sparsities:
+        for alloc_name, values in _allocations(model, s, scores).items():
+            for pruner in ("magnitude", "wanda", "sparsegpt"):
+                pruned, _ = _prune(model, pruner, values, windows, batch)
+                rows.append({"pruner": pruner, "sparsity": s, "allocation": alloc_name,
+                             "ppl": round(_perplexity(pruned, test, eval_seqlen, eval_windows), 3)})
+                del pruned
+    return {"quality_sizes": f"calibration {windows.shape[0]} x {windows.shape[1]} tokens of "
+            f"WikiText-2 valid; perplexity over {eval_windows} x {eval_seqlen} tokens of WikiText-2 "
+            "test", "table": rows,
+            "scores": {k: [round(float(x), 5) for x in v.values] for k, v in scores.items()}}
+
+
+def speed(model, tokenizer, samples: int, seqlen: int, batch: int = 8) -> dict:
+    """Seconds of Wanda and SparseGPT pruning at 50% over the time of the calibration forward passes."""
+    from layerif_core.layers import LayerMap
+    from layerif_prune.calibration import calibration_windows
+
+    windows = calibration_windows(_tokens(tokenizer, "valid", 50 * samples * seqlen), samples, seqlen,
+                                  seed=0)
+    forward = _forward_seconds(model, windows, batch)
+    out = {"calibration": f"{samples} x {seqlen} tokens", "forward_s": round(forward, 2)}
+    n_layers = len(LayerMap(model))
+    for pruner in ("wanda", "sparsegpt"):
+        pruned, seconds = _prune(model, pruner, [0.5] * n_layers, windows, batch)
+        del pruned
+        out[f"{pruner}_s"] = round(seconds, 2)
+        out[f"{pruner}_x_forward"] = round(seconds / forward, 2)
+    out["goal"] = "wanda <= 1.5x, sparsegpt <= 5x of the forward passes"
+    return out
+
+
+def run(quick: bool) -> dict:
+    from layerif_core.config import ModelSpec
+    from layerif_core.models import load_model
+    from layerif_prune.calibration import calibration_windows
+
+    model, tokenizer = load_model(ModelSpec(source="embedded:smollm2-135m", dtype="float32"))
+    samples, seqlen = (16, 256) if quick else (128, 512)
+    result = speed(model, tokenizer, samples, seqlen)
+    n = 8 if quick else 32
+    windows = calibration_windows(_tokens(tokenizer, "valid", 50 * n * seqlen), n, seqlen, seed=0)
+    if quick:
+        quality = quality_table(model, tokenizer, [0.5], [], windows, 256, 8)
+    else:
+        quality = quality_table(model, tokenizer, [0.5, 0.6, 0.7], ["htsr", "layerif"], windows, 512, 32)
+    return {**result, **quality}
+
+
+def main() -> None:
+    """``python -m benchmarks.bench_prune [--speed]``: the quality table (or the speed), sizes given."""
+    import argparse
+    import json
+
+    from layerif_core.config import ModelSpec
+    from layerif_core.models import load_model
+    from layerif_prune.calibration import calibration_windows
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--eval-windows", type=int, default=8)
+    p.add_argument("--sparsities", default="0.5,0.6,0.7")
+    p.add_argument("--allocations", default="htsr,layerif")
+    p.add_argument("--output", default="prune_table.json")
+    p.add_argument("--speed", action="store_true", help="Measure pruning speed instead.")
+    a = p.parse_args()
+    model, tokenizer = load_model(ModelSpec(source="embedded:smollm2-135m", dtype="float32"))
+    if a.speed:
+        result = speed(model, tokenizer, a.samples, a.seqlen)
+        Path(a.output).write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
+        return
+    windows = calibration_windows(_tokens(tokenizer, "valid", 50 * a.samples * a.seqlen), a.samples,
+                                  a.seqlen, seed=0)
+    which = [x for x in a.allocations.split(",") if x]
+    result = quality_table(model, tokenizer, [float(x) for x in a.sparsities.split(",")], which,
+                           windows, a.seqlen, a.eval_windows)
+    Path(a.output).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
