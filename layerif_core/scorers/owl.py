@@ -44,9 +44,16 @@ def outlier_ratio(weights: list[torch.Tensor], feature_norms: list[torch.Tensor]
 
     ``weights[k]`` is ``[d_out, d_in]`` and ``feature_norms[k]`` is ``‖X_j‖₂`` ``[d_in]`` of module k.
     """
-    scores = torch.cat([(w.double().abs() * n.double()[None, :]).flatten()
-                        for w, n in zip(weights, feature_norms, strict=True)])
-    return float((scores > threshold * scores.mean()).sum() * 100.0 / scores.numel())
+    pairs = list(zip(weights, feature_norms, strict=True))
+
+    def scores(w: torch.Tensor, n: torch.Tensor) -> torch.Tensor:  # one module at a time
+        return w.detach().float().abs() * n.to(w.device, torch.float32)[None, :]
+
+    total = sum(float(scores(w, n).sum(dtype=torch.float64)) for w, n in pairs)
+    count = sum(w.numel() for w, _ in pairs)
+    cut = threshold * total / count
+    outliers = sum(int((scores(w, n) > cut).sum()) for w, n in pairs)
+    return outliers * 100.0 / count
 
 
 def input_feature_norms(ctx: RunContext, modules: list[TrackedModule], split) -> dict[str, torch.Tensor]:
@@ -66,7 +73,7 @@ def input_feature_norms(ctx: RunContext, modules: list[TrackedModule], split) ->
             batch = batch.to(ctx.device)
             current["mask"] = batch.attention_mask
             ctx.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    return {name: s.sqrt().cpu() for name, s in sumsq.items()}
+    return {name: s.sqrt() for name, s in sumsq.items()}
 
 
 class OWLScorer:
@@ -80,7 +87,7 @@ class OWLScorer:
         split = calibration_split(ctx, task, self.options, default="train")
         norms = input_feature_norms(ctx, ctx.layer_map.modules(), split)
         ratios = [
-            outlier_ratio([tm.weight_matrix(tm.module.weight).detach().cpu() for tm in layer],
+            outlier_ratio([tm.weight_matrix(tm.module.weight) for tm in layer],
                           [norms[tm.name] for tm in layer], self.options.threshold)
             for layer in ctx.layer_map.layers
         ]
