@@ -183,3 +183,14 @@ def test_lora_only_tracks_only_the_lora_matrices(tmp_path):
                       "self_attn.v_proj.lora_A", "self_attn.v_proj.lora_B"]
     assert [m.short for m in make_ctx(tmp_path / "b", model=lora_model()).layer_map.layers[0]][:2] == [
         "self_attn.q_proj", "self_attn.k_proj"]
+
+
+@pytest.mark.parametrize("name,options", [("grad_dot", {}), ("kfac", {}), ("ekfac", {}), ("exact", {}),
+                                          ("lissa", {"depth": 5, "power_iterations": 3})])
+def test_every_estimator_runs_on_the_lora_parameters(tmp_path, name, options):
+    ctx = lora_ctx(tmp_path)
+    train, query = load_task_splits(ctx, ctx.config.tasks[0])
+    est = get_registry().build("estimator", name, options)
+    est.fit(ctx, train)
+    got = est.influence(ctx, train, query)
+    assert got.shape == (3, len(train)) and torch.isfinite(got).all() and got.ne(0).all(dim=1).any()
