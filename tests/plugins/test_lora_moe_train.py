@@ -103,3 +103,20 @@ def test_allocation_of_the_wrong_kind_is_an_error(tmp_path):
 def test_layer_map_unchanged_after_injection(trained):
     ctx, _ = trained
     assert LayerMap(ctx.model).describe() == LayerMap(tiny_model("llama")).describe()
+
+
+def test_bf16_autocast_trains_with_finite_losses(tmp_path):
+    _, app = _train(tmp_path, precision="bf16", max_steps=2, save_every=0)
+    losses = [r["loss"] for r in app.log.steps]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert all(p.dtype == torch.float32 for p in app.handle.trainable().values())
+
+
+def test_epochs_set_the_number_of_optimizer_steps():
+    from layerif_lora_moe.train import total_steps
+
+    opts = LoraMoeOptions(epochs=2, grad_accum=3)
+    # 10 examples in micro-batches of 4 -> 3 micro-batches per epoch -> 1 step per epoch
+    assert total_steps(opts, 10, 4) == 2
+    assert total_steps(LoraMoeOptions(epochs=1.5, grad_accum=1), 10, 4) == 5  # ceil(1.5 * 3)
+    assert total_steps(LoraMoeOptions(max_steps=7, epochs=9), 10, 4) == 7

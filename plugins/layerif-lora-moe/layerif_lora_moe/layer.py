@@ -79,8 +79,8 @@ class MoeExperts(nn.Module):
             probs, chosen = probs[mask], chosen[mask]
         if probs.shape[0] > 0:
             self.aux = switch_aux_loss(probs, chosen, self.top_k)
-            if self.record:
-                self.counts += chosen.detach().sum(0).double().cpu()
+            if self.record:  # stays on the device: no host sync per forward
+                self.counts = self.counts.to(chosen.device) + chosen.detach().sum(0).double()
         return gates
 
 

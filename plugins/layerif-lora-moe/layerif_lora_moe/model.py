@@ -100,7 +100,7 @@ class LoraMoeModel:
         """Fraction of top-k assignments per expert, per layer (summed over its modules); resets."""
         per_layer: dict[int, torch.Tensor] = {}
         for layer, _, moe in self.routed():
-            per_layer[layer] = per_layer.get(layer, 0) + moe.counts
+            per_layer[layer] = per_layer.get(layer, 0) + moe.counts.cpu()
             moe.counts = torch.zeros_like(moe.counts)
         return {layer: (c / c.sum()).tolist() if float(c.sum()) > 0 else c.tolist()
                 for layer, c in sorted(per_layer.items())}
