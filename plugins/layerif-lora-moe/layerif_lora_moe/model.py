@@ -56,9 +56,12 @@ def select_targets(layer_map: LayerMap, patterns: list[str]) -> tuple[list[str],
 
 
 def cap_top_k(experts: list[int], top_k: int) -> list[int]:
-    """``min(top_k, n_l)`` per layer, saying which layers were capped."""
+    """``min(top_k, n_l)`` per layer; a warning names the routed layers capped (n_l = 1 is plain LoRA)."""
     capped = [min(top_k, n) for n in experts]
-    low = [i for i, n in enumerate(experts) if n < top_k]
+    plain = sum(1 for n in experts if n == 1)
+    if plain and top_k > 1:
+        log.info("%d layer(s) with one expert: plain LoRA there (top_k 1)", plain)
+    low = [i for i, n in enumerate(experts) if 1 < n < top_k]
     if low:
         log.warning("top_k %d capped to the expert count in %d layer(s): %s", top_k, len(low),
                     ", ".join(f"{i} (n={experts[i]})" for i in low))
