@@ -13,6 +13,7 @@ import torch
 from layerif_core.context import RunContext
 from layerif_core.data import TokenizedSplit, tokenize_split
 from layerif_core.errors import ConfigError, DataError
+from layerif_core.layers import LayerMap
 from layerif_core.models import max_context
 from layerif_core.protocols import Allocation
 from layerif_lora_moe.config import LoraMoeOptions
@@ -59,7 +60,8 @@ class LoraMoeApplication:
         o = self.opts
         experts = experts_of(allocation, len(ctx.layer_map))
         torch.manual_seed(ctx.seed if o.seed is None else o.seed)
-        return inject_lora_moe(model, ctx.layer_map, experts, o.rank, o.alpha, o.dropout,
+        # every linear module of the blocks is a candidate target, whatever the scorer tracked
+        return inject_lora_moe(model, LayerMap(model), experts, o.rank, o.alpha, o.dropout,
                                o.target_modules, o.top_k)
 
     def apply(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation,
