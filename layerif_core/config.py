@@ -125,7 +125,7 @@ class ScorerSpec(Strict):
 
     name: str = Field("layerif", description="Scorer name: 'layerif' or a baseline (see `layerif plugins`).")
     estimator: ComponentSpec = Field(
-        default_factory=lambda: ComponentSpec(name="grad_dot"),
+        default_factory=lambda: ComponentSpec(name="ekfac"),
         description="Influence estimator (layerif scorer only).",
     )
     aggregator: ComponentSpec = Field(

@@ -19,7 +19,7 @@ from layerif_core.data import Batch, TokenizedSplit
 from layerif_core.distributed import all_reduce_
 from layerif_core.errors import ModelError
 from layerif_core.estimators.damping import CurvatureOptions, check_rules, module_damping
-from layerif_core.estimators.factors import augment, stage_path
+from layerif_core.estimators.factors import augment
 from layerif_core.estimators.kronecker import query_gradient, run_pass, score_pass
 from layerif_core.hookspecs import hookimpl
 from layerif_core.layers import TrackedModule
@@ -91,8 +91,7 @@ class Exact:
     def fit(self, ctx: RunContext, train: TokenizedSplit) -> None:
         check_size(ctx, self.options.max_block_params)
         check_rules(self.options, ctx.layer_map.modules())
-        rel, fp = stage_path(ctx, train, "exact", self.options)
-        self._blocks = ctx.run_dir.cached_tensors(rel, fp, lambda: fit_blocks(ctx, train, self.options))
+        self._blocks = fit_blocks(ctx, train, self.options)  # not cached: P² numbers per layer
         self._fitted = (id(ctx), train.fingerprint)
 
     def damping_vector(self, ctx: RunContext, layer: int, block: torch.Tensor) -> torch.Tensor:
