@@ -96,3 +96,19 @@ def test_a_model_that_already_has_lora_is_refused(tmp_path):
     with pytest.raises(ModelError, match="already has LoRA"):
         finetune(config(tmp_path / "b", limit=4, epochs=1), model=first.model,
                  tokenizer=char_tokenizer(), show_progress=False)
+
+
+def test_the_loss_counts_only_the_answer_tokens(tmp_path):
+    cfg = config(tmp_path, limit=3)
+    tok = char_tokenizer()
+    data = tokenize_split(cfg.tasks[0].train, tok, cfg.seed)
+    model = tiny_model()
+    with torch.no_grad():
+        got = float(mean_token_loss(model, next(data.batches(3, tok.pad_token_id))))
+        nll = []
+        for rec in data.records:
+            prompt = tok(f"Question: {rec['question']}\nAnswer: ", add_special_tokens=False)["input_ids"]
+            answer = tok(rec["answer"], add_special_tokens=False)["input_ids"]
+            logp = model(input_ids=torch.tensor([prompt + answer])).logits[0].log_softmax(-1)
+            nll += [-float(logp[len(prompt) + j - 1, t]) for j, t in enumerate(answer)]
+    assert got == pytest.approx(sum(nll) / len(nll), rel=1e-5)
