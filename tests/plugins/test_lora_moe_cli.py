@@ -55,9 +55,12 @@ def test_moe_command_is_registered():
 
 
 def test_run_with_lora_moe_then_moe_from_its_scores(tmp_path, model_dir):
-    out = invoke("run", write_config(tmp_path, model_dir))
+    # scores on attention modules only; experts still go on the MLP's up_proj too
+    out = invoke("run", write_config(tmp_path, model_dir, layers={"modules": "attention"}))
     assert out.exit_code == 0, out.output
     run = tmp_path / "runs" / "moe"
+    adapter = json.loads((run / "lora_moe/adapter/lora_moe_config.json").read_text())
+    assert any(t.endswith("mlp.up_proj") for t in adapter["targets"])
     alloc = json.loads((run / "allocation.json").read_text())["caps"]
     assert alloc["kind"] == "experts" and sum(alloc["values"]) == 7
     assert (run / "lora_moe/adapter/lora_moe.safetensors").is_file()
