@@ -158,6 +158,7 @@ class DataInf:
         if len(train) < 2:
             raise DataError(f"datainf needs at least 2 training examples ('{train.name}' has "
                             f"{len(train)}); raise the train split's limit.")
+        _check_adapter_base(ctx)
         need = gradient_bytes(ctx, len(train))
         if need > self.config.max_gradient_gb * GB:
             params = need // (4 * len(train))
@@ -217,6 +218,20 @@ class DataInf:
                 ctx.log.warning("datainf: zero training gradients in block %d for %s (a LoRA A matrix "
                                 "is zero-gradient while its B is still zero, i.e. an untrained "
                                 "adapter); they add 0", layer, ", ".join(names))
+
+
+def _check_adapter_base(ctx: RunContext) -> None:
+    """Warn when ``model.adapter`` was fine-tuned (by `layerif finetune`) on another ``model.source``."""
+    import json
+
+    adapter = ctx.config.model.adapter
+    state = Path(adapter) / "layerif_finetune.json" if adapter else None
+    if state is None or not state.is_file():
+        return
+    base = json.loads(state.read_text()).get("base")
+    if base is not None and base != ctx.config.model.source:
+        ctx.log.warning("datainf: adapter '%s' was fine-tuned on '%s', not on model.source '%s'; its "
+                        "influences describe another model", adapter, base, ctx.config.model.source)
 
 
 @hookimpl

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import yaml
 from typer.testing import CliRunner
 
-from conftest import char_tokenizer, tiny_model
+from conftest import char_tokenizer, make_config, tiny_model
 from layerif_core.cli import app
+from layerif_core.estimators.datainf import DataInf
+from layerif_core.finetune import finetune
+from layerif_core.pipeline import load_task_splits, open_run
 
 
 def write_config(tmp_path, adapter):
@@ -58,3 +62,17 @@ def test_finetune_then_datainf_scores(tmp_path):
     assert all(".lora_" in name for name in report["lambdas"])
     # an untrained LoRA A has zero gradient only while B = 0: after one epoch every tensor moves
     assert report["zero_gradient_modules"] == []
+
+
+
+def test_datainf_warns_when_the_adapter_was_made_on_another_base(tmp_path, caplog):
+    cfg = make_config(tmp_path / "ft", finetune={"epochs": 1, "rank": 2},
+                      model={"source": "some/other-base"})
+    tuned = finetune(cfg, model=tiny_model(), tokenizer=char_tokenizer(), show_progress=False)
+    score_cfg = make_config(tmp_path / "score", layers={"lora_only": True},
+                            model={"adapter": str(tuned.adapter_dir)})
+    ctx = open_run(score_cfg, show_progress=False, model=tuned.model.eval(), tokenizer=char_tokenizer())
+    train, _ = load_task_splits(ctx, ctx.config.tasks[0])
+    with caplog.at_level(logging.WARNING, logger="layerif"):
+        DataInf().fit(ctx, train)
+    assert any("some/other-base" in r.getMessage() for r in caplog.records)
