@@ -44,3 +44,27 @@ def test_scores_json_records_the_scorer(tmp_path):
     assert data["arith"]["scorer"] == "random"
     assert data["arith"]["higher_is_better"] is False
     assert len(data["arith"]["values"]) == len(ctx.layer_map)
+
+
+def test_cli_scores_accepts_a_baseline_scorer(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from conftest import char_tokenizer, tiny_model
+    from layerif_core.cli import app
+
+    model_dir = tmp_path / "tiny"
+    tiny_model().save_pretrained(model_dir)
+    char_tokenizer().save_pretrained(model_dir)
+    config = {"name": "bi", "output_dir": str(tmp_path / "runs"), "model": {"source": str(model_dir)},
+              "tasks": [{"name": "capitals",
+                         "train": {"source": "bundled:capitals", "limit": 4, "max_length": 96},
+                         "validation": {"source": "bundled:capitals", "split": "validation",
+                                        "limit": 2, "max_length": 96}}]}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    res = CliRunner().invoke(app, ["--quiet", "scores", str(path), "--scorer", "block_influence"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "runs" / "bi" / "scores.json").read_text())
+    assert data["capitals"]["scorer"] == "block_influence"
+    assert data["capitals"]["higher_is_better"] is True
