@@ -1,0 +1,31 @@
+"""Every aggregator against values computed by hand from its definition (DESIGN §4 signs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layerif_core.registry import get_registry
+
+# framework sign: positive = helpful; the paper's sign is −I
+INFLUENCE = torch.tensor([[1.0, -2.0, 3.0, -4.0],
+                          [0.0, 0.5, -0.5, 0.0]])
+
+# −I = [[-1, 2, -3, 4], [0, -0.5, 0.5, 0]]
+CASES = [
+    ("positive_sum", {}, [2 + 4, 0.5], False),        # Σ max(−I, 0)
+    ("helpful_sum", {}, [1 + 3, 0.5], True),          # Σ max(I, 0)
+    ("sum", {}, [-1 + 2 - 3 + 4, 0.0], False),        # Σ −I
+    ("abs_sum", {}, [10.0, 1.0], False),              # Σ |I|
+    ("mean", {}, [2 / 4, 0.0], False),                # mean −I
+    ("positive_fraction", {}, [2 / 4, 1 / 4], False),  # share with −I > 0
+    ("top_fraction", {}, [4.0, 0.5], False),          # ⌈0.25·4⌉ = 1 largest −I
+    ("top_fraction", {"fraction": 0.5}, [4 + 2, 0.5 + 0.0], False),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "expected", "higher_is_better"), CASES)
+def test_aggregator_values_and_direction(name, options, expected, higher_is_better):
+    agg = get_registry().build("aggregator", name, options)
+    torch.testing.assert_close(agg(INFLUENCE), torch.tensor(expected))
+    assert agg.higher_is_better is higher_is_better
