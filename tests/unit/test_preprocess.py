@@ -72,9 +72,10 @@ def test_postprocess_smooth_then_normalize():
 
 
 def test_pipeline_applies_postprocess(tmp_path):
-    raw_ctx = make_ctx(tmp_path / "raw")
+    raw_ctx = make_ctx(tmp_path / "raw", scorer={"estimator": {"name": "grad_dot"}})
     raw = compute_layer_scores(raw_ctx)["arith"]
-    ctx = make_ctx(tmp_path / "pp", scorer={"postprocess": {"normalize": "minmax"}})
+    ctx = make_ctx(tmp_path / "pp", scorer={"estimator": {"name": "grad_dot"},
+                                            "postprocess": {"normalize": "minmax"}})
     got = compute_layer_scores(ctx)["arith"]
     torch.testing.assert_close(got.values, minmax(raw.values).float())
     assert got.details["raw_values"] == raw.values.tolist()
