@@ -83,34 +83,44 @@ def _allocations(model, sparsity: float, scores: dict) -> dict[str, list[float]]
     return out
 
 
-def layer_scores(model, tokenizer, which: list[str]) -> dict:
-    """HT-SR alpha and LayerIF (grad_dot, positive_sum; 64 train / 16 validation examples of the
-    bundled arithmetic task) scores of the model."""
+def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None) -> dict:
+    """HT-SR alpha and LayerIF (grad_dot, positive_sum; 16 train / 4 validation examples of the
+    bundled arithmetic task) scores of the model; ``cache/<name>.json`` (a scores.json) is reused."""
+    import json
     import tempfile
 
     from layerif_core.config import RunConfig
     from layerif_core.pipeline import compute_layer_scores, open_run
+    from layerif_core.protocols import LayerScores
 
     task = {"name": "arithmetic",
-            "train": {"source": "bundled:arithmetic", "limit": 64, "max_length": 64},
-            "validation": {"source": "bundled:arithmetic", "split": "validation", "limit": 16,
-                           "max_length": 64}}
+            "train": {"source": "bundled:arithmetic", "limit": 16, "max_length": 48},
+            "validation": {"source": "bundled:arithmetic", "split": "validation", "limit": 4,
+                           "max_length": 48}}
     scorers = {"htsr": {"name": "htsr_alpha"}, "layerif": {"name": "layerif"}}
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in which:
+            saved = cache / f"{name}.json" if cache is not None else None
+            if saved is not None and saved.is_file():
+                out[name] = LayerScores.from_json(json.loads(saved.read_text())["arithmetic"])
+                continue
             cfg = RunConfig.model_validate({"name": name, "output_dir": tmp, "tasks": [task],
                                             "scorer": scorers[name], "batch_size": 8})
             ctx = open_run(cfg, show_progress=False, model=model, tokenizer=tokenizer)
             out[name] = compute_layer_scores(ctx)["arithmetic"]
+            if saved is not None:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                saved.write_text(json.dumps({"arithmetic": out[name].to_json()}))
     return out
 
 
 def quality_table(model, tokenizer, sparsities: list[float], which: list[str], windows: torch.Tensor,
-                  eval_seqlen: int, eval_windows: int, batch: int = 8) -> dict:
+                  eval_seqlen: int, eval_windows: int, batch: int = 8, cache: Path | None = None
+                  ) -> dict:
     """Perplexity of dense and pruned models for every sparsity, allocation and pruner."""
     test = _tokens(tokenizer, "test", 40 * eval_seqlen * eval_windows)
-    scores = layer_scores(model, tokenizer, which) if which else {}
+    scores = layer_scores(model, tokenizer, which, cache) if which else {}
     rows = [{"pruner": "dense", "sparsity": 0.0, "allocation": "-",
              "ppl": round(_perplexity(model, test, eval_seqlen, eval_windows), 3)}]
     for s in sparsities:
@@ -179,6 +189,7 @@ def main() -> None:
     p.add_argument("--allocations", default="htsr,layerif")
     p.add_argument("--output", default="prune_table.json")
     p.add_argument("--speed", action="store_true", help="Measure pruning speed instead.")
+    p.add_argument("--scores-dir", type=Path, default=None, help="Reuse/keep <dir>/<scorer>.json.")
     a = p.parse_args()
     model, tokenizer = load_model(ModelSpec(source="embedded:smollm2-135m", dtype="float32"))
     if a.speed:
@@ -190,7 +201,7 @@ def main() -> None:
                                   a.seqlen, seed=0)
     which = [x for x in a.allocations.split(",") if x]
     result = quality_table(model, tokenizer, [float(x) for x in a.sparsities.split(",")], which,
-                           windows, a.seqlen, a.eval_windows)
+                           windows, a.seqlen, a.eval_windows, cache=a.scores_dir)
     Path(a.output).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
