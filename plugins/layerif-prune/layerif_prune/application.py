@@ -90,6 +90,11 @@ def prune_model(ctx: RunContext, model: torch.nn.Module, allocation: Allocation,
     if opts.save_model:
         model_dir = save_model(model, ctx.tokenizer, run_dir.file("pruned_model"))
         zeros = zeros_in_saved(model_dir, layer_map)
+        renamed = {k: v for k, v in zeros_in_memory(layer_map).items() if k not in zeros}
+        if renamed:
+            log.warning("%d pruned weights are saved under other names; their sparsity is measured "
+                        "in memory", len(renamed))
+            zeros.update(renamed)
     else:
         zeros = zeros_in_memory(layer_map)
     result = achieved(layer_map, zeros)
