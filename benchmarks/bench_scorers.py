@@ -58,7 +58,7 @@ def _fit_accuracy(quick: bool) -> list[dict]:
 
 
 def run(quick: bool) -> dict:
-    from layerif_core.compare import ScoreSeries, _pairwise
+    from layerif_core.compare import ScoreSeries, pairwise_correlations
     from layerif_core.config import ModelSpec, RunConfig
     from layerif_core.losses import sequence_losses
     from layerif_core.models import load_model
@@ -131,7 +131,7 @@ def run(quick: bool) -> dict:
 
     from scipy.stats import spearmanr
 
-    rho = _pairwise(series, spearmanr)
+    rho = pairwise_correlations(series, spearmanr)
     agreement = {series[i].label: {series[j].label: None if math.isnan(rho[i][j]) else round(rho[i][j], 3)
                                    for j in range(len(series)) if j != i} for i in range(len(series))}
     return {

@@ -74,7 +74,8 @@ def read_scores(path: str | Path) -> list[ScoreSeries]:
                             "`layerif scores --force`.") from None
 
 
-def _pairwise(series: list[ScoreSeries], fn) -> list[list[float]]:
+def pairwise_correlations(series: list[ScoreSeries], fn) -> list[list[float]]:
+    """``fn(a, b).statistic`` (e.g. ``scipy.stats.spearmanr``) for every pair of worse-ness vectors."""
     vectors = [s.worseness for s in series]
     out = []
     for a in vectors:
@@ -105,7 +106,8 @@ def compare_scores(paths: list[str | Path]) -> Comparison:
         seen[s.label] = seen.get(s.label, 0) + 1
         if seen[s.label] > 1:
             s.label = f"{s.label} #{seen[s.label]}"
-    return Comparison(series, _pairwise(series, spearmanr), _pairwise(series, kendalltau))
+    return Comparison(series, pairwise_correlations(series, spearmanr),
+                      pairwise_correlations(series, kendalltau))
 
 
 def normalized_worseness(values: list[float]) -> list[float]:
