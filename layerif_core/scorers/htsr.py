@@ -10,7 +10,8 @@ with a power law ``p(λ) ∝ λ^{-α}`` for ``λ ≥ λ_min`` by the Hill / maxi
 ``λ_min`` is chosen among the eigenvalues themselves as the one whose fit has the smallest
 Kolmogorov–Smirnov distance ``D = max_j |1 − (λ_j/λ_min)^{1−α} − j/n|`` between the fitted and the
 empirical tail CDF. This is AlphaPruning's ``net_esd_estimator`` (Lu et al. 2024, repository
-haiquanlu/AlphaPruning, ``lib/esd_utils.py``), whose candidate sets are:
+haiquanlu/AlphaPruning, ``lib/esd_utils.py``; AlphaLoRA's ``fix_finger`` is the same ``alpha_peak``
+fit), whose candidate sets are:
 
 - ``xmin="peak"`` (AlphaPruning's published ``alpha_peak``, the default): only candidates near the
   peak of the histogram of ``log10 λ`` (100 bins) are searched: ``λ_min ≤ 1.5 · peak``. The source's
