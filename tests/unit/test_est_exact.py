@@ -60,6 +60,7 @@ def small_ctx(tmp_path, arch="llama", n_train=8, n_query=3, **fields):
     return make_ctx(tmp_path, model=tiny_model(arch), tasks=tasks, **fields)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_exact_equals_brute_force_reference(tmp_path, arch):
     """To 1e-5 where the solve is well conditioned (relative damping 10: the block has rank N ≪ P,
@@ -76,6 +77,7 @@ def test_exact_equals_brute_force_reference(tmp_path, arch):
     torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3 * want.abs().max().item())
 
 
+@pytest.mark.slow
 def test_exact_with_absolute_damping(tmp_path):
     ctx = small_ctx(tmp_path)
     train, query = load_task_splits(ctx, ctx.config.tasks[0])

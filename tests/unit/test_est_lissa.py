@@ -12,6 +12,7 @@ from layerif_core.pipeline import load_task_splits
 from layerif_core.registry import get_registry
 
 
+@pytest.mark.slow
 def test_lissa_converges_to_exact(tmp_path):
     ctx = small_ctx(tmp_path, n_train=8)
     train, query = load_task_splits(ctx, ctx.config.tasks[0])
