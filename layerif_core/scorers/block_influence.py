@@ -6,17 +6,21 @@ Language Models are More Redundant Than You Expect", eq. 1)::
 where ``x_{l,t}`` is the hidden state of token t entering decoder block l and ``x_{l+1,t}`` the one
 leaving it. The expectation is the mean over every non-padding calibration token. Both states are
 read with a forward hook on the block itself, so the last block is measured before the model's final
-norm. A block that barely changes its input (low BI) is redundant: ShortGPT removes the lowest-BI
+norm. ``angular=true`` uses the angular distance ``arccos(cos)/π`` per token instead of ``1 − cos``
+(the ``angular`` option of the reference implementation, sramshetty/ShortGPT, after Gromov et al.
+2024). A block that barely changes its input (low BI) is redundant: ShortGPT removes the lowest-BI
 blocks first, so a high BI marks an important layer and ``higher_is_better=True`` (allocators give
 low-BI layers more sparsity).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
@@ -28,21 +32,28 @@ from layerif_core.scorers.calibration import CalibrationOptions, calibration_spl
 class BlockInfluenceOptions(CalibrationOptions):
     """Options of the ``block_influence`` scorer (calibration data: the task's train split by default)."""
 
+    angular: bool = Field(False, description="Per-token angular distance arccos(cos)/π instead of "
+                          "1 − cos.")
 
-def cosine_sum(h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
-    """Sum over unmasked tokens of ``cos(h_in_t, h_out_t)`` and the number of those tokens.
+
+def distance_sum(h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor, angular: bool = False
+                 ) -> tuple[float, int]:
+    """Sum over unmasked tokens of ``1 − cos(h_in_t, h_out_t)`` (or ``arccos(cos)/π``) and the
+    number of those tokens.
 
     ``h_in``, ``h_out``: ``[B, T, d]``; ``mask``: ``[B, T]`` (1 = real token).
     """
     cos = F.cosine_similarity(h_in.double(), h_out.double(), dim=-1)  # [B, T]
+    dist = torch.arccos(cos.clamp(-1, 1)) / math.pi if angular else 1 - cos
     keep = mask.bool()
-    return float(cos[keep].sum()), int(keep.sum())
+    return float(dist[keep].sum()), int(keep.sum())
 
 
-def block_influence(h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor) -> float:
-    """``1 − mean_t cos(h_in_t, h_out_t)`` over the unmasked tokens of one batch."""
-    total, count = cosine_sum(h_in, h_out, mask)
-    return 1.0 - total / count
+def block_influence(h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor,
+                    angular: bool = False) -> float:
+    """``mean_t (1 − cos(h_in_t, h_out_t))`` over the unmasked tokens of one batch."""
+    total, count = distance_sum(h_in, h_out, mask, angular)
+    return total / count
 
 
 def _hidden(x: Any) -> torch.Tensor:
@@ -69,7 +80,7 @@ class BlockInfluenceScorer:
                 h_out = _hidden(output)
                 # some models flatten tokens inside a block; restore [B, T, d]
                 h_in, h_out = (h.reshape(*mask.shape, h.shape[-1]) for h in (h_in, h_out))
-                total, count = cosine_sum(h_in, h_out, mask)
+                total, count = distance_sum(h_in, h_out, mask, self.options.angular)
                 sums[index] += total
                 counts[index] += count
             return forward
@@ -87,10 +98,11 @@ class BlockInfluenceScorer:
         finally:
             for h in handles:
                 h.remove()
-        values = torch.tensor([1.0 - s / c for s, c in zip(sums, counts, strict=True)],
+        values = torch.tensor([s / c for s, c in zip(sums, counts, strict=True)],
                               dtype=torch.float32)
         return LayerScores(values, True, "block_influence",
-                           {"n_calibration": len(split), "n_tokens": counts[0]})
+                           {"n_calibration": len(split), "n_tokens": counts[0],
+                            "angular": self.options.angular})
 
 
 @hookimpl

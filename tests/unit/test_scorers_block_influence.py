@@ -17,6 +17,8 @@ def test_block_influence_hand_example():
     h_out = torch.tensor([[[0.0, 1.0], [2.0, 2.0], [-9.0, 9.0]]])
     mask = torch.tensor([[1, 1, 0]])
     assert block_influence(h_in, h_out, mask) == pytest.approx(1 - (0 + 1) / 2)
+    # angular distance: arccos(0)/π = 1/2 and arccos(1)/π = 0
+    assert block_influence(h_in, h_out, mask, angular=True) == pytest.approx((0.5 + 0) / 2)
 
 
 def test_block_influence_of_an_identity_block_is_zero():
@@ -45,3 +47,18 @@ def test_scorer_matches_hidden_states(tmp_path, arch):
     assert scores.scorer == "block_influence" and scores.higher_is_better is True
     assert scores.details["n_tokens"] == tokens
     torch.testing.assert_close(scores.values[:-1].double(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_angular_option(tmp_path):
+    ctx = make_ctx(tmp_path, scorer={"name": "block_influence", "options": {"angular": True}})
+    train, _ = load_task_splits(ctx, ctx.config.tasks[0])
+    scores = score_task(ctx, ctx.config.tasks[0])
+    dist_sum, tokens = 0.0, 0
+    with torch.no_grad():
+        for ids in train.input_ids:
+            hs = ctx.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+            cos = torch.nn.functional.cosine_similarity(hs[0][0].double(), hs[1][0].double(), dim=-1)
+            dist_sum += float(torch.arccos(cos.clamp(-1, 1)).sum() / torch.pi)
+            tokens += len(ids)
+    assert scores.details["angular"] is True
+    assert float(scores.values[0]) == pytest.approx(dist_sum / tokens, rel=1e-4)
