@@ -28,8 +28,8 @@ def matrix_with_esd(eigs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (u * eigs.sqrt()[None, :]) @ v.T
 
 
-def reference_alpha(eigs: torch.Tensor, xmin: str = "ks", bins: int = 100, xmin_pos: float = 2.0
-                    ) -> float:
+def reference_alpha(eigs: torch.Tensor, xmin: str = "ks", bins: int = 100, xmin_pos: float = 2.0,
+                    intended: bool = False) -> float:
     """A line-by-line loop over candidate λ_min, as net_esd_estimator (haiquanlu/AlphaPruning)."""
     e = sorted(float(x) for x in eigs)
     n_all = len(e)
@@ -49,7 +49,7 @@ def reference_alpha(eigs: torch.Tensor, xmin: str = "ks", bins: int = 100, xmin_
         counts = torch.histc(l10, bins=bins, min=float(l10.min()), max=float(l10.max()))
         edges = torch.linspace(float(l10.min()), float(l10.max()), bins + 1, dtype=torch.float64)
         peak = 10 ** float(edges[int(torch.argmax(counts))])
-        lo, hi = math.log10(0.95 * peak), 1.5 * peak
+        lo, hi = (0.95 * peak if intended else math.log10(0.95 * peak)), 1.5 * peak
     best_alpha, best_d = 0.0, 1.0
     for i in range(n_all - 1):
         if lo is not None and e[i] < lo:
@@ -96,6 +96,15 @@ def test_fit_matches_reference_loop(xmin):
     eigs = esd(torch.randn(40, 90, generator=gen))
     got = fit_power_law(eigs, HTSROptions(xmin=xmin)).alpha
     assert got == pytest.approx(reference_alpha(eigs, xmin), rel=1e-9)
+
+
+def test_intended_peak_window_matches_reference_loop():
+    # scaled so that the peak is above 1 and the source's bound log10(0.95·peak) differs from 0.95·peak
+    gen = torch.Generator().manual_seed(4)
+    eigs = esd(torch.randn(80, 80, generator=gen)) * 50
+    got = fit_power_law(eigs, HTSROptions(xmin="peak", peak_lower_bound="intended")).alpha
+    assert got == pytest.approx(reference_alpha(eigs, "peak", intended=True), rel=1e-9)
+    assert got != pytest.approx(fit_power_law(eigs, HTSROptions(xmin="peak")).alpha, rel=1e-3)
 
 
 def test_fit_is_invariant_to_scaling_the_weights():
