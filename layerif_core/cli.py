@@ -19,6 +19,7 @@ from rich.table import Table
 from layerif_core.errors import LayerifError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode="markdown",
                   help="Which layers of an LLM are well trained for a task: per-layer influence "
                        "scores, and the allocations they drive.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration format.")
@@ -109,7 +110,7 @@ def _print_scores(scores: dict) -> None:
 @guarded
 def run(config: ConfigArg, set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Run the whole job of CONFIG: layer scores of every task, then allocation, application and
-    evaluation where configured. Results go to <output_dir>/<name>/."""
+    evaluation where configured. Results go to OUTPUT_DIR/NAME/."""
     from layerif_core.pipeline import run as run_pipeline
 
     result = run_pipeline(_load(config, set_), force=force, show_progress=not STATE["quiet"])
@@ -161,7 +162,7 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON ins
 @app.command()
 @guarded
 def tasks() -> None:
-    """List the bundled tasks (usable as data source 'bundled:<name>')."""
+    """List the bundled tasks (usable as data source 'bundled:NAME')."""
     from layerif_core.tasks import BUNDLED, bundled_records
 
     for name in BUNDLED:
@@ -265,7 +266,7 @@ def compare_scores(
 @guarded
 def finetune(config: ConfigArg, set_: SetOpt = None, force: ForceOpt = False) -> None:
     """LoRA fine-tune CONFIG's model on finetune.data (default: the first task's train split) and save
-    the adapter in peft's format (finetune.output, else model.adapter, else <run>/adapter); resumes
+    the adapter in peft's format (finetune.output, else model.adapter, else RUN_DIR/adapter); resumes
     from its latest checkpoint."""
     from layerif_core.finetune import finetune as run_finetune
 
