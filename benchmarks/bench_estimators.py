@@ -5,7 +5,8 @@ For each estimator the floor is the time of the same number of plain forward+bac
 score pass over train plus one query pass, so its floor is ``3 × train + 1 × query``; K-FAC and
 ``exact`` ``2 × train + query``; ``grad_dot``/``grad_cosine`` ``train + query``. Peak memory is the
 increase of the process RSS (CPU, sampled) or of ``torch.cuda.max_memory_allocated`` (GPU) over the
-value before the call; the plain forward+backward of one train pass is measured the same way.
+value before the call, for the whole run and for the query + score passes alone (curvature already
+fitted); the plain forward+backward of one train pass is measured the same way.
 The PyPI package ``kronfluence`` is run as a reference when it is importable.
 """
 
@@ -109,11 +110,9 @@ def bench_model(label: str, model, tokenizer, n_train: int, n_query: int, estima
         ctx.run_dir = RunDir(workdir / label / name)  # fresh: nothing reused
         est = reg.build("estimator", name, opts)
 
-        def full(est=est):
-            est.fit(ctx, train)
-            return est.influence(ctx, train, query)
-
-        seconds, peak, influence = timed(device, full)
+        fit_seconds, fit_peak, _ = timed(device, lambda est=est: est.fit(ctx, train))
+        score_seconds, score_peak, influence = timed(device, lambda est=est: est.influence(ctx, train, query))
+        seconds, peak = fit_seconds + score_seconds, max(fit_peak, score_peak)
         if name == "lissa":
             bs = min(opts.get("batch_size") or batch_size, len(train))
             train_passes = 2 + (opts.get("depth", 500) + opts.get("power_iterations", 20)) * bs / len(train)
@@ -123,6 +122,7 @@ def bench_model(label: str, model, tokenizer, n_train: int, n_query: int, estima
         rows.append({"model": label, "estimator": name, "n_train": len(train), "n_query": len(query),
                      "seconds": round(seconds, 3), "floor_seconds": round(floor, 3),
                      "ratio": round(seconds / floor, 2), "peak_mib": round(peak, 1),
+                     "score_peak_mib": round(score_peak, 1),
                      "plain_fb_peak_mib": round(m_train, 1),
                      "finite": bool(torch.isfinite(influence).all())})
         print(rows[-1], flush=True)

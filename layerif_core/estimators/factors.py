@@ -95,11 +95,13 @@ def fit_covariances(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptio
 
 
 def eigendecompose(cov: dict[str, torch.Tensor], modules: list[TrackedModule]) -> dict[str, torch.Tensor]:
-    """``Q_A, Λ_A, Q_S, Λ_S`` per module (eigh in float64, stored float32; Λ clipped at 0)."""
+    """``Q_A, Λ_A, Q_S, Λ_S`` per module (eigh in float64, stored float32; Λ clipped at 0).
+
+    Consumes ``cov``: each covariance is dropped once decomposed, so the peak holds one full set."""
     out = {}
     for tm in modules:
         for f in ("A", "S"):
-            evals, evecs = torch.linalg.eigh(cov[f"{tm.name}.{f}"].double())
+            evals, evecs = torch.linalg.eigh(cov.pop(f"{tm.name}.{f}").double())
             out[f"{tm.name}.Q{f}"] = evecs.float().contiguous()
             out[f"{tm.name}.L{f}"] = evals.clamp(min=0).float()
     return out
