@@ -59,6 +59,9 @@ def sample_labels(logits: torch.Tensor, batch: Batch, seed: int) -> torch.Tensor
         keep = batch.labels[b, 1:] != IGNORE
         if not keep.any():
             continue
+        if not torch.isfinite(logits[b][keep]).all():  # keep the data labels: its loss is then
+            labels[b] = batch.labels[b]  # non-finite too, and check_finite names the example
+            continue
         ids = batch.input_ids[b][batch.attention_mask[b].bool()]
         gen = torch.Generator(device=probs.device).manual_seed(example_seed(ids, seed))
         drawn = torch.multinomial(probs[b][keep], 1, generator=gen).squeeze(1)

@@ -61,7 +61,7 @@ def test_nan_loss_names_the_example_and_writes_no_scores(tmp_path):
         model.get_input_embeddings().weight[2] = float("nan")  # '#' is <unk> (id 2)
     spec = {"source": str(data), "prompt": "{question}", "completion": "{answer}"}
     ctx = make_ctx(tmp_path, model=model, tasks=[{"name": "t", "train": spec, "validation": spec}])
-    with pytest.raises(NumericalError, match="loss of example 2 of 't/validation' is nan"):
+    with pytest.raises(NumericalError, match="loss of example 2 of 't/train' is nan"):
         compute_layer_scores(ctx)
     assert not (ctx.run_dir.path / "scores.json").exists()
 
