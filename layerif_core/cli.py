@@ -223,15 +223,9 @@ def schema() -> None:
 @guarded
 def check(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate CONFIG (keys, values, plugin names) without loading the model."""
-    from layerif_core.registry import get_registry
+    from layerif_core.pipeline import check_components
 
-    cfg = _load(config, set_)
-    reg = get_registry()
-    if cfg.scorer.name == "layerif":
-        reg.get("estimator", cfg.scorer.estimator.name).options(cfg.scorer.estimator.options)
-        reg.get("aggregator", cfg.scorer.aggregator.name).options(cfg.scorer.aggregator.options)
-    else:
-        reg.get("scorer", cfg.scorer.name).options(cfg.scorer.options)
+    check_components(_load(config, set_))
     typer.echo(f"{config}: ok")
 
 

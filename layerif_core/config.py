@@ -266,8 +266,10 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
 
 
 def describe_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
-    """One line for the first error, with the closest valid key for an unknown one."""
-    err = exc.errors()[0]
+    """One line for the first error (an unknown key first: it often explains a missing one), with
+    the closest valid key for an unknown one."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in err["loc"]]
     where = ".".join(loc)
     if err["type"] == "extra_forbidden":

@@ -31,16 +31,25 @@ from layerif_core.registry import get_registry
 log = logging.getLogger("layerif")
 
 
-def open_run(config: RunConfig, force: bool = False, show_progress: bool = True,
-             model: torch.nn.Module | None = None, tokenizer: Any = None) -> RunContext:
-    """Load the model (unless given), build the layer map and open the run directory."""
+def check_components(config: RunConfig) -> None:
+    """Every component the config names exists and accepts its options."""
     registry = get_registry()
-    # fail on unknown names before the (slow) model load
     if config.scorer.name == "layerif":
         registry.get("estimator", config.scorer.estimator.name).options(config.scorer.estimator.options)
         registry.get("aggregator", config.scorer.aggregator.name).options(config.scorer.aggregator.options)
     else:
         registry.get("scorer", config.scorer.name).options(config.scorer.options)
+    for kind, spec in (("allocator", config.allocation), ("application", config.application)):
+        if spec is not None:
+            registry.get(kind, spec.name).options(spec.options)
+    for spec in config.evaluation:
+        registry.get("evaluator", spec.name).options(spec.options)
+
+
+def open_run(config: RunConfig, force: bool = False, show_progress: bool = True,
+             model: torch.nn.Module | None = None, tokenizer: Any = None) -> RunContext:
+    """Load the model (unless given), build the layer map and open the run directory."""
+    check_components(config)  # unknown names and options fail before the (slow) model load
     run_dir = RunDir(Path(config.output_dir) / config.name, force=force)
     torch.manual_seed(config.seed)
     start = time.perf_counter()

@@ -67,7 +67,8 @@ class Component:
 
 
 def _options_message(comp: Component, exc: ValidationError) -> str:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo first
     key = ".".join(str(p) for p in err["loc"])
     fields = list(comp.config.model_fields) if comp.config else []
     if err["type"] == "extra_forbidden":

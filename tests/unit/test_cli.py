@@ -87,3 +87,17 @@ def test_hub_model_while_offline_is_one_line(tmp_path):
                          env=env, capture_output=True, text=True)
     assert out.returncode == 2
     assert "cannot reach the hub to fetch 'someone/some-model'" in " ".join(out.stderr.split())
+
+
+@pytest.mark.parametrize("example", sorted((__import__("pathlib").Path(__file__).resolve().parents[2]
+                                             / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_config_checks(example):
+    out = invoke("config", "check", str(example))
+    assert out.exit_code == 0, out.output
+
+
+def test_config_check_validates_plugin_options(tmp_path):
+    out = invoke("config", "check", write(tmp_path), "--set", "allocation.name=alpha_pruning",
+                 "--set", "allocation.options.sparsty=0.5")
+    assert out.exit_code == 2
+    assert "has no option 'sparsty' (did you mean 'sparsity'?)" in " ".join(out.output.split())
