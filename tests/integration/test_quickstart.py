@@ -43,3 +43,12 @@ def test_quickstart_writes_scores_influence_plot_and_resumes(tmp_path, smollm2):
     assert again.exit_code == 0, again.output
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(manifest["steps"][f"influence.safetensors:{t}"]["reused"] for t in scores)
+
+
+@pytest.mark.slow
+def test_converted_embedded_model_is_a_plain_model(smollm2, tmp_path):
+    """The cached conversion carries no GGUF quantisation marker, so it can be saved again."""
+    model, tokenizer = smollm2
+    assert getattr(model.config, "quantization_config", None) is None
+    model.save_pretrained(tmp_path / "copy")
+    assert (tmp_path / "copy" / "model.safetensors").is_file()
