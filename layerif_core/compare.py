@@ -18,6 +18,7 @@ from typing import Any
 
 from layerif_core.artifacts import atomic_path
 from layerif_core.errors import ArtifactError, DataError
+from layerif_core.plotting import save_figure
 from layerif_core.protocols import LayerScores
 
 
@@ -135,11 +136,7 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
     ax.set_title("Layer scores compared")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_comparison(comparison: Comparison, path: str | Path) -> Path:

@@ -27,6 +27,13 @@ def plot_scores(scores: dict[str, LayerScores], path: Path, title: str = "Layer 
         ax.set_ylabel(f"score ({better} = better trained)")
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

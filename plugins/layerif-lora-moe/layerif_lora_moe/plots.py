@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerif_core.artifacts import atomic_path
+from layerif_core.plotting import save_figure
 from layerif_lora_moe.train import TrainLog
 
 
@@ -35,11 +35,7 @@ def plot_loss(log: TrainLog, path: Path, title: str = "LoRA-MoE training") -> Pa
     ax_aux.set_ylabel("load-balancing loss (sum over modules)")
     ax_aux.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_usage(log: TrainLog, experts: list[int], path: Path) -> Path:
@@ -72,8 +68,4 @@ def plot_usage(log: TrainLog, experts: list[int], path: Path) -> Path:
     ax_t.set_title("load imbalance per layer")
     if 0 < len(layers) <= 12:
         ax_t.legend(fontsize=7, ncol=2, title="layer")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

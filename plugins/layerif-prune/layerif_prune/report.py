@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from layerif_core.artifacts import atomic_path
 from layerif_core.errors import ArtifactError
 from layerif_core.layers import LayerMap
+from layerif_core.plotting import save_figure
 
 
 def save_model(model: torch.nn.Module, tokenizer: Any, target: Path) -> Path:
@@ -87,8 +87,4 @@ def plot_sparsity(target: list[float], measured: list[float], path: Path, title:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
