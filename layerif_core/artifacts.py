@@ -184,3 +184,23 @@ class RunDir:
         self.write_tensors(rel, tensors, meta)
         self.record_step(step, fingerprint, reused=False, seconds=time.perf_counter() - start)
         return value
+
+
+def read_scores(path: str | Path) -> dict[str, Any]:
+    """The ``{task: LayerScores}`` of a ``scores.json``, or of a run directory holding one."""
+    from layerif_core.protocols import LayerScores
+
+    path = Path(path)
+    file = path / "scores.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ArtifactError(f"'{path}' has no scores.json; pass a run directory made by "
+                            "`layerif scores` or `layerif run`, or its scores.json.")
+    try:
+        data = json.loads(file.read_text())
+        scores = {task: LayerScores.from_json(entry) for task, entry in data.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+        raise ArtifactError(f"'{file}' is not a layerif scores.json; recompute it with "
+                            "`layerif scores --force`.") from None
+    if not scores:
+        raise ArtifactError(f"'{file}' holds no task's scores; recompute it with `layerif scores`.")
+    return scores

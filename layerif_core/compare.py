@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layerif_core.artifacts import atomic_path
-from layerif_core.errors import ArtifactError, DataError
+from layerif_core.artifacts import atomic_path, read_scores
+from layerif_core.errors import DataError
 from layerif_core.plotting import save_figure
 from layerif_core.protocols import LayerScores
 
@@ -58,21 +58,12 @@ class Comparison:
         }
 
 
-def read_scores(path: str | Path) -> list[ScoreSeries]:
+def read_series(path: str | Path) -> list[ScoreSeries]:
     """The score vectors of a run directory (or of a ``scores.json`` file), one per task."""
     path = Path(path)
     file = path / "scores.json" if path.is_dir() else path
-    if not file.is_file():
-        raise ArtifactError(f"'{path}' has no scores.json; pass a run directory made by "
-                            "`layerif scores` or `layerif run`.")
-    try:
-        data = json.loads(file.read_text())
-        run = file.parent.name
-        return [ScoreSeries(f"{run}/{task} ({entry['scorer']})", str(file), task,
-                            LayerScores.from_json(entry)) for task, entry in data.items()]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
-        raise ArtifactError(f"'{file}' is not a layerif scores.json; recompute it with "
-                            "`layerif scores --force`.") from None
+    return [ScoreSeries(f"{file.parent.name}/{task} ({s.scorer})", str(file), task, s)
+            for task, s in read_scores(path).items()]
 
 
 def pairwise_correlations(series: list[ScoreSeries], fn) -> list[list[float]]:
@@ -93,7 +84,7 @@ def compare_scores(paths: list[str | Path]) -> Comparison:
     """Spearman and Kendall correlations between every pair of score vectors in ``paths``."""
     from scipy.stats import kendalltau, spearmanr
 
-    series = [s for p in paths for s in read_scores(p)]
+    series = [s for p in paths for s in read_series(p)]
     if len(series) < 2:
         raise DataError("compare-scores needs at least two score vectors; pass two runs (or one run "
                         "with two tasks).")

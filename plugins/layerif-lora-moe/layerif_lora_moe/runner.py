@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from layerif_core.artifacts import read_scores as load_scores
 from layerif_core.config import ComponentSpec, RunConfig
-from layerif_core.errors import ArtifactError, DataError
+from layerif_core.errors import DataError
 from layerif_core.pipeline import RunResult, allocate, compute_layer_scores, open_run
 from layerif_core.protocols import LayerScores
 from layerif_core.registry import get_registry
@@ -25,21 +26,7 @@ def with_defaults(config: RunConfig) -> RunConfig:
 def read_scores(path: Path, n_layers: int) -> dict[str, LayerScores]:
     """Layer scores from a ``scores.json`` (or a run directory holding one), checked against the
     model's layer count."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "scores.json"
-    if not path.is_file():
-        raise ArtifactError(f"scores file '{path}' does not exist; give a run's scores.json.")
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-        scores = {task: LayerScores.from_json(s) for task, s in data.items()}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-        raise ArtifactError(f"'{path}' is not a layerif scores.json ({{task: {{values, "
-                            "higher_is_better, scorer}}}}); give the file a scores run wrote.") from None
-    if not scores:
-        raise ArtifactError(f"'{path}' holds no task's scores; give the file a scores run wrote.")
+    scores = load_scores(path)
     for task, s in scores.items():
         if s.values.numel() != n_layers:
             raise DataError(f"'{path}' scores {s.values.numel()} layers for task '{task}' but the model "

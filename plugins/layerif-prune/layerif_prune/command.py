@@ -9,10 +9,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from layerif_core.artifacts import read_scores
 from layerif_core.cli import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
 from layerif_core.config import ComponentSpec, RunConfig
 from layerif_core.context import RunContext
-from layerif_core.errors import ArtifactError, ConfigError, DataError
+from layerif_core.errors import ConfigError, DataError
 from layerif_core.protocols import LayerScores
 
 ScoresOpt = Annotated[Path | None, typer.Option(
@@ -38,20 +39,6 @@ def prepare_config(cfg: RunConfig) -> RunConfig:
     for spec in cfg.evaluation:
         reg.get("evaluator", spec.name).options(spec.options)
     return cfg
-
-
-def read_scores(path: Path) -> dict[str, LayerScores]:
-    """The ``{task: LayerScores}`` of a ``scores.json`` (or of a run directory holding one)."""
-    file = path / "scores.json" if path.is_dir() else path
-    if not file.is_file():
-        raise ArtifactError(f"scores file '{file}' does not exist; point --scores to a run directory "
-                            "or its scores.json.")
-    try:
-        data = json.loads(file.read_text())
-        return {task: LayerScores.from_json(s) for task, s in data.items()}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-        raise ArtifactError(f"'{file}' is not a layerif scores.json; compute it with "
-                            "`layerif scores`.") from None
 
 
 def check_scores(scores: dict[str, LayerScores], ctx: RunContext, source: Path) -> None:
