@@ -3,8 +3,9 @@
 As in the Wanda and SparseGPT reference code: the calibration windows run through the model up to the
 first decoder block, whose inputs (hidden states and whatever else the model passes it: attention
 mask, position ids, rotary embeddings) are captured by a pre-hook that then stops the forward. Each
-block in turn (1) runs on its inputs with hooks on its linear modules collecting input statistics,
-(2) has its modules pruned, (3) runs again, pruned, to give the next block its inputs.
+block in turn (1) runs on its inputs with hooks on its linear modules collecting input statistics
+(stopped as soon as every tracked module has seen its input), (2) has its modules pruned, (3) runs
+again, pruned, to give the next block its inputs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from layerif_prune.sparsegpt import dampened_inverse_factor, sparsegpt_prune
 
 
 class _Stop(Exception):
-    """Raised by the capture hook to end the forward pass at the first block."""
+    """Raised by a hook to end a forward pass early: at the first block (capture), or inside a block
+    once its tracked modules have all seen their inputs (statistics)."""
 
 
 @dataclass
@@ -161,29 +163,41 @@ def prune_blocks(model: torch.nn.Module, layer_map: LayerMap, sparsities: list[f
 
 def _collect(block: torch.nn.Module, modules: list[TrackedModule], calls: list[BlockCall],
              hidden: list[torch.Tensor], gram: bool) -> dict[str, InputStats]:
-    """Run the block on every batch with hooks accumulating each module's input statistics.
+    """Run the dense block on every batch with pre-hooks accumulating each module's input statistics.
 
     Modules fed the very same input tensor (q/k/v, gate/up) share one :class:`InputStats`, so its
-    Gram matrix is accumulated (and SparseGPT's factor computed) once.
+    Gram matrix is accumulated (and SparseGPT's factor computed) once. Once every tracked module
+    has seen its input in a batch, the hook stops that batch's forward (:class:`_Stop`): the rest of
+    the block (for a Llama block, down_proj's matmul and the residual add; with attention modules
+    only, the whole MLP) cannot change the statistics, and the next block's inputs come from the
+    pruned block's own run anyway.
     """
     stats: dict[str, InputStats] = {}
     seen: list[tuple[torch.Tensor, InputStats]] = []  # this batch's inputs, held so ids stay unique
+    waiting: set[str] = set()
 
     def hook(tm: TrackedModule, x: torch.Tensor) -> None:
+        if tm.name not in waiting:  # a module called twice in one forward: count its first call
+            return
+        waiting.discard(tm.name)
         shared = next((st for t, st in seen if t is x), None)
         if shared is not None:
             stats.setdefault(tm.name, shared)
-            return
-        st = stats.setdefault(tm.name, InputStats(tm.d_in, x.device, gram))
-        st.add(x)
-        seen.append((x, st))
+        else:
+            st = stats.setdefault(tm.name, InputStats(tm.d_in, x.device, gram))
+            st.add(x)
+            seen.append((x, st))
+        if not waiting:
+            raise _Stop
 
-    handles = [tm.module.register_forward_hook(lambda _m, inp, _out, tm=tm: hook(tm, inp[0]))
+    handles = [tm.module.register_forward_pre_hook(lambda _m, inp, tm=tm: hook(tm, inp[0]))
                for tm in modules]
     try:
         for c, h in zip(calls, hidden, strict=True):
             seen.clear()
-            run_block(block, c, h)
+            waiting.update(tm.name for tm in modules)
+            with contextlib.suppress(_Stop):
+                run_block(block, c, h)
     finally:
         seen.clear()
         for handle in handles:
