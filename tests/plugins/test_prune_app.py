@@ -154,3 +154,40 @@ def test_prune_command_rejects_scores_with_another_layer_count(tmp_path):
     assert out.exit_code == 2
     assert "have 2 layers but the model has 3" in out.output
     assert len(out.output.strip().splitlines()) <= 2  # one message (rich may wrap it once)
+
+
+@pytest.mark.parametrize("pruner", ["wanda", "sparsegpt"])
+def test_interrupted_pruning_resumes_after_the_last_finished_block(tmp_path, pruner):
+    from layerif_prune.application import prune_model
+
+    alloc = Allocation("sparsity", [0.3, 0.5, 0.7], "test")
+    opts = get_registry().get("application", "prune").options(
+        {"pruner": pruner, "calibration": CALIB, "save_model": False})
+    ref_ctx = prune_ctx(tmp_path / "ref", pruner=pruner)
+    reference = prune_model(ref_ctx, ref_ctx.model, alloc, opts)
+
+    started = []
+
+    def interrupted(items, _total, _desc):
+        for layer in items:
+            if len(started) == 2:  # blocks 0 and 1 finished
+                raise KeyboardInterrupt
+            started.append(layer)
+            yield layer
+
+    ctx = prune_ctx(tmp_path / "run", pruner=pruner)
+    ctx.track = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        prune_model(ctx, ctx.model, alloc, opts)
+    state = ctx.run_dir.file("prune_state")
+    assert (state / "inputs.safetensors").is_file()
+
+    rerun = prune_ctx(tmp_path / "run", pruner=pruner)  # a new process: the dense model again
+    resumed = []
+    rerun.track = lambda items, _total, _desc: (resumed.append(x) or x for x in items)
+    result = prune_model(rerun, rerun.model, alloc, opts)
+    assert resumed == [2]
+    assert not state.exists()
+    for tm, ref in zip(LayerMap(result.model).modules(), LayerMap(reference.model).modules(), strict=True):
+        assert torch.equal(tm.module.weight, ref.module.weight), tm.name
+        assert torch.equal(result.masks[tm.name], reference.masks[tm.name]), tm.name

@@ -18,6 +18,7 @@ from layerif_core.protocols import Allocation
 from layerif_prune.calibration import calibration_tokens, calibration_windows
 from layerif_prune.options import PruneOptions
 from layerif_prune.report import achieved, plot_sparsity, save_model, zeros_in_memory, zeros_in_saved
+from layerif_prune.resume import BlockCheckpoint, fingerprint
 from layerif_prune.sequential import prune_blocks
 
 log = logging.getLogger("layerif")
@@ -77,8 +78,13 @@ def prune_model(ctx: RunContext, model: torch.nn.Module, allocation: Allocation,
     was_training = model.training
     model.eval()
     start = time.perf_counter()
+    checkpoint = None
+    if windows is not None and opts.resume:
+        checkpoint = BlockCheckpoint(ctx.run_dir, fingerprint(
+            {"model": ctx.model_fingerprint, "options": opts.model_dump(exclude={"save_model", "save_masks"}),
+             "target": target, "modules": [tm.name for tm in layer_map.modules()]}, windows))
     try:
-        masks = prune_blocks(model, layer_map, target, opts, windows, ctx.track)
+        masks = prune_blocks(model, layer_map, target, opts, windows, ctx.track, checkpoint)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start

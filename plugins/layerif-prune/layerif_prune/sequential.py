@@ -20,6 +20,7 @@ import torch
 from layerif_core.layers import LayerMap, TrackedModule
 from layerif_prune.masks import magnitude_mask, wanda_mask
 from layerif_prune.options import PruneOptions
+from layerif_prune.resume import BlockCheckpoint
 from layerif_prune.sparsegpt import dampened_inverse_factor, sparsegpt_prune
 
 
@@ -131,9 +132,13 @@ def _no_track(items: Iterable[Any], _total: int, _desc: str) -> Iterable[Any]:
 
 @torch.no_grad()
 def prune_blocks(model: torch.nn.Module, layer_map: LayerMap, sparsities: list[float],
-                 opts: PruneOptions, windows: torch.Tensor | None, track: Track | None = None
-                 ) -> dict[str, torch.Tensor]:
-    """Prune every tracked module of block l to ``sparsities[l]``; returns the masks by module name."""
+                 opts: PruneOptions, windows: torch.Tensor | None, track: Track | None = None,
+                 checkpoint: BlockCheckpoint | None = None) -> dict[str, torch.Tensor]:
+    """Prune every tracked module of block l to ``sparsities[l]``; returns the masks by module name.
+
+    With a ``checkpoint`` (Wanda, SparseGPT), the state after each block is kept and a rerun resumes
+    after the last finished block; the state is removed once every block is pruned.
+    """
     track = track or _no_track
     masks: dict[str, torch.Tensor] = {}
     if opts.nm() is None and not any(s > 0 for s in sparsities):
@@ -144,7 +149,12 @@ def prune_blocks(model: torch.nn.Module, layer_map: LayerMap, sparsities: list[f
                 masks[tm.name] = prune_module(tm, sparsities[layer], opts, None)
         return masks
     calls, hidden = capture_block_inputs(model, layer_map.blocks[0], windows, opts.batch_size)
-    for layer in track(range(len(layer_map)), len(layer_map), f"{opts.pruner} pruning"):
+    first = 0
+    if checkpoint is not None:
+        first, restored = checkpoint.resume(layer_map.layers, masks)
+        device = hidden[0].device
+        hidden = hidden if restored is None else [h.to(device) for h in restored]
+    for layer in track(range(first, len(layer_map)), len(layer_map) - first, f"{opts.pruner} pruning"):
         block = layer_map.blocks[layer]
         modules = layer_map.layers[layer]
         if sparsities[layer] > 0 or opts.nm() is not None:
@@ -158,6 +168,10 @@ def prune_blocks(model: torch.nn.Module, layer_map: LayerMap, sparsities: list[f
                 masks[tm.name] = torch.zeros(tm.d_out, tm.d_in, dtype=torch.bool)
         if layer + 1 < len(layer_map):
             hidden = [run_block(block, c, h) for c, h in zip(calls, hidden, strict=True)]
+            if checkpoint is not None:
+                checkpoint.save(layer, modules, masks, hidden)
+    if checkpoint is not None:
+        checkpoint.clear()
     return masks
 
 
