@@ -69,23 +69,41 @@ def _prune(model, pruner: str, sparsities: list[float], windows, batch: int) -> 
     return pruned, time.perf_counter() - start
 
 
-def _allocations(model, sparsity: float, scores: dict) -> dict[str, list[float]]:
+def _allocations(model, sparsity: float, scores: dict, uniform: bool = True) -> dict[str, list[float]]:
     """Per-layer sparsity: uniform, and alpha_pruning (ε = 0.2) from each scorer's scores."""
     from layerif_core.allocators.sparsity import AlphaPruningOptions, AlphaPruningSparsity
     from layerif_core.layers import LayerMap
 
     lm = LayerMap(model)
     weights = [float(w) for w in lm.num_params()]
-    out = {"uniform": [sparsity] * len(lm)}
+    out = {"uniform": [sparsity] * len(lm)} if uniform else {}
     alloc = AlphaPruningSparsity(AlphaPruningOptions(sparsity=sparsity, epsilon=0.2))
     for name, s in scores.items():
         out[name] = alloc.allocate(s, weights).values
     return out
 
 
+def wikitext_task(tmp: Path, n_train: int = 64, n_val: int = 16, max_length: int = 128) -> dict:
+    """A LayerIF task on the evaluation's text: WikiText-2 valid paragraphs (≥ 400 characters, no
+    headings) written to jsonl; every 8th of the first ``8 · n_val`` is validation (the query), the
+    others train; each truncated to ``max_length`` tokens."""
+    import json
+
+    lines = (WIKI / "valid.txt").read_text(encoding="utf-8").splitlines()
+    paragraphs = [x.strip() for x in lines if len(x.strip()) >= 400 and not x.strip().startswith("=")]
+    val = paragraphs[1:8 * n_val:8][:n_val]
+    train = [x for x in paragraphs if x not in val][:n_train]
+    for name, rows in (("train", train), ("validation", val)):
+        (tmp / f"{name}.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    return {"name": "wikitext",
+            "train": {"source": str(tmp / "train.jsonl"), "max_length": max_length},
+            "validation": {"source": str(tmp / "validation.jsonl"), "max_length": max_length}}
+
+
 def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None) -> dict:
-    """HT-SR alpha and LayerIF (grad_dot, positive_sum; 16 train / 4 validation examples of the
-    bundled arithmetic task) scores of the model; ``cache/<name>.json`` (a scores.json) is reused."""
+    """HT-SR alpha and LayerIF (``ekfac`` + ``positive_sum``; 64 train / 16 validation paragraphs of
+    WikiText-2 valid, 128 tokens each: :func:`wikitext_task`) scores of the model;
+    ``cache/<name>.json`` (a scores.json) is reused."""
     import json
     import tempfile
 
@@ -93,42 +111,51 @@ def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None) 
     from layerif_core.pipeline import compute_layer_scores, open_run
     from layerif_core.protocols import LayerScores
 
-    task = {"name": "arithmetic",
-            "train": {"source": "bundled:arithmetic", "limit": 16, "max_length": 48},
-            "validation": {"source": "bundled:arithmetic", "split": "validation", "limit": 4,
-                           "max_length": 48}}
-    scorers = {"htsr": {"name": "htsr_alpha"}, "layerif": {"name": "layerif"}}
+    scorers = {"htsr": {"name": "htsr_alpha"},
+               "layerif": {"name": "layerif", "estimator": {"name": "ekfac"},
+                           "aggregator": {"name": "positive_sum"}}}
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
+        task = wikitext_task(Path(tmp))
         for name in which:
             saved = cache / f"{name}.json" if cache is not None else None
             if saved is not None and saved.is_file():
-                out[name] = LayerScores.from_json(json.loads(saved.read_text())["arithmetic"])
-                continue
+                kept = json.loads(saved.read_text())
+                if task["name"] in kept:
+                    out[name] = LayerScores.from_json(kept[task["name"]])
+                    continue
             cfg = RunConfig.model_validate({"name": name, "output_dir": tmp, "tasks": [task],
                                             "scorer": scorers[name], "batch_size": 8})
             ctx = open_run(cfg, show_progress=False, model=model, tokenizer=tokenizer)
-            out[name] = compute_layer_scores(ctx)["arithmetic"]
+            out[name] = compute_layer_scores(ctx)[task["name"]]
             if saved is not None:
                 saved.parent.mkdir(parents=True, exist_ok=True)
-                saved.write_text(json.dumps({"arithmetic": out[name].to_json()}))
+                saved.write_text(json.dumps({task["name"]: out[name].to_json()}))
+            print(f"{name} scores:", [round(float(x), 5) for x in out[name].values], flush=True)
     return out
 
 
 def quality_table(model, tokenizer, sparsities: list[float], which: list[str], windows: torch.Tensor,
                   eval_seqlen: int, eval_windows: int, batch: int = 8, cache: Path | None = None
                   ) -> dict:
-    """Perplexity of dense and pruned models for every sparsity, allocation and pruner."""
+    """Perplexity of dense and pruned models for every sparsity, allocation and pruner (each row
+    printed as it is measured)."""
+    import json
+
     test = _tokens(tokenizer, "test", 40 * eval_seqlen * eval_windows)
-    scores = layer_scores(model, tokenizer, which, cache) if which else {}
+    scorers = [x for x in which if x != "uniform"]
+    scores = layer_scores(model, tokenizer, scorers, cache) if scorers else {}
     rows = [{"pruner": "dense", "sparsity": 0.0, "allocation": "-",
              "ppl": round(_perplexity(model, test, eval_seqlen, eval_windows), 3)}]
+    print(json.dumps(rows[-1]), flush=True)
     for s in sparsities:
-        for alloc_name, values in _allocations(model, s, scores).items():
+        for alloc_name, values in _allocations(model, s, scores, "uniform" in which).items():
             for pruner in ("magnitude", "wanda", "sparsegpt"):
-                pruned, _ = _prune(model, pruner, values, windows, batch)
+                pruned, seconds = _prune(model, pruner, values, windows, batch)
                 rows.append({"pruner": pruner, "sparsity": s, "allocation": alloc_name,
-                             "ppl": round(_perplexity(pruned, test, eval_seqlen, eval_windows), 3)})
+                             "ppl": round(_perplexity(pruned, test, eval_seqlen, eval_windows), 3),
+                             "prune_s": round(seconds, 1)})
+                print(json.dumps(rows[-1]), flush=True)
                 del pruned
     return {"quality_sizes": f"calibration {windows.shape[0]} x {windows.shape[1]} tokens of "
             f"WikiText-2 valid; perplexity over {eval_windows} x {eval_seqlen} tokens of WikiText-2 "
@@ -138,13 +165,18 @@ def quality_table(model, tokenizer, sparsities: list[float], which: list[str], w
 
 def speed(model, tokenizer, samples: int, seqlen: int, batch: int = 8) -> dict:
     """Seconds of Wanda and SparseGPT pruning at 50% over the time of the calibration forward passes."""
+    import os
+
     from layerif_core.layers import LayerMap
     from layerif_prune.calibration import calibration_windows
 
     windows = calibration_windows(_tokens(tokenizer, "valid", 50 * samples * seqlen), samples, seqlen,
                                   seed=0)
+    _forward_seconds(model, windows[:batch], batch)  # warm-up: first-call allocations
+    load_before = os.getloadavg()
     forward = _forward_seconds(model, windows, batch)
-    out = {"calibration": f"{samples} x {seqlen} tokens", "forward_s": round(forward, 2)}
+    out = {"calibration": f"{samples} x {seqlen} tokens", "forward_s": round(forward, 2),
+           "torch_threads": torch.get_num_threads()}
     n_layers = len(LayerMap(model))
     for pruner in ("wanda", "sparsegpt"):
         pruned, seconds = _prune(model, pruner, [0.5] * n_layers, windows, batch)
@@ -152,6 +184,8 @@ def speed(model, tokenizer, samples: int, seqlen: int, batch: int = 8) -> dict:
         out[f"{pruner}_s"] = round(seconds, 2)
         out[f"{pruner}_x_forward"] = round(seconds / forward, 2)
     out["goal"] = "wanda <= 1.5x, sparsegpt <= 5x of the forward passes"
+    out["load_average_1_5_15min"] = {"before": [round(x, 2) for x in load_before],
+                                      "after": [round(x, 2) for x in os.getloadavg()]}
     return out
 
 
@@ -166,9 +200,10 @@ def run(quick: bool) -> dict:
     n = 8 if quick else 32
     windows = calibration_windows(_tokens(tokenizer, "valid", 50 * n * seqlen), n, seqlen, seed=0)
     if quick:
-        quality = quality_table(model, tokenizer, [0.5], [], windows, 256, 8)
+        quality = quality_table(model, tokenizer, [0.5], ["uniform"], windows, 256, 8)
     else:
-        quality = quality_table(model, tokenizer, [0.5, 0.6, 0.7], ["htsr", "layerif"], windows, 512, 32)
+        quality = quality_table(model, tokenizer, [0.5, 0.6, 0.7], ["uniform", "htsr", "layerif"],
+                                windows, 512, 32)
     return {**result, **quality}
 
 
@@ -186,7 +221,8 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--eval-windows", type=int, default=8)
     p.add_argument("--sparsities", default="0.5,0.6,0.7")
-    p.add_argument("--allocations", default="htsr,layerif")
+    p.add_argument("--allocations", default="uniform,htsr,layerif",
+                   help="Comma-separated: uniform, htsr, layerif.")
     p.add_argument("--output", default="prune_table.json")
     p.add_argument("--speed", action="store_true", help="Measure pruning speed instead.")
     p.add_argument("--scores-dir", type=Path, default=None, help="Reuse/keep <dir>/<scorer>.json.")
