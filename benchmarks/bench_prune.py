@@ -83,7 +83,7 @@ def _allocations(model, sparsity: float, scores: dict, uniform: bool = True) -> 
     return out
 
 
-def wikitext_task(tmp: Path, n_train: int = 64, n_val: int = 16, max_length: int = 128) -> dict:
+def wikitext_task(tmp: Path, n_train: int = 32, n_val: int = 8, max_length: int = 128) -> dict:
     """A LayerIF task on the evaluation's text: WikiText-2 valid paragraphs (≥ 400 characters, no
     headings) written to jsonl; every 8th of the first ``8 · n_val`` is validation (the query), the
     others train; each truncated to ``max_length`` tokens."""
@@ -100,10 +100,12 @@ def wikitext_task(tmp: Path, n_train: int = 64, n_val: int = 16, max_length: int
             "validation": {"source": str(tmp / "validation.jsonl"), "max_length": max_length}}
 
 
-def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None) -> dict:
-    """HT-SR alpha and LayerIF (``ekfac`` + ``positive_sum``; 64 train / 16 validation paragraphs of
-    WikiText-2 valid, 128 tokens each: :func:`wikitext_task`) scores of the model;
-    ``cache/<name>.json`` (a scores.json) is reused."""
+def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None,
+                 aggregator: str = "positive_sum", n_train: int = 32, n_val: int = 8) -> dict:
+    """HT-SR alpha and LayerIF (``ekfac`` + ``aggregator``; ``n_train`` / ``n_val`` paragraphs of
+    WikiText-2 valid, 128 tokens each: :func:`wikitext_task`) scores of the model. With ``cache``,
+    ``cache/<name>.json`` (a scores.json) is reused, and the runs live in ``cache/runs`` so that the
+    EK-FAC factors and ``I[l, i]`` are kept (another aggregator reuses them)."""
     import json
     import tempfile
 
@@ -113,18 +115,19 @@ def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None) 
 
     scorers = {"htsr": {"name": "htsr_alpha"},
                "layerif": {"name": "layerif", "estimator": {"name": "ekfac"},
-                           "aggregator": {"name": "positive_sum"}}}
+                           "aggregator": {"name": aggregator}}}
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        task = wikitext_task(Path(tmp))
+        task = wikitext_task(Path(tmp), n_train, n_val)
+        runs = str(cache / "runs") if cache is not None else tmp
         for name in which:
             saved = cache / f"{name}.json" if cache is not None else None
             if saved is not None and saved.is_file():
-                kept = json.loads(saved.read_text())
-                if task["name"] in kept:
-                    out[name] = LayerScores.from_json(kept[task["name"]])
+                kept = json.loads(saved.read_text()).get(task["name"])
+                if kept is not None and kept["details"].get("aggregator") in (None, aggregator):
+                    out[name] = LayerScores.from_json(kept)
                     continue
-            cfg = RunConfig.model_validate({"name": name, "output_dir": tmp, "tasks": [task],
+            cfg = RunConfig.model_validate({"name": name, "output_dir": runs, "tasks": [task],
                                             "scorer": scorers[name], "batch_size": 8})
             ctx = open_run(cfg, show_progress=False, model=model, tokenizer=tokenizer)
             out[name] = compute_layer_scores(ctx)[task["name"]]
@@ -136,15 +139,15 @@ def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None) 
 
 
 def quality_table(model, tokenizer, sparsities: list[float], which: list[str], windows: torch.Tensor,
-                  eval_seqlen: int, eval_windows: int, batch: int = 8, cache: Path | None = None
-                  ) -> dict:
+                  eval_seqlen: int, eval_windows: int, batch: int = 8, cache: Path | None = None,
+                  aggregator: str = "positive_sum") -> dict:
     """Perplexity of dense and pruned models for every sparsity, allocation and pruner (each row
     printed as it is measured)."""
     import json
 
     test = _tokens(tokenizer, "test", 40 * eval_seqlen * eval_windows)
     scorers = [x for x in which if x != "uniform"]
-    scores = layer_scores(model, tokenizer, scorers, cache) if scorers else {}
+    scores = layer_scores(model, tokenizer, scorers, cache, aggregator) if scorers else {}
     rows = [{"pruner": "dense", "sparsity": 0.0, "allocation": "-",
              "ppl": round(_perplexity(model, test, eval_seqlen, eval_windows), 3)}]
     print(json.dumps(rows[-1]), flush=True)
@@ -177,12 +180,14 @@ def speed(model, tokenizer, samples: int, seqlen: int, batch: int = 8) -> dict:
     forward = _forward_seconds(model, windows, batch)
     out = {"calibration": f"{samples} x {seqlen} tokens", "forward_s": round(forward, 2),
            "torch_threads": torch.get_num_threads()}
+    print(out, flush=True)
     n_layers = len(LayerMap(model))
     for pruner in ("wanda", "sparsegpt"):
         pruned, seconds = _prune(model, pruner, [0.5] * n_layers, windows, batch)
         del pruned
         out[f"{pruner}_s"] = round(seconds, 2)
         out[f"{pruner}_x_forward"] = round(seconds / forward, 2)
+        print({k: out[k] for k in (f"{pruner}_s", f"{pruner}_x_forward")}, os.getloadavg(), flush=True)
     out["goal"] = "wanda <= 1.5x, sparsegpt <= 5x of the forward passes"
     out["load_average_1_5_15min"] = {"before": [round(x, 2) for x in load_before],
                                       "after": [round(x, 2) for x in os.getloadavg()]}
@@ -226,6 +231,8 @@ def main() -> None:
     p.add_argument("--output", default="prune_table.json")
     p.add_argument("--speed", action="store_true", help="Measure pruning speed instead.")
     p.add_argument("--scores-dir", type=Path, default=None, help="Reuse/keep <dir>/<scorer>.json.")
+    p.add_argument("--aggregator", default="positive_sum", help="LayerIF aggregator (positive_sum, "
+                   "sum, top_fraction, ...); the influences in --scores-dir are reused.")
     a = p.parse_args()
     model, tokenizer = load_model(ModelSpec(source="embedded:smollm2-135m", dtype="float32"))
     if a.speed:
@@ -237,7 +244,8 @@ def main() -> None:
                                   a.seqlen, seed=0)
     which = [x for x in a.allocations.split(",") if x]
     result = quality_table(model, tokenizer, [float(x) for x in a.sparsities.split(",")], which,
-                           windows, a.seqlen, a.eval_windows, cache=a.scores_dir)
+                           windows, a.seqlen, a.eval_windows, cache=a.scores_dir,
+                           aggregator=a.aggregator)
     Path(a.output).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
