@@ -118,7 +118,9 @@ def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None,
                            "aggregator": {"name": aggregator}}}
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        task = wikitext_task(Path(tmp), n_train, n_val)
+        data = cache / "data" if cache is not None else Path(tmp)  # a stable path keeps the
+        data.mkdir(parents=True, exist_ok=True)                     # data fingerprint (reuse)
+        task = wikitext_task(data, n_train, n_val)
         runs = str(cache / "runs") if cache is not None else tmp
         for name in which:
             saved = cache / f"{name}.json" if cache is not None else None
