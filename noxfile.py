@@ -46,6 +46,12 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Speed and memory benchmarks; results in benchmarks/results.json and benchmarks/results.md."""
-    install(session, "dev")
+    """Speed and memory benchmarks; results in benchmarks/results.json and benchmarks/results.md.
+
+    kronfluence (the EK-FAC reference the estimator benchmark compares with) declares torchvision,
+    which it never imports and which would replace the pinned CPU torch; so it and einconv are
+    installed without dependencies, and the `bench` extra carries their real runtime dependencies.
+    """
+    install(session, "dev", "bench")
+    session.install("--no-deps", "kronfluence==1.0.1", "einconv>=0.1")
     session.run("python", "-m", "benchmarks", *session.posargs)

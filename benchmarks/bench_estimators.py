@@ -7,11 +7,15 @@ score pass over train plus one query pass, so its floor is ``3 × train + 1 × q
 increase of the process RSS (CPU, sampled) or of ``torch.cuda.max_memory_allocated`` (GPU) over the
 value before the call, for the whole run and for the query + score passes alone (curvature already
 fitted); the plain forward+backward of one train pass is measured the same way.
-The PyPI package ``kronfluence`` is run as a reference when it is importable.
+The PyPI package ``kronfluence`` (EK-FAC, true Fisher, its damping heuristic, per-module pairwise
+scores) is run as a reference on SmolLM2 when it is importable, with our loss, our true-Fisher label
+draws, the same batches and the same tracked modules: its wall time and peak memory next to ours,
+and the agreement of its ``I[l, i]`` and ``positive_sum`` ``S[l]`` with our ``ekfac``'s.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import threading
 import time
@@ -21,8 +25,10 @@ from typing import Any
 
 import torch
 
+from layerif_core.aggregators import PositiveSum
 from layerif_core.artifacts import RunDir
 from layerif_core.config import ModelSpec, RunConfig
+from layerif_core.data import IGNORE, Batch
 from layerif_core.losses import sequence_losses
 from layerif_core.models import load_model
 from layerif_core.pipeline import load_task_splits, open_run
@@ -91,7 +97,10 @@ def plain_pass(ctx, split) -> None:
 
 
 def bench_model(label: str, model, tokenizer, n_train: int, n_query: int, estimators: dict[str, dict],
-                layers: dict, batch_size: int, workdir: Path) -> list[dict]:
+                layers: dict, batch_size: int, workdir: Path,
+                reference_query_batch: int | None = None) -> tuple[list[dict], dict | None]:
+    """One row per estimator; with ``reference_query_batch`` also kronfluence's EK-FAC compared with
+    ours (its query gradients are preconditioned that many at a time)."""
     cfg = RunConfig.model_validate({
         "name": label, "output_dir": str(workdir), "batch_size": batch_size, "layers": layers,
         "tasks": [{"name": "capitals",
@@ -104,7 +113,7 @@ def bench_model(label: str, model, tokenizer, n_train: int, n_query: int, estima
     plain_pass(ctx, train)  # warm-up
     t_train, m_train, _ = timed(device, lambda: plain_pass(ctx, train))
     t_query, _, _ = timed(device, lambda: plain_pass(ctx, query))
-    rows = []
+    rows, ekfac = [], None
     reg = get_registry()
     for name, opts in estimators.items():
         ctx.run_dir = RunDir(workdir / label / name)  # fresh: nothing reused
@@ -126,16 +135,161 @@ def bench_model(label: str, model, tokenizer, n_train: int, n_query: int, estima
                      "plain_fb_peak_mib": round(m_train, 1),
                      "finite": bool(torch.isfinite(influence).all())})
         print(rows[-1], flush=True)
-    return rows
+        if name == "ekfac":
+            ekfac = {"influence": influence.cpu(), "dampings": est.dampings, "seconds": round(seconds, 3),
+                     "peak_mib": round(peak, 1)}
+    if reference_query_batch is None or ekfac is None:
+        return rows, None
+    reference = kronfluence_reference(ctx, train, query, ekfac, reference_query_batch,
+                                      workdir / label / "kronfluence")
+    print({"kronfluence": reference}, flush=True)
+    return rows, reference
 
 
-def kronfluence_reference() -> dict:
+def kronfluence_available() -> bool:
     try:
         import kronfluence  # noqa: F401
     except ImportError:
-        return {"available": False, "note": "kronfluence not importable (pip install kronfluence, "
-                                            "needs torchvision); comparison not run"}
-    return {"available": True, "note": "installed, but the comparison harness is not written yet"}
+        return False
+    return True
+
+
+def as_dataset(split) -> list[tuple[list[int], list[int]]]:
+    """``split`` as a list of ``(input_ids, labels)`` for kronfluence's DataLoaders."""
+    return list(zip(split.input_ids, split.labels, strict=True))
+
+
+def loader_kwargs(pad_id: int):
+    """kronfluence's DataLoader options (one set for the query and train loaders alike): batches
+    right-padded exactly as :meth:`TokenizedSplit.batches` pads them, as a dict of tensors."""
+    from kronfluence.utils.dataset import DataLoaderKwargs
+
+    def collate(rows: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(ids) for ids, _ in rows)
+        out = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
+               "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
+               "labels": torch.full((len(rows), width), IGNORE, dtype=torch.long)}
+        for r, (ids, labels) in enumerate(rows):
+            out["input_ids"][r, : len(ids)] = torch.tensor(ids)
+            out["attention_mask"][r, : len(ids)] = 1
+            out["labels"][r, : len(ids)] = torch.tensor(labels)
+        return out
+
+    return DataLoaderKwargs(collate_fn=collate)
+
+
+def kronfluence_task(module_names: list[str], seed: int):
+    """Our loss as a kronfluence ``Task``: the summed token cross-entropy of each sequence, summed over
+    the batch (DESIGN §4); ``sample=True`` draws the labels with :func:`sample_labels` and our seed, so
+    the true-Fisher labels of every example are the very ones our estimator draws."""
+    from kronfluence.task import Task
+
+    def as_batch(batch: dict[str, torch.Tensor]) -> Batch:
+        return Batch(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                     torch.arange(batch["input_ids"].shape[0]))
+
+    class LayerifTask(Task):
+        def compute_train_loss(self, batch, model, sample: bool = False) -> torch.Tensor:
+            return sequence_losses(model, as_batch(batch), sample_seed=seed if sample else None).sum()
+
+        def compute_measurement(self, batch, model) -> torch.Tensor:
+            return sequence_losses(model, as_batch(batch)).sum()
+
+        def get_influence_tracked_modules(self) -> list[str]:
+            return module_names
+
+        def get_attention_mask(self, batch) -> torch.Tensor:
+            return batch["attention_mask"]
+
+    return LayerifTask()
+
+
+def kronfluence_influence(ctx, model, train, query, query_batch_size: int, workdir: Path
+                          ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
+    """``I[l, i]`` from kronfluence: EK-FAC, true Fisher, its damping heuristic (``damping_factor=None``:
+    0.1 × mean EK-FAC eigenvalue per module), per-module pairwise scores ``[n_query, n_train]`` summed
+    over the query and over the modules of each layer. ``model`` is a copy of ``ctx.model`` (kronfluence
+    wraps its linear modules in place). Also returns kronfluence's damping per module and the seconds
+    of its two stages."""
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.utils.constants import LAMBDA_MATRIX_NAME, NUM_LAMBDA_PROCESSED
+
+    modules = ctx.layer_map.modules()
+    task = kronfluence_task([tm.name for tm in modules], ctx.seed)
+    model = prepare_model(model, task)
+    analyzer = Analyzer("layerif-reference", model, task, cpu=ctx.device.type == "cpu",
+                        disable_tqdm=True, output_dir=str(workdir))
+    factor_args = FactorArguments(strategy="ekfac", use_empirical_fisher=False,
+                                  covariance_max_examples=None, lambda_max_examples=None)
+    kwargs = loader_kwargs(ctx.pad_id)
+    start = time.perf_counter()
+    analyzer.fit_all_factors("ekfac", dataset=as_dataset(train), per_device_batch_size=ctx.batch_size,
+                             factor_args=factor_args, dataloader_kwargs=kwargs)
+    fitted = time.perf_counter()
+    score_args = ScoreArguments(damping_factor=None, compute_per_module_scores=True)
+    analyzer.compute_pairwise_scores(
+        "pairwise", "ekfac", query_dataset=as_dataset(query), train_dataset=as_dataset(train),
+        per_device_query_batch_size=query_batch_size, per_device_train_batch_size=ctx.batch_size,
+        score_args=score_args, dataloader_kwargs=kwargs)
+    stages = {"factors_seconds": round(fitted - start, 2),
+              "pairwise_scores_seconds": round(time.perf_counter() - fitted, 2)}
+    scores = analyzer.load_pairwise_scores("pairwise")
+    influence = torch.zeros(len(ctx.layer_map), len(train), dtype=torch.float64)
+    for tm in modules:
+        influence[tm.layer] += scores[tm.name].double().sum(dim=0)
+    lam = analyzer.load_lambda_matrices("ekfac")
+    damping = {tm.name: 0.1 * float((lam[LAMBDA_MATRIX_NAME][tm.name].double()
+                                     / lam[NUM_LAMBDA_PROCESSED][tm.name].double()).mean())
+               for tm in modules}
+    return influence.float(), damping, stages
+
+
+def agreement(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float | None]:
+    """Rank and value agreement of two ``[L, N]`` influence matrices and of their per-layer scores.
+
+    ``positive_sum`` S (the paper's) is 0 in every layer when no train example is harmful (all
+    ``I ≥ 0``); its rank correlation is then undefined (None) and ``helpful_sum``/``sum`` carry the
+    comparison of S."""
+    from scipy.stats import pearsonr, spearmanr
+
+    from layerif_core.aggregators import HelpfulSum, Sum
+
+    def rho(agg) -> float | None:
+        a, b = agg(ours).numpy(), agg(theirs).numpy()
+        if a.std() == 0 or b.std() == 0:
+            return None
+        return round(float(spearmanr(a, b)[0]), 5)
+
+    a, b = ours.flatten().double().numpy(), theirs.flatten().double().numpy()
+    rel = (ours.double() - theirs.double()).abs().max() / theirs.double().abs().max()
+    return {"spearman_S_positive_sum": rho(PositiveSum()), "spearman_S_helpful_sum": rho(HelpfulSum()),
+            "spearman_S_sum": rho(Sum()), "harmful_share_I": round(float((ours < 0).double().mean()), 4),
+            "pearson_I": round(float(pearsonr(a, b)[0]), 6),
+            "spearman_I": round(float(spearmanr(a, b)[0]), 6),
+            "max_abs_diff_I_over_max_abs_I": float(f"{float(rel):.3g}")}
+
+
+def kronfluence_reference(ctx, train, query, ours: dict, query_batch_size: int, workdir: Path) -> dict:
+    """Run kronfluence on a copy of the model and compare its ``I`` and ``S`` with our ``ekfac``."""
+    if not kronfluence_available():
+        return {"available": False, "note": "kronfluence not importable (nox -s bench installs it); "
+                                            "comparison not run"}
+    import kronfluence
+
+    model = copy.deepcopy(ctx.model)  # freed on return
+    seconds, peak, (theirs, damping, stages) = timed(
+        ctx.device, lambda: kronfluence_influence(ctx, model, train, query, query_batch_size, workdir))
+    ours_damping = ours["dampings"]
+    damp_rel = max(abs(ours_damping[k] - v) / v for k, v in damping.items())
+    return {"available": True, "version": kronfluence.__version__, "n_train": len(train),
+            "n_query": len(query), "modules": len(ctx.layer_map.modules()),
+            "query_batch_size": query_batch_size,
+            "seconds": round(seconds, 2), **stages, "peak_mib": round(peak, 1),
+            "ours_seconds": ours["seconds"], "ours_peak_mib": ours["peak_mib"],
+            "time_ratio_kronfluence_over_ours": round(seconds / ours["seconds"], 2),
+            "damping_max_rel_diff": float(f"{damp_rel:.3g}"),
+            **agreement(ours["influence"], theirs)}
 
 
 def run(quick: bool) -> dict:
@@ -149,17 +303,18 @@ def run(quick: bool) -> dict:
                               max_position_embeddings=256, pad_token_id=tok.pad_token_id)
     tiny = tf.AutoModelForCausalLM.from_config(tiny_cfg, dtype=torch.float32).to(device).eval()
     cheap = {"grad_dot": {}, "grad_cosine": {}, "kfac": {}, "ekfac": {}}
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows += bench_model(
+        tiny_rows, _ = bench_model(
             "tiny-llama", tiny, tok, 16 if quick else 64, 4 if quick else 16,
             {**cheap, "exact": {}, "lissa": {"depth": 10 if quick else 100, "power_iterations": 5}},
             {"modules": "attention"}, 8, work)
-        rows += bench_model(
+        smol_rows, reference = bench_model(
             "smollm2-135m", smol, tok, 16 if quick else 128, 4 if quick else 32, cheap,
-            {"regex": "o_proj"} if quick else {"modules": "all"}, 8, work)
+            {"regex": "o_proj"} if quick else {"modules": "all"}, 8, work,
+            reference_query_batch=4 if quick else 8)
+        rows = tiny_rows + smol_rows
     ek = [r for r in rows if r["estimator"] == "ekfac" and r["model"] == "smollm2-135m"]
-    return {"table": rows, "kronfluence": kronfluence_reference(), "device": device,
+    return {"table": rows, "kronfluence": reference, "device": device,
             "goal": "ekfac ratio <= 1.5 on smollm2-135m",
             "ekfac_smollm2_ratio": ek[0]["ratio"] if ek else None}
