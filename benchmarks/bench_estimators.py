@@ -98,13 +98,16 @@ def plain_pass(ctx, split) -> None:
 
 def bench_model(label: str, model, tokenizer, n_train: int, n_query: int, estimators: dict[str, dict],
                 layers: dict, batch_size: int, workdir: Path,
-                reference_query_batch: int | None = None) -> tuple[list[dict], dict | None]:
+                reference_query_batch: int | None = None, train_source: str = "bundled:capitals"
+                ) -> tuple[list[dict], dict | None]:
     """One row per estimator; with ``reference_query_batch`` also kronfluence's EK-FAC compared with
-    ours (its query gradients are preconditioned that many at a time)."""
+    ours (its query gradients are preconditioned that many at a time). The query is the capitals
+    task; a train set of another task (``train_source``) has harmful examples, so the paper's
+    ``positive_sum`` is not 0 everywhere."""
     cfg = RunConfig.model_validate({
         "name": label, "output_dir": str(workdir), "batch_size": batch_size, "layers": layers,
         "tasks": [{"name": "capitals",
-                   "train": {"source": "bundled:capitals", "limit": n_train, "max_length": 128},
+                   "train": {"source": train_source, "limit": n_train, "max_length": 128},
                    "validation": {"source": "bundled:capitals", "split": "validation",
                                   "limit": n_query, "max_length": 128}}]})
     ctx = open_run(cfg, show_progress=False, model=model, tokenizer=tokenizer)
@@ -312,7 +315,7 @@ def run(quick: bool) -> dict:
         smol_rows, reference = bench_model(
             "smollm2-135m", smol, tok, 16 if quick else 128, 4 if quick else 32, cheap,
             {"regex": "o_proj"} if quick else {"modules": "all"}, 8, work,
-            reference_query_batch=4 if quick else 8)
+            reference_query_batch=4 if quick else 8, train_source="bundled:arithmetic")
         rows = tiny_rows + smol_rows
     ek = [r for r in rows if r["estimator"] == "ekfac" and r["model"] == "smollm2-135m"]
     return {"table": rows, "kronfluence": reference, "device": device,
