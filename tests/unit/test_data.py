@@ -54,6 +54,22 @@ def test_loss_on_all_counts_prompt_tokens(tmp_path):
     assert split.labels[0] == split.input_ids[0]
 
 
+def test_fingerprint_follows_the_tokens_not_the_path(tmp_path):
+    """The same examples read from another file (or format) reuse cached factors; other masks or
+    other text do not."""
+    tok = char_tokenizer()
+    (tmp_path / "copy").mkdir()
+    jsonl, csv = write(tmp_path, "jsonl"), write(tmp_path / "copy", "csv")
+
+    def fp(path, **kw) -> str:
+        spec = DataSpec(source=str(path), prompt="{q}:", completion="{a}", **kw)
+        return tokenize_split(spec, tok).fingerprint
+
+    assert fp(jsonl) == fp(csv)
+    assert fp(jsonl) != fp(jsonl, loss_on="all")  # same tokens, other labels
+    assert fp(jsonl) != fp(jsonl, add_eos=True)
+
+
 def test_truncation_is_counted(tmp_path):
     spec = DataSpec(source=str(write(tmp_path, "jsonl")), text="{q}{a}{a}{a}", max_length=7)
     split = tokenize_split(spec, char_tokenizer())
