@@ -207,13 +207,14 @@ def kronfluence_task(module_names: list[str], seed: int):
     return LayerifTask()
 
 
-def kronfluence_influence(ctx, model, train, query, query_batch_size: int, workdir: Path
+def kronfluence_influence(ctx, model, train, query, query_batch_size: int, workdir: Path,
+                          fisher: str = "true"
                           ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
-    """``I[l, i]`` from kronfluence: EK-FAC, true Fisher, its damping heuristic (``damping_factor=None``:
-    0.1 × mean EK-FAC eigenvalue per module), per-module pairwise scores ``[n_query, n_train]`` summed
-    over the query and over the modules of each layer. ``model`` is a copy of ``ctx.model`` (kronfluence
-    wraps its linear modules in place). Also returns kronfluence's damping per module and the seconds
-    of its two stages."""
+    """``I[l, i]`` from kronfluence: EK-FAC, the ``fisher`` (true by default), its damping heuristic
+    (``damping_factor=None``: 0.1 × mean EK-FAC eigenvalue per module), per-module pairwise scores
+    ``[n_query, n_train]`` summed over the query and over the modules of each layer. ``model`` is a
+    copy of ``ctx.model`` (kronfluence wraps its linear modules in place). Also returns kronfluence's
+    damping per module and the seconds of its two stages."""
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.utils.constants import LAMBDA_MATRIX_NAME, NUM_LAMBDA_PROCESSED
@@ -223,7 +224,7 @@ def kronfluence_influence(ctx, model, train, query, query_batch_size: int, workd
     model = prepare_model(model, task)
     analyzer = Analyzer("layerif-reference", model, task, cpu=ctx.device.type == "cpu",
                         disable_tqdm=True, output_dir=str(workdir))
-    factor_args = FactorArguments(strategy="ekfac", use_empirical_fisher=False,
+    factor_args = FactorArguments(strategy="ekfac", use_empirical_fisher=fisher == "empirical",
                                   covariance_max_examples=None, lambda_max_examples=None)
     kwargs = loader_kwargs(ctx.pad_id)
     start = time.perf_counter()
