@@ -118,9 +118,7 @@ def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None,
                            "aggregator": {"name": aggregator}}}
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        data = cache / "data" if cache is not None else Path(tmp)  # a stable path keeps the
-        data.mkdir(parents=True, exist_ok=True)                     # data fingerprint (reuse)
-        task = wikitext_task(data, n_train, n_val)
+        task = wikitext_task(Path(tmp), n_train, n_val)  # fingerprinted by content: reuse holds
         runs = str(cache / "runs") if cache is not None else tmp
         for name in which:
             saved = cache / f"{name}.json" if cache is not None else None
