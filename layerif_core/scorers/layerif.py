@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.hookspecs import hookimpl
 from layerif_core.protocols import LayerScores
 from layerif_core.registry import get_registry
+
+log = logging.getLogger("layerif")
 
 
 def influence_fingerprint(ctx: RunContext, task: TaskSpec, train_fp: str, query_fp: str) -> str:
@@ -43,9 +46,18 @@ class LayerIFScorer:
 
         influence = ctx.run_dir.cached_entry("influence.safetensors", task.name, fingerprint, compute)
         values = aggregator(influence)
+        harmful = float((influence < 0).float().mean())
+        if values.numel() > 1 and bool((values == values[0]).all()):
+            why = (" (no train example is harmful through any layer: train and validation are "
+                   "probably the same distribution on a model that fits it)" if harmful == 0 else "")
+            log.warning("task '%s': %s is %g in every layer%s, so it ranks no layer and the "
+                        "allocation will be uniform; use a train set that differs from the "
+                        "validation task, or another aggregator (e.g. 'sum').", task.name,
+                        agg_spec.name, float(values[0]), why)
         return LayerScores(values, aggregator.higher_is_better, "layerif", {
             "estimator": est_spec.name, "aggregator": agg_spec.name,
             "n_train": len(train), "n_query": len(query), "influence_fingerprint": fingerprint,
+            "harmful_fraction": round(harmful, 4),
         })
 
 

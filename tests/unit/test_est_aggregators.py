@@ -29,3 +29,20 @@ def test_aggregator_values_and_direction(name, options, expected, higher_is_bett
     agg = get_registry().build("aggregator", name, options)
     torch.testing.assert_close(agg(INFLUENCE), torch.tensor(expected))
     assert agg.higher_is_better is higher_is_better
+
+
+def test_scores_equal_in_every_layer_are_flagged(tmp_path, caplog):
+    """One train example scored against itself: every influence ⟨g, g⟩ is helpful, so the paper's
+    positive_sum is 0 in every layer; the user is told it ranks nothing, and why."""
+    from conftest import make_ctx
+    from layerif_core.pipeline import compute_layer_scores
+
+    data = tmp_path / "one.jsonl"
+    data.write_text('{"q": "What is the capital of France?", "a": "Paris"}\n')
+    split = {"source": str(data), "prompt": "{q} ", "completion": "{a}"}
+    ctx = make_ctx(tmp_path, batch_size=1, scorer={"estimator": {"name": "grad_dot"}},
+                   tasks=[{"name": "same", "train": split, "validation": split}])
+    with caplog.at_level("WARNING", logger="layerif"):
+        scores = compute_layer_scores(ctx)["same"]
+    assert scores.details["harmful_fraction"] == 0 and bool((scores.values == 0).all())
+    assert "positive_sum is 0 in every layer (no train example is harmful" in caplog.text
