@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from layerif_core.aggregators import PositiveSum
+from layerif_core.aggregators import HelpfulSum, PositiveSum, Sum
 from layerif_core.artifacts import RunDir
 from layerif_core.config import ModelSpec, RunConfig
-from layerif_core.data import IGNORE, Batch
+from layerif_core.data import Batch, pad_rows
 from layerif_core.losses import sequence_losses
 from layerif_core.models import load_model
 from layerif_core.pipeline import load_task_splits, open_run
@@ -164,19 +164,12 @@ def as_dataset(split) -> list[tuple[list[int], list[int]]]:
 
 def loader_kwargs(pad_id: int):
     """kronfluence's DataLoader options (one set for the query and train loaders alike): batches
-    right-padded exactly as :meth:`TokenizedSplit.batches` pads them, as a dict of tensors."""
+    right-padded by :func:`pad_rows`, as our own batches are, as a dict of tensors."""
     from kronfluence.utils.dataset import DataLoaderKwargs
 
     def collate(rows: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(ids) for ids, _ in rows)
-        out = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
-               "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
-               "labels": torch.full((len(rows), width), IGNORE, dtype=torch.long)}
-        for r, (ids, labels) in enumerate(rows):
-            out["input_ids"][r, : len(ids)] = torch.tensor(ids)
-            out["attention_mask"][r, : len(ids)] = 1
-            out["labels"][r, : len(ids)] = torch.tensor(labels)
-        return out
+        b = pad_rows([ids for ids, _ in rows], [lab for _, lab in rows], pad_id, list(range(len(rows))))
+        return {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": b.labels}
 
     return DataLoaderKwargs(collate_fn=collate)
 
@@ -256,8 +249,6 @@ def agreement(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float | Non
     ``I ≥ 0``); its rank correlation is then undefined (None) and ``helpful_sum``/``sum`` carry the
     comparison of S."""
     from scipy.stats import pearsonr, spearmanr
-
-    from layerif_core.aggregators import HelpfulSum, Sum
 
     def rho(agg) -> float | None:
         a, b = agg(ours).numpy(), agg(theirs).numpy()

@@ -104,14 +104,13 @@ def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None,
                  aggregator: str = "positive_sum", n_train: int = 32, n_val: int = 8) -> dict:
     """HT-SR alpha and LayerIF (``ekfac`` + ``aggregator``; ``n_train`` / ``n_val`` paragraphs of
     WikiText-2 valid, 128 tokens each: :func:`wikitext_task`) scores of the model. With ``cache``,
-    ``cache/<name>.json`` (a scores.json) is reused, and the runs live in ``cache/runs`` so that the
-    EK-FAC factors and ``I[l, i]`` are kept (another aggregator reuses them)."""
-    import json
+    the runs live in ``cache/runs/<name>``: their ``scores.json`` is reused when it was made with the
+    same aggregator, and the EK-FAC factors and ``I[l, i]`` are kept (another aggregator reuses them)."""
     import tempfile
 
+    from layerif_core.artifacts import read_scores
     from layerif_core.config import RunConfig
     from layerif_core.pipeline import compute_layer_scores, open_run
-    from layerif_core.protocols import LayerScores
 
     scorers = {"htsr": {"name": "htsr_alpha"},
                "layerif": {"name": "layerif", "estimator": {"name": "ekfac"},
@@ -121,19 +120,16 @@ def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None,
         task = wikitext_task(Path(tmp), n_train, n_val)  # fingerprinted by content: reuse holds
         runs = str(cache / "runs") if cache is not None else tmp
         for name in which:
-            saved = cache / f"{name}.json" if cache is not None else None
-            if saved is not None and saved.is_file():
-                kept = json.loads(saved.read_text()).get(task["name"])
-                if kept is not None and kept["details"].get("aggregator") in (None, aggregator):
-                    out[name] = LayerScores.from_json(kept)
+            saved = Path(runs) / name / "scores.json"
+            if cache is not None and saved.is_file():
+                kept = read_scores(saved).get(task["name"])
+                if kept is not None and kept.details.get("aggregator") in (None, aggregator):
+                    out[name] = kept
                     continue
             cfg = RunConfig.model_validate({"name": name, "output_dir": runs, "tasks": [task],
                                             "scorer": scorers[name], "batch_size": 8})
             ctx = open_run(cfg, show_progress=False, model=model, tokenizer=tokenizer)
             out[name] = compute_layer_scores(ctx)[task["name"]]
-            if saved is not None:
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                saved.write_text(json.dumps({task["name"]: out[name].to_json()}))
             print(f"{name} scores:", [round(float(x), 5) for x in out[name].values], flush=True)
     return out
 
@@ -232,7 +228,8 @@ def main() -> None:
                    help="Comma-separated: uniform, htsr, layerif.")
     p.add_argument("--output", default="prune_table.json")
     p.add_argument("--speed", action="store_true", help="Measure pruning speed instead.")
-    p.add_argument("--scores-dir", type=Path, default=None, help="Reuse/keep <dir>/<scorer>.json.")
+    p.add_argument("--scores-dir", type=Path, default=None,
+                   help="Keep the scoring runs in <dir>/runs/<scorer> and reuse their scores.json.")
     p.add_argument("--aggregator", default="positive_sum", help="LayerIF aggregator (positive_sum, "
                    "sum, top_fraction, ...); the influences in --scores-dir are reused.")
     a = p.parse_args()

@@ -41,6 +41,21 @@ class Batch:
                      self.labels.to(device), self.index)
 
 
+def pad_rows(input_ids: list[list[int]], labels: list[list[int]], pad_id: int,
+             index: list[int]) -> Batch:
+    """Sequences right-padded to the longest as one :class:`Batch` (padding: ``pad_id``, label
+    ``IGNORE``, attention mask 0)."""
+    width = max(len(x) for x in input_ids)
+    ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    lab = torch.full((len(input_ids), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for r, (x, y) in enumerate(zip(input_ids, labels, strict=True)):
+        ids[r, :len(x)] = torch.tensor(x)
+        lab[r, :len(x)] = torch.tensor(y)
+        mask[r, :len(x)] = 1
+    return Batch(ids, mask, lab, torch.tensor(index))
+
+
 @dataclass
 class TokenizedSplit:
     """Token sequences with their loss labels (``-100`` = not in the loss)."""
@@ -65,17 +80,9 @@ class TokenizedSplit:
     def batches(self, batch_size: int, pad_id: int = 0) -> Iterator[Batch]:
         """Right-padded batches in order; ``index`` holds positions in this split."""
         for start in range(0, len(self), batch_size):
-            rows = range(start, min(start + batch_size, len(self)))
-            width = max(len(self.input_ids[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                n = len(self.input_ids[i])
-                ids[r, :n] = torch.tensor(self.input_ids[i])
-                labels[r, :n] = torch.tensor(self.labels[i])
-                mask[r, :n] = 1
-            yield Batch(ids, mask, labels, torch.tensor(list(rows)))
+            rows = list(range(start, min(start + batch_size, len(self))))
+            yield pad_rows([self.input_ids[i] for i in rows], [self.labels[i] for i in rows],
+                           pad_id, rows)
 
     def num_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size
