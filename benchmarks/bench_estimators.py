@@ -176,7 +176,7 @@ def loader_kwargs(pad_id: int):
 
 def kronfluence_task(module_names: list[str], seed: int):
     """Our loss as a kronfluence ``Task``: the summed token cross-entropy of each sequence, summed over
-    the batch (DESIGN §4); ``sample=True`` draws the labels with :func:`sample_labels` and our seed, so
+    the batch (architecture §4); ``sample=True`` draws the labels with :func:`sample_labels` and our seed, so
     the true-Fisher labels of every example are the very ones our estimator draws."""
     from kronfluence.task import Task
 

@@ -1,6 +1,6 @@
 """Aggregators: the influence matrix ``I[L, N]`` (framework sign, positive = helpful) to ``S[L]``.
 
-Sign (DESIGN §4): the LayerIF paper reports ``I_paper = −I`` (positive = harmful, as in Koh & Liang
+Sign (architecture §4): the LayerIF paper reports ``I_paper = −I`` (positive = harmful, as in Koh & Liang
 and DataInf). Its score ``positive_sum`` is ``S[l] = Σ_i max(−I[l, i], 0)``: the total harmful
 influence flowing through layer l; a low S marks a well-trained layer (``higher_is_better=False``).
 """

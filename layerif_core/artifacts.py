@@ -1,4 +1,4 @@
-"""The run directory (DESIGN §7): atomic writes, safetensors and JSON only, a manifest, resume.
+"""The run directory (architecture §7): atomic writes, safetensors and JSON only, a manifest, resume.
 
 Every artifact that a later step may reuse records the fingerprint of its inputs; a rerun whose
 inputs match skips the step and says so. Nothing is pickled.

@@ -107,7 +107,7 @@ class ComponentSpec(Strict):
 
 
 class PostprocessSpec(Strict):
-    """Pre-processing of the layer scores before allocation (DESIGN §5; LayerIF smooths |S|)."""
+    """Pre-processing of the layer scores before allocation (architecture §5; LayerIF smooths |S|)."""
 
     smooth: bool = Field(
         False, description="Savitzky-Golay smoothing over the layer index of |S| min-maxed to [0, 1] "

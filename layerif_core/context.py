@@ -1,5 +1,5 @@
 """What every component receives: the config, the model, the layer map, the run directory, and
-progress reporting (DESIGN §3 ``ctx``)."""
+progress reporting (architecture §3 ``ctx``)."""
 
 from __future__ import annotations
 

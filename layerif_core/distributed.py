@@ -1,4 +1,4 @@
-"""Data parallelism over training examples with torch.distributed (DESIGN §8).
+"""Data parallelism over training examples with torch.distributed (architecture §8).
 
 Under ``torchrun``/``accelerate launch`` each rank takes every ``world``-th example; sums (factors,
 query gradients, influence columns) are all-reduced. Single-process runs use the same code with a

@@ -1,4 +1,4 @@
-"""Per-sequence losses: ``L(z)`` is the summed token cross-entropy of a sequence (DESIGN §4)."""
+"""Per-sequence losses: ``L(z)`` is the summed token cross-entropy of a sequence (architecture §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The shapes every component implements (DESIGN §3).
+"""The shapes every component implements (architecture §3).
 
 Protocols are runtime-checkable so the registry and tests can check a plugin's object, but any class
 with these methods works; nothing needs to inherit from them.
@@ -68,7 +68,7 @@ class Allocation:
 
 @runtime_checkable
 class Estimator(Protocol):
-    """Per-layer influence ``I[l, i] = (q^l)ᵀ (G_l + λ_l I)^{-1} g_i^l`` (DESIGN §4)."""
+    """Per-layer influence ``I[l, i] = (q^l)ᵀ (G_l + λ_l I)^{-1} g_i^l`` (architecture §4)."""
 
     def fit(self, ctx: RunContext, train: TokenizedSplit) -> None:
         """Fit and persist curvature state on the training split (a no-op for ``grad_dot``)."""

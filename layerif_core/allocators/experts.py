@@ -1,4 +1,4 @@
-"""Expert allocators (DESIGN §5): how many LoRA experts each decoder layer gets.
+"""Expert allocators (architecture §5): how many LoRA experts each decoder layer gets.
 
 AlphaLoRA / LayerIF form (``alphalora_experts``). With ``w_l`` the layer's worse-ness
 (``LayerScores.worseness()``, min-max normalised to [0, 1] by default; LayerIF's Savitzky–Golay

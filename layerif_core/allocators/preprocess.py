@@ -1,4 +1,4 @@
-"""Pre-processing of layer scores before allocation (DESIGN §5): Savitzky–Golay smoothing over the
+"""Pre-processing of layer scores before allocation (architecture §5): Savitzky–Golay smoothing over the
 layer index and min-max normalisation.
 
 LayerIF (arXiv 2505.23811) smooths its per-layer influence sums before allocating experts: the

@@ -1,4 +1,4 @@
-"""Sparsity allocators (DESIGN §5): layer scores to a target sparsity per decoder layer.
+"""Sparsity allocators (architecture §5): layer scores to a target sparsity per decoder layer.
 
 Convention: the layer judged *worse trained* (``LayerScores.worseness()``) gets *more* sparsity.
 

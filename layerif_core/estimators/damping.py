@@ -1,6 +1,6 @@
 """Options every curvature estimator shares: which Fisher, and the damping ``λ`` per module.
 
-``I[l, i] = (q^l)ᵀ (G_l + λ_l I)^{-1} g_i^l`` (DESIGN §4). The default damping is
+``I[l, i] = (q^l)ᵀ (G_l + λ_l I)^{-1} g_i^l`` (architecture §4). The default damping is
 ``λ_m = 0.1 · mean eigenvalue`` of module m's curvature block (Grosse et al. 2023 and kronfluence
 use 0.1 × the mean EK-FAC eigenvalue); a number replaces it for every module, and ``module_damping``
 sets it per module by a regular expression on the module's full name.

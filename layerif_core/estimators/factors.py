@@ -1,4 +1,4 @@
-"""K-FAC / EK-FAC curvature factors of every tracked linear module (DESIGN §4).
+"""K-FAC / EK-FAC curvature factors of every tracked linear module (architecture §4).
 
 For ``y = W ã`` (``ã`` the input with a 1 appended when the module has a bias) the gradient of one
 example is ``g_i = Σ_t δ_t ã_tᵀ``. K-FAC (Martens & Grosse 2015) approximates the per-example

@@ -1,4 +1,4 @@
-"""The passes every Kronecker-structured estimator shares (DESIGN §4, "How it must be computed").
+"""The passes every Kronecker-structured estimator shares (architecture §4, "How it must be computed").
 
 - :func:`query_gradient`: one pass over the query split accumulating, per tracked module,
   ``q = Σ_{z ∈ query} Σ_t δ_tᵀ a_t`` (``[d_out, d_in (+1)]``, float32).

@@ -3,7 +3,7 @@
     S[l] = ‖ ∇_{θ_l} Σ_{z ∈ validation} L(z) ‖₂
 
 with θ_l the tracked weights (and biases) of layer l and L(z) the summed token cross-entropy of a
-sequence (DESIGN §4; ``S[l]`` is the norm of the query gradient ``q^l`` that every influence
+sequence (architecture §4; ``S[l]`` is the norm of the query gradient ``q^l`` that every influence
 estimator starts from). A cheap data-driven baseline: a layer whose parameters still receive a
 large gradient on the task has the most left to learn, i.e. is *worse* trained, so
 ``higher_is_better=False`` (it gets more sparsity / more experts). ``normalize=true`` divides by

@@ -12,7 +12,7 @@ scaled by the same constant for every feature of a block, Wanda's ``1/nsamples``
 ``scaler_row`` does not change ``D_l``. The source feeds each block the dense model's outputs of the
 previous block, so one forward pass of the unpruned model with hooks gives the same activations.
 
-Direction: OWL gives blocks with *more* outliers a *lower* sparsity (DESIGN §5). Allocators give the
+Direction: OWL gives blocks with *more* outliers a *lower* sparsity (architecture §5). Allocators give the
 *worse* layer more sparsity, so a high outlier ratio marks a *better* (more important) layer:
 ``higher_is_better=True``.
 """

@@ -70,7 +70,7 @@ def test_scores_from_the_authors_influence():
     paper = authors_influence(tr, val)  # positive = harmful
     I = ours(tr, val)[None].float()  # framework sign, one layer
     reg = get_registry()
-    # "+VE": the sum of the positive paper-sign influences (DESIGN §4)
+    # "+VE": the sum of the positive paper-sign influences (architecture §4)
     got = reg.build("aggregator", "positive_sum")(I)
     torch.testing.assert_close(got, paper.clamp(min=0).sum()[None].float(), rtol=1e-5, atol=1e-6)
     # "ALL": the plain sum

@@ -1,4 +1,4 @@
-"""Every aggregator against values computed by hand from its definition (DESIGN §4 signs)."""
+"""Every aggregator against values computed by hand from its definition (architecture §4 signs)."""
 
 from __future__ import annotations
 

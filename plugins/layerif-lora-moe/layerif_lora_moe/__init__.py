@@ -1,5 +1,5 @@
 """LoRA-MoE for layerif: ``n_l`` LoRA experts and a top-k router on each target module of decoder
-layer ``l``, the counts ``n_l`` coming from an expert allocator over layer scores (DESIGN §5–6).
+layer ``l``, the counts ``n_l`` coming from an expert allocator over layer scores (architecture §5–6).
 
 Python API::
 
