@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-WIKI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext-2"
-
 
 def _tokens(tokenizer, split: str, chars: int) -> torch.Tensor:
-    text = (WIKI / f"{split}.txt").read_text(encoding="utf-8")[:chars]
+    """The first ``chars`` characters of bundled WikiText-2 ``split`` ('valid' = 'validation')."""
+    from layerif_core.tasks import corpus_text
+
+    text = corpus_text("wikitext2", {"valid": "validation"}.get(split, split))[:chars]
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -89,7 +90,9 @@ def wikitext_task(tmp: Path, n_train: int = 32, n_val: int = 8, max_length: int 
     others train; each truncated to ``max_length`` tokens."""
     import json
 
-    lines = (WIKI / "valid.txt").read_text(encoding="utf-8").splitlines()
+    from layerif_core.tasks import corpus_text
+
+    lines = corpus_text("wikitext2", "validation").splitlines()
     paragraphs = [x.strip() for x in lines if len(x.strip()) >= 400 and not x.strip().startswith("=")]
     val = paragraphs[1:8 * n_val:8][:n_val]
     train = [x for x in paragraphs if x not in val][:n_train]
