@@ -2,16 +2,28 @@
 
 Every artifact that a later step may reuse records the fingerprint of its inputs; a rerun whose
 inputs match skips the step and says so. Nothing is pickled.
+
+Reliability rules (docs/reliability.md):
+
+- one process writes a run directory at a time: ``.lock`` holds the writer's PID and host; a second
+  run is refused naming that process, and a lock whose process is dead is taken over with a warning;
+- every file of the run directory has its SHA-256 in the manifest (``artifacts``); a cache file
+  (factors, influences, pruning or training state) that is truncated, garbled or does not match its
+  recorded checksum is derived data: it is deleted with a warning and recomputed, never trusted.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
+import hashlib
 import importlib.metadata as md
 import json
 import logging
 import os
 import platform
+import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,18 +55,39 @@ def package_versions() -> dict[str, str]:
 
 
 def _disk_error(path: Path, exc: OSError) -> ArtifactError:
-    if exc.errno == errno.ENOSPC:
+    code = exc.errno
+    if code == errno.ENOSPC:
         return ArtifactError(f"disk full while writing '{path}'; free space and rerun: finished "
                              "artifacts are kept and reused.")
-    if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return ArtifactError(f"cannot write '{path}' ({os.strerror(exc.errno)}); choose a writable "
+    if code in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return ArtifactError(f"cannot write '{path}' ({os.strerror(code)}); choose a writable "
                              "output_dir (--set output_dir=...).")
-    return ArtifactError(f"cannot write '{path}': {exc}")
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        return ArtifactError(f"cannot write '{path}': a part of that path is a file, not a directory; "
+                             "choose another output_dir or name (--set output_dir=...).")
+    return ArtifactError(f"cannot write '{path}' ({exc.strerror or exc}); choose a writable "
+                         "output_dir (--set output_dir=...).")
+
+
+_SAFETENSORS_IO = {"StorageFull": errno.ENOSPC, "code: 28": errno.ENOSPC, "ReadOnlyFilesystem": errno.EROFS,
+                   "PermissionDenied": errno.EACCES}
+
+
+def _as_os_error(exc: Exception) -> OSError | None:
+    """The OSError behind ``exc``: safetensors' writer reports I/O failures as its own error type."""
+    if isinstance(exc, OSError):
+        return exc
+    text = str(exc)
+    for needle, code in _SAFETENSORS_IO.items():
+        if needle in text:
+            return OSError(code, os.strerror(code))
+    return None
 
 
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success (the temporary
+    file is removed on any failure, so nothing half-written is ever left under the final name)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -65,32 +98,208 @@ def atomic_path(path: Path):
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except OSError as exc:
-        raise _disk_error(path, exc) from None
+    except Exception as exc:
+        os_error = _as_os_error(exc)
+        if os_error is None:
+            raise
+        raise _disk_error(path, os_error) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-class RunDir:
-    """A run's directory: ``manifest.json``, ``scores.json``, ``influence.safetensors``, ..."""
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
-    def __init__(self, path: str | Path, force: bool = False):
+
+# --- the run directory's lock --------------------------------------------------------------------
+LOCK = ".lock"
+_HELD: set[Path] = set()  # lock files this process holds (released at exit)
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux), to tell a live writer from a reused PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _start_time(pid)
+    return started is None or now is None or now == started
+
+
+def _lock_record() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid()),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)[:300]}
+
+
+def _release_all() -> None:
+    for path in list(_HELD):
+        release_lock(path)
+
+
+atexit.register(_release_all)
+
+
+def release_lock(lock: Path) -> None:
+    """Remove ``lock`` if this process holds it."""
+    _HELD.discard(lock)
+    try:
+        if json.loads(lock.read_text()).get("pid") == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def acquire_lock(run_path: Path) -> Path:
+    """Take ``run_path/.lock`` for this process (re-entrant within one process).
+
+    Another live process holding it is an :class:`ArtifactError` that names it; a lock whose process
+    is gone (killed, crashed) is taken over with a warning.
+    """
+    lock = run_path / LOCK
+    me = _lock_record()
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _disk_error(lock, exc) from None
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            _HELD.add(lock)
+            return lock
+        try:
+            held = json.loads(lock.read_text())
+            pid, host = int(held["pid"]), str(held["host"])
+        except FileNotFoundError:
+            continue  # released meanwhile
+        except (OSError, ValueError, KeyError, TypeError):
+            held, pid, host = {}, -1, "?"  # unreadable (killed while writing it): stale
+        if pid == me["pid"] and host == me["host"]:
+            _HELD.add(lock)
+            return lock
+        if host == me["host"] and pid > 0 and _alive(pid, held.get("started")):
+            raise ArtifactError(
+                f"run directory '{run_path}' is in use by process {pid} on {host} (since "
+                f"{held.get('since', '?')}: {held.get('command', '?')}); wait for it to finish, or "
+                "choose another name (--set name=...).")
+        if host != me["host"]:
+            raise ArtifactError(
+                f"run directory '{run_path}' is locked by process {pid} on host {host}; if that run "
+                f"is over, delete '{lock}', else choose another name (--set name=...).")
+        log.warning("taking over run directory '%s': its lock belongs to process %d, which is no "
+                    "longer running (killed?); finished artifacts are verified and reused.",
+                    run_path, pid)
+        with atomic_path(lock) as tmp:
+            tmp.write_text(json.dumps(me))
+        try:
+            if json.loads(lock.read_text()).get("pid") == me["pid"]:
+                _HELD.add(lock)
+                return lock
+        except (OSError, ValueError):
+            continue
+    raise ArtifactError(f"cannot take the lock of run directory '{run_path}'; another run is "
+                        "starting there: wait for it, or choose another name (--set name=...).")
+
+
+def _is_scratch(name: str) -> bool:
+    return name.endswith(".tmp") or name.startswith(".tmp-") or name in (LOCK, ".write-test")
+
+
+class RunDir:
+    """A run's directory: ``manifest.json``, ``scores.json``, ``influence.safetensors``, ...
+
+    Opening it takes its lock (one writing process at a time). ``manifest["artifacts"]`` maps every
+    file below it to its SHA-256 and size: files written here are hashed as they are written; other
+    files (a saved model, plots) are hashed when the manifest is saved.
+    """
+
+    def __init__(self, path: str | Path, force: bool = False, lock: bool = True):
         self.path = Path(path)
         self.force = force
         try:
+            if self.path.exists() and not self.path.is_dir():
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
+            fd, probe = tempfile.mkstemp(dir=self.path, prefix=".tmp-write-test-")
+            os.close(fd)
+            os.unlink(probe)
         except OSError as exc:
             raise _disk_error(self.path, exc) from None
+        self.lock = acquire_lock(self.path) if lock else None
         self._manifest_path = self.path / "manifest.json"
-        self.manifest: dict[str, Any] = self.read_json("manifest.json") or {}
+        self.manifest: dict[str, Any] = {}
+        self.manifest = self.read_json("manifest.json") or {}
+        if not isinstance(self.manifest, dict):
+            self.manifest = {}
         self.manifest.setdefault("steps", {})
+        self.manifest.setdefault("artifacts", {})
 
     def file(self, rel: str) -> Path:
         return self.path / rel
+
+    def close(self) -> None:
+        """Release the run directory's lock (also done when the process exits)."""
+        if self.lock is not None:
+            release_lock(self.lock)
+
+    # --- checksums --------------------------------------------------------------------------
+    def _record_checksum(self, rel: str, path: Path) -> None:
+        if rel == "manifest.json":
+            return
+        st = path.stat()
+        self.manifest.setdefault("artifacts", {})[rel] = {
+            "sha256": file_sha256(path), "bytes": st.st_size}
+
+    def _corrupt(self, rel: str, why: str) -> None:
+        """Delete the cache file ``rel`` (derived data) with a warning; the caller recomputes it."""
+        path = self.file(rel)
+        log.warning("'%s' %s; deleted it, it will be recomputed.", path, why)
+        path.unlink(missing_ok=True)
+        self.manifest.get("artifacts", {}).pop(rel, None)
+
+    def _checksum_ok(self, rel: str) -> bool:
+        entry = self.manifest.get("artifacts", {}).get(rel)
+        if not entry or entry.get("external"):
+            return True
+        if file_sha256(self.file(rel)) != entry.get("sha256"):
+            self._corrupt(rel, "does not match the checksum in manifest.json (changed or damaged)")
+            return False
+        return True
+
+    def record_files(self) -> None:
+        """Hash every file not written through this class (a saved model, plots) into the manifest,
+        again when it changed; files written here keep the checksum of what was written."""
+        arts = self.manifest.setdefault("artifacts", {})
+        for path in sorted(self.path.rglob("*")):
+            if not path.is_file() or _is_scratch(path.name) or path == self._manifest_path:
+                continue
+            rel = path.relative_to(self.path).as_posix()
+            entry = arts.get(rel)
+            st = path.stat()
+            if entry is not None and not (entry.get("external") and (
+                    entry.get("bytes") != st.st_size or entry.get("mtime_ns") != st.st_mtime_ns)):
+                continue
+            arts[rel] = {"sha256": file_sha256(path), "bytes": st.st_size,
+                         "mtime_ns": st.st_mtime_ns, "external": True}
+        for rel in [r for r in arts if not self.file(r).is_file()]:
+            del arts[rel]
 
     # --- JSON -------------------------------------------------------------------------------
     def write_json(self, rel: str, data: Any) -> Path:
@@ -99,16 +308,23 @@ class RunDir:
             return path
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+            if rel != "manifest.json":
+                self._record_checksum(rel, tmp)
+        if rel != "manifest.json":
+            self.save_manifest()
         return path
 
     def read_json(self, rel: str) -> Any | None:
+        """``rel`` parsed, or None when it is missing, damaged (deleted with a warning) or does not
+        match its recorded checksum."""
         path = self.file(rel)
-        if not path.is_file():
+        if not path.is_file() or not self._checksum_ok(rel):
             return None
         try:
             return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise ArtifactError(f"'{path}' is not valid JSON; delete it or rerun with --force.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self._corrupt(rel, "is not valid JSON (truncated or damaged)")
+            return None
 
     # --- tensors ----------------------------------------------------------------------------
     def write_tensors(self, rel: str, tensors: dict[str, torch.Tensor],
@@ -119,18 +335,23 @@ class RunDir:
         data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         with atomic_path(path) as tmp:
             save_file(data, str(tmp), metadata=metadata or {})
+            self._record_checksum(rel, tmp)
+        self.save_manifest()
         return path
 
     def read_tensors(self, rel: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        """``(tensors, metadata)`` of ``rel``, or None when it is missing, or truncated, garbled or
+        not the file the manifest recorded: such a file is deleted with a warning, so that the
+        caller recomputes it."""
         path = self.file(rel)
-        if not path.is_file():
+        if not path.is_file() or not self._checksum_ok(rel):
             return None
         try:
             with safe_open(str(path), framework="pt") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
         except Exception:
-            raise ArtifactError(f"'{path}' is not a readable safetensors file; delete it or rerun "
-                                "with --force.") from None
+            self._corrupt(rel, "is not a readable safetensors file (truncated or damaged)")
+            return None
 
     def cached_tensors(self, rel: str, fingerprint: str, compute: Callable[[], dict[str, torch.Tensor]],
                        step: str | None = None) -> dict[str, torch.Tensor]:
@@ -165,6 +386,8 @@ class RunDir:
 
     def save_manifest(self) -> None:
         self.manifest["versions"] = package_versions()
+        if is_main():
+            self.record_files()
         self.write_json("manifest.json", self.manifest)
 
     def cached_entry(self, rel: str, key: str, fingerprint: str,
@@ -186,9 +409,13 @@ class RunDir:
         return value
 
 
-def read_scores(path: str | Path) -> dict[str, Any]:
-    """The ``{task: LayerScores}`` of a ``scores.json``, or of a run directory holding one."""
-    from layerif_core.protocols import LayerScores
+def read_scores(path: str | Path, n_layers: int | None = None) -> dict[str, Any]:
+    """The ``{task: LayerScores}`` of a ``scores.json``, or of a run directory holding one.
+
+    The values must be finite (and, given ``n_layers``, one per layer); each task's ``details``
+    record the file read and its SHA-256 (``scores_file``, ``scores_sha256``), so that a run that
+    uses hand-edited scores says which bytes it used."""
+    from layerif_core.results import LayerScores
 
     path = Path(path)
     file = path / "scores.json" if path.is_dir() else path
@@ -198,9 +425,35 @@ def read_scores(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text())
         scores = {task: LayerScores.from_json(entry) for task, entry in data.items()}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError):
         raise ArtifactError(f"'{file}' is not a layerif scores.json; recompute it with "
                             "`layerif scores --force`.") from None
     if not scores:
         raise ArtifactError(f"'{file}' holds no task's scores; recompute it with `layerif scores`.")
+    digest = file_sha256(file)
+    for task, s in scores.items():
+        if s.values.dim() != 1 or s.values.numel() == 0:
+            raise ArtifactError(f"scores of task '{task}' in '{file}' are not a list of one number "
+                                "per layer; recompute them with `layerif scores`.")
+        bad = (~torch.isfinite(s.values)).nonzero().flatten().tolist()
+        if bad:
+            raise ArtifactError(f"scores of task '{task}' in '{file}' are not finite at layer(s) "
+                                f"{bad}; fix or recompute them with `layerif scores`.")
+        if n_layers is not None and s.values.numel() != n_layers:
+            raise ArtifactError(f"scores of task '{task}' in '{file}' have {s.values.numel()} layers "
+                                f"but the model has {n_layers}; use scores computed for this model.")
+        s.details = {**s.details, "scores_file": str(file), "scores_sha256": digest}
     return scores
+
+
+def verify_run_dir(path: str | Path) -> list[str]:
+    """Files of the run directory ``path`` whose bytes differ from the checksum its manifest
+    records (empty when every artifact is what was written)."""
+    path = Path(path)
+    try:
+        arts = json.loads((path / "manifest.json").read_text()).get("artifacts", {})
+    except (OSError, ValueError):
+        return []
+    return [rel for rel, entry in arts.items()
+            if not entry.get("external") and (not (path / rel).is_file()
+                                              or file_sha256(path / rel) != entry.get("sha256"))]

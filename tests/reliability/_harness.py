@@ -1,0 +1,109 @@
+"""Shared pieces of the reliability suite: a tiny llama saved to disk, configs for it, the CLI run
+in-process (typer's CliRunner) or as a real subprocess, and the check that a run directory holds
+nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from typer.testing import CliRunner
+
+from conftest import char_tokenizer, tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests"
+
+
+def save_tiny(path: Path, arch: str = "llama", seed: int = 0, **overrides) -> Path:
+    """A tiny random llama and the character tokenizer, saved as a transformers directory."""
+    tiny_model(arch, seed=seed, **overrides).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
+
+
+def base_config(out: Path, model_dir: Path, **changes: Any) -> dict[str, Any]:
+    """A valid config for the tiny model: one capitals task, EK-FAC + positive_sum."""
+    cfg: dict[str, Any] = {
+        "name": "r", "output_dir": str(out),
+        "model": {"source": str(model_dir), "device": "cpu", "dtype": "float32"},
+        "tasks": [{"name": "caps",
+                   "train": {"source": "bundled:capitals", "limit": 8, "max_length": 96},
+                   "validation": {"source": "bundled:capitals", "split": "validation", "limit": 4,
+                                  "max_length": 96}}],
+        "scorer": {"name": "layerif", "estimator": {"name": "ekfac"},
+                   "aggregator": {"name": "positive_sum"}},
+        "batch_size": 4,
+    }
+    cfg.update(changes)
+    return cfg
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    if path.suffix == ".json":
+        path.write_text(json.dumps(cfg))
+    else:
+        path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+_runner = CliRunner()
+_app = None
+
+
+def cli_app():
+    global _app
+    if _app is None:
+        from layerif_core.cli import app
+        from layerif_core.registry import get_registry
+
+        get_registry(app=app)  # plugins add their commands, as `layerif` does at start-up
+        _app = app
+    return _app
+
+
+def invoke(*args: str):
+    """``layerif --quiet ARGS`` in this process; returns typer's Result (exit_code, output)."""
+    return _runner.invoke(cli_app(), ["--quiet", *args])
+
+
+def sub_env(extra_path: Path | None = None, **env: str) -> dict[str, str]:
+    """Environment of a CLI subprocess: one thread, the repository and ``extra_path`` importable."""
+    out = dict(os.environ)
+    paths = [str(p) for p in (extra_path, REPO, TESTS) if p is not None]
+    out["PYTHONPATH"] = os.pathsep.join(paths + ([out["PYTHONPATH"]] if out.get("PYTHONPATH") else []))
+    out.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **env)
+    return out
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "layerif_core.cli", "--quiet", *args]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """``layerif --quiet ARGS`` as a real subprocess."""
+    return subprocess.run(cli_command(*args), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=kw.pop("env", None) or sub_env(), **kw)
+
+
+def one_line(output: str) -> str:
+    """The CLI's output with rich's soft wrapping undone."""
+    return " ".join(output.split())
+
+
+def half_written(run_dir: Path) -> list[str]:
+    """Files under ``run_dir`` a rerun must not see: temp files of an interrupted atomic write, and
+    artifacts that do not match the checksum the manifest records for them."""
+    if not run_dir.exists():
+        return []
+    bad = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
+           if p.name.endswith(".tmp") or p.name.startswith(".tmp-") or p.name == ".write-test"]
+    from layerif_core.artifacts import verify_run_dir
+
+    bad += [f"{rel} (checksum)" for rel in verify_run_dir(run_dir)]
+    return bad
