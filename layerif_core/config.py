@@ -7,6 +7,7 @@ also what ``layerif config schema`` prints.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import tomllib
 from pathlib import Path
@@ -188,6 +189,15 @@ class RunConfig(Strict):
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec,
                                    description="LoRA fine-tuning options (`layerif finetune`).")
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if (not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0")
+                or name.startswith("~")):
+            raise ValueError(f"run name '{name}' is not a plain directory name (it would escape "
+                             "output_dir); use letters, digits, '-', '_' or '.'")
+        return name
+
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
@@ -203,51 +213,94 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; create one with `layerif init`.")
-    text = path.read_text()
+    kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix, "YAML")
     try:
-        if path.suffix == ".toml":
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {exc.start}); save it as "
+                          "UTF-8.") from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}' cannot be read ({exc.strerror}); check the path.") from None
+    try:
+        if kind == "TOML":
             data = tomllib.loads(text)
-        elif path.suffix == ".json":
+        elif kind == "JSON":
             data = json.loads(text)
         else:
             data = yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"config file '{path}' is not valid {path.suffix[1:] or 'YAML'}: {first}") from None
+        raise ConfigError(f"config file '{path}' is not valid {kind}: {_syntax_error(exc)}; fix the "
+                          "syntax there.") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values.")
+        raise ConfigError(f"config file '{path}' holds a {type(data).__name__}, not a mapping of keys "
+                          "to values; start from `layerif init`.")
     return data
+
+
+def _syntax_error(exc: Exception) -> str:
+    """One line: where the syntax error is (line and column) and what it is."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        what = getattr(exc, "problem", None) or getattr(exc, "context", None) or "syntax error"
+        return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+    return str(exc).strip().splitlines()[0]  # tomllib says "(at line N, column M)" itself
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``path.to.key=value`` overrides; values are parsed as YAML (numbers, lists, ...).
 
-    A numeric path part indexes a list: ``tasks.0.train.limit=32``.
+    A numeric path part indexes a list: ``tasks.0.train.limit=32``. A path that is not a key of the
+    config is an error naming the closest valid path (a component's free-form ``options`` take any key:
+    the component validates them).
     """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like path.to.key=value.")
         path, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({_syntax_error(exc)}); "
+                              "quote it.") from None
         node: Any = data
+        model: type[BaseModel] | None = RunConfig
         parts = path.strip().split(".")
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"override '{path}': '{part}' is not an index of that list.")
+                    raise ConfigError(f"override '{path}': '{part}' is not an index of that list "
+                                      f"(it has {len(node)} entries).")
                 if last:
                     node[int(part)] = value
                 else:
                     node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{path}': '{'.'.join(parts[:i])}' is a value, not a "
+                                  "section; set it directly.")
+            if model is not None:
+                if part not in model.model_fields:
+                    raise ConfigError(_unknown_override(path, parts, i, model))
+                model = _inner_model(model.model_fields[part].annotation)
+            if last:
+                node[part] = value
             else:
-                if last:
-                    node[part] = value
-                else:
-                    node = node.setdefault(part, {})
-                    if node is None:
-                        raise ConfigError(f"override '{path}': '{part}' is empty in the config.")
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
     return data
+
+
+def _unknown_override(path: str, parts: list[str], i: int, model: type[BaseModel]) -> str:
+    fields = list(model.model_fields)
+    match = difflib.get_close_matches(parts[i], fields, n=1, cutoff=0.5)
+    hint = f" (did you mean '{'.'.join([*parts[:i], match[0], *parts[i + 1:]])}'?)" if match else ""
+    where = f"under '{'.'.join(parts[:i])}'" if i else "at the top level"
+    return (f"override '{path}': no key '{parts[i]}' {where}{hint}; valid keys there: "
+            f"{', '.join(fields)}.")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -279,7 +332,10 @@ def describe_validation_error(exc: ValidationError, root: type[BaseModel]) -> st
                 f"{', '.join(fields)}.")
     if err["type"] == "missing":
         return f"missing key '{where}'; add it (see `layerif config schema`)."
-    return f"'{where}': {err['msg']}."
+    got = repr(err.get("input"))
+    got = got if len(got) <= 40 else got[:37] + "..."
+    return (f"'{where}': {err['msg']} (got {got}); fix the value (`layerif config schema` lists "
+            "every key).")
 
 
 def _model_at(root: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
