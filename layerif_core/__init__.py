@@ -6,22 +6,40 @@ The Python API mirrors the CLI step by step::
     config = load_config("examples/quickstart.yaml", overrides=["tasks.0.train.limit=32"])
     ctx = open_run(config)
     scores = compute_layer_scores(ctx)   # {task: LayerScores}
+
+Names are imported on first use, so ``import layerif_core`` (and the CLI's listing commands) do not
+import torch.
 """
 
-from layerif_core.config import DataSpec, ModelSpec, RunConfig, TaskSpec, load_config
-from layerif_core.context import RunContext
-from layerif_core.data import TokenizedSplit, tokenize_split
-from layerif_core.errors import LayerifError
-from layerif_core.hookspecs import hookimpl
-from layerif_core.layers import LayerMap
-from layerif_core.models import load_model
-from layerif_core.pipeline import allocate, compute_layer_scores, load_task_splits, open_run, run, score_task
-from layerif_core.protocols import Allocation, LayerScores
-from layerif_core.registry import get_registry
+from __future__ import annotations
 
-__all__ = [
-    "Allocation", "DataSpec", "LayerMap", "LayerScores", "LayerifError", "ModelSpec", "RunConfig",
-    "RunContext", "TaskSpec", "TokenizedSplit", "allocate", "compute_layer_scores", "get_registry",
-    "hookimpl", "load_config", "load_model", "load_task_splits", "open_run", "run", "score_task",
-    "tokenize_split",
-]
+from layerif_core.lazy import lazy_exports
+
+from layerif_core.hookspecs import hookimpl as hookimpl
+
+_EXPORTS = {
+    "Allocation": "layerif_core.results",
+    "DataSpec": "layerif_core.config",
+    "LayerMap": "layerif_core.layers",
+    "LayerScores": "layerif_core.results",
+    "LayerifError": "layerif_core.errors",
+    "ModelSpec": "layerif_core.config",
+    "RunConfig": "layerif_core.config",
+    "RunContext": "layerif_core.context",
+    "TaskSpec": "layerif_core.config",
+    "TokenizedSplit": "layerif_core.data",
+    "allocate": "layerif_core.pipeline",
+    "compute_layer_scores": "layerif_core.pipeline",
+    "get_registry": "layerif_core.registry",
+    "load_config": "layerif_core.config",
+    "load_model": "layerif_core.models",
+    "load_task_splits": "layerif_core.pipeline",
+    "open_run": "layerif_core.pipeline",
+    "run": "layerif_core.pipeline",
+    "score_task": "layerif_core.pipeline",
+    "tokenize_split": "layerif_core.data",
+}
+
+__all__ = sorted([*_EXPORTS, "hookimpl"])
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -7,10 +7,13 @@ influence flowing through layer l; a low S marks a well-trained layer (``higher_
 
 from __future__ import annotations
 
-import torch
+import math
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from layerif_core.hookspecs import hookimpl
+if TYPE_CHECKING:
+    import torch
 
 
 class PositiveSum:
@@ -67,8 +70,11 @@ class PositiveFraction:
         return (influence < 0).double().mean(dim=1).float()
 
 
-class TopFractionConfig(BaseModel):
+class TopFractionOptions(BaseModel):
+    """Options of ``top_fraction``."""
+
     model_config = ConfigDict(extra="forbid")
+
     fraction: float = Field(0.25, gt=0, le=1, description="Share of the largest −I summed per layer.")
 
 
@@ -77,19 +83,10 @@ class TopFraction:
 
     higher_is_better = False
 
-    def __init__(self, fraction: float = 0.25):
-        self.fraction = fraction
+    def __init__(self, options: TopFractionOptions | None = None):
+        self.fraction = (options or TopFractionOptions()).fraction
 
     def __call__(self, influence: torch.Tensor) -> torch.Tensor:
         harmful = -influence.double()
-        k = max(1, int(torch.ceil(torch.tensor(self.fraction * harmful.shape[1])).item()))
+        k = max(1, math.ceil(round(self.fraction * harmful.shape[1], 9)))
         return harmful.topk(k, dim=1).values.sum(dim=1).float()
-
-
-@hookimpl
-def layerif_register_aggregators(registry) -> None:
-    for name, cls in (("positive_sum", PositiveSum), ("helpful_sum", HelpfulSum), ("sum", Sum),
-                      ("abs_sum", AbsSum), ("mean", Mean), ("positive_fraction", PositiveFraction)):
-        registry.add("aggregator", name, lambda _o, cls=cls: cls(), help=cls.__doc__)
-    registry.add("aggregator", "top_fraction", lambda o: TopFraction(o.fraction),
-                 config=TopFractionConfig, help=TopFraction.__doc__)

@@ -1,60 +1,91 @@
-"""The built-in plugins, registered through the same hooks as third-party ones.
+"""The built-in components, registered through the same hooks as third-party plugins.
 
-Every module of the packages below that defines a ``layerif_register_*`` hook function is a
-built-in plugin; adding a file with its own ``@hookimpl`` is all it takes to add a component.
+Factories and options are lazy ``"module:attr"`` references: listing them imports no torch, and a
+component's module is imported when the component is first built. Adding a built-in is one
+``register`` line here plus its module.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from types import ModuleType
-
 from layerif_core.hookspecs import hookimpl
 
-_PACKAGES = ("layerif_core.estimators", "layerif_core.scorers", "layerif_core.allocators")
-_MODULES = ("layerif_core.aggregators",)
-
-
-def _modules() -> list[ModuleType]:
-    found = [importlib.import_module(m) for m in _MODULES]
-    for pkg_name in _PACKAGES:
-        try:
-            pkg = importlib.import_module(pkg_name)
-        except ModuleNotFoundError:
-            continue
-        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-            found.append(importlib.import_module(f"{pkg_name}.{info.name}"))
-    return found
-
-
-def _each(hook: str, **kwargs) -> None:
-    for module in _modules():
-        impl = getattr(module, hook, None)
-        if impl is not None:
-            impl(**kwargs)
+_EST = "layerif_core.estimators"
+_EST_OPTS = "layerif_core.estimators.options"
+_SCO = "layerif_core.scorers"
+_SCO_OPTS = "layerif_core.scorers.options"
+_ALLOC_OPTS = "layerif_core.allocators.options"
+_AGG = "layerif_core.aggregators"
 
 
 @hookimpl
-def layerif_register_estimators(registry) -> None:
-    _each("layerif_register_estimators", registry=registry)
+def layerif_register_estimators(register) -> None:
+    register("ekfac", f"{_EST}.ekfac:EKFAC", options=f"{_EST_OPTS}:EKFACOptions",
+             help="EK-FAC (default): K-FAC eigenbases with per-example refitted eigenvalues.")
+    register("kfac", f"{_EST}.kfac:KFAC", options=f"{_EST_OPTS}:KFACOptions",
+             help="K-FAC: per-module A ⊗ S curvature, inverse in the Kronecker eigenbasis.")
+    register("lissa", f"{_EST}.lissa:Lissa", options=f"{_EST_OPTS}:LissaOptions",
+             help="LiSSA recursion with layer-restricted curvature-vector products.")
+    register("exact", f"{_EST}.exact:Exact", options=f"{_EST_OPTS}:ExactOptions",
+             help="Explicit per-layer curvature block and a solve (tiny models; the test oracle).")
+    register("datainf", f"{_EST}.datainf:DataInf", options=f"{_EST_OPTS}:DataInfOptions",
+             help="DataInf (Kwon et al. 2024) on per-example gradients; the LayerIF paper's "
+                  "estimator (use with layers.lora_only).")
+    register("grad_dot", f"{_EST}.grad_dot:GradDot", help="Gradient inner product (no curvature).")
+    register("grad_cosine", f"{_EST}.grad_cosine:GradCosine",
+             help="Cosine of query and training gradients per layer (no curvature).")
 
 
 @hookimpl
-def layerif_register_aggregators(registry) -> None:
-    _each("layerif_register_aggregators", registry=registry)
+def layerif_register_aggregators(register) -> None:
+    register("positive_sum", f"{_AGG}:PositiveSum",
+             help="LayerIF's +VE: S[l] = Σ_i max(−I[l, i], 0), harmful influence; lower = better.")
+    register("top_fraction", f"{_AGG}:TopFraction", options=f"{_AGG}:TopFractionOptions",
+             help="LayerIF's TOP-k: per layer, the sum of the largest fraction of −I; lower = better.")
+    register("sum", f"{_AGG}:Sum", help="LayerIF's ALL: S[l] = Σ_i −I[l, i]; lower = better.")
+    register("helpful_sum", f"{_AGG}:HelpfulSum",
+             help="Mirror of positive_sum: Σ_i max(I[l, i], 0), helpful influence; higher = better.")
+    register("abs_sum", f"{_AGG}:AbsSum", help="S[l] = Σ_i |I[l, i]|; lower = better.")
+    register("mean", f"{_AGG}:Mean", help="S[l] = mean_i −I[l, i]; lower = better.")
+    register("positive_fraction", f"{_AGG}:PositiveFraction",
+             help="Share of harmful examples #{i: −I[l, i] > 0} / N; lower = better.")
 
 
 @hookimpl
-def layerif_register_scorers(registry) -> None:
-    _each("layerif_register_scorers", registry=registry)
+def layerif_register_scorers(register) -> None:
+    register("layerif", f"{_SCO}.layerif:LayerIFScorer",
+             help="Per-layer influence (estimator + aggregator).")
+    register("htsr_alpha", f"{_SCO}.htsr:HTSRScorer", options=f"{_SCO_OPTS}:HTSROptions",
+             help="HT-SR power-law exponent α of each layer's ESD (AlphaPruning); lower = better.")
+    register("owl_outlier", f"{_SCO}.owl:OWLScorer", options=f"{_SCO_OPTS}:OWLOptions",
+             help="OWL outlier ratio of |W|·‖X‖ per block (Yin et al. 2023); higher = keep more.")
+    register("block_influence", f"{_SCO}.block_influence:BlockInfluenceScorer",
+             options=f"{_SCO_OPTS}:BlockInfluenceOptions",
+             help="ShortGPT's block influence 1 − cos(h_in, h_out); higher = more important.")
+    register("gradient_norm", f"{_SCO}.gradient_norm:GradientNormScorer",
+             options=f"{_SCO_OPTS}:GradientNormOptions",
+             help="‖∇ of the validation loss‖ per layer; higher = worse trained.")
+    register("uniform", f"{_SCO}.controls:UniformScorer",
+             help="Control: every layer equal (uniform allocation).")
+    register("random", f"{_SCO}.controls:RandomScorer", options=f"{_SCO_OPTS}:RandomOptions",
+             help="Control: seeded U(0, 1) score per layer.")
 
 
 @hookimpl
-def layerif_register_allocators(registry) -> None:
-    _each("layerif_register_allocators", registry=registry)
+def layerif_register_allocators(register) -> None:
+    sparsity, experts = "layerif_core.allocators.sparsity", "layerif_core.allocators.experts"
+    register("uniform_sparsity", f"{sparsity}:UniformSparsity",
+             options=f"{_ALLOC_OPTS}:UniformSparsityOptions",
+             help="The same sparsity s for every layer (control).")
+    register("alpha_pruning", f"{sparsity}:AlphaPruningSparsity",
+             options=f"{_ALLOC_OPTS}:AlphaPruningOptions",
+             help="AlphaPruning: scores mapped linearly onto [1-ε, 1+ε]·η, weighted mean = s.")
+    register("owl_sparsity", f"{sparsity}:OWLSparsity", options=f"{_ALLOC_OPTS}:OWLSparsityOptions",
+             help="OWL: s − mean(d) + d, worse-ness d min-maxed to [0, 2λ].")
+    register("alphalora_experts", f"{experts}:AlphaLoRAExperts",
+             options=f"{_ALLOC_OPTS}:AlphaLoRAOptions",
+             help="Experts per layer ∝ worse-ness^beta, min per layer, exact total (AlphaLoRA/LayerIF).")
+    register("uniform_experts", f"{experts}:UniformExperts", options=f"{_ALLOC_OPTS}:ExpertOptions",
+             help="Control: the same expert total spread evenly over the layers.")
+    register("given_experts", f"{experts}:GivenExperts", options=f"{_ALLOC_OPTS}:GivenOptions",
+             help="A user-given number of experts per layer.")
 
-
-@hookimpl
-def layerif_register_commands(app) -> None:
-    _each("layerif_register_commands", app=app)

@@ -1,18 +1,37 @@
 """Every extension point of layerif, documented here and nowhere else.
 
-A plugin is a module (or object) with functions decorated by :data:`hookimpl`, exposed through the
-entry-point group ``layerif`` of its distribution::
+A plugin is a module with functions decorated by :data:`hookimpl`, exposed through the entry-point
+group ``layerif`` of its distribution::
 
     [project.entry-points.layerif]
     my_plugin = "my_package.plugin"
 
-Each hook receives the :class:`~layerif_core.registry.Registry` and adds named factories to it.
-The built-in estimators, aggregators and scorers register through these very hooks
-(``layerif_core.builtins``), so a third-party plugin is a peer of the core.
+Each component hook receives ``register``, a function already bound to the hook's kind (as
+simonw/llm's ``register_models(register)``), so a plugin never names the kind and cannot register an
+estimator from the scorer hook::
 
-A factory is called with one argument, the validated options object of the config class given at
-registration (a pydantic model; ``None`` when the component takes no options), and returns an object
-implementing the matching protocol of :mod:`layerif_core.protocols`.
+    @hookimpl
+    def layerif_register_estimators(register):
+        register("my_estimator", "my_package.estimator:MyEstimator",
+                 options="my_package.options:MyOptions", help="One line for `layerif plugins`.")
+
+``register(name, factory, options=None, help="")``:
+
+- ``name``: unique per kind (a clash is reported and the second plugin skipped);
+- ``factory``: a callable, or a lazy ``"module:attr"`` reference resolved on first use (keeps
+  ``layerif --help`` and ``layerif plugins`` from importing torch). It is called with the validated
+  options object (with no argument when the component takes no options) and returns an object
+  implementing the matching protocol of :mod:`layerif_core.protocols`;
+- ``options``: a pydantic model class (or a ``"module:attr"`` reference to one, in a module that does
+  not import torch) validating the ``options:`` mapping of the config; ``extra="forbid"`` makes a
+  misspelled option an error with the closest name;
+- ``help``: one line (default: the first line of the factory's docstring).
+
+The built-ins register through these very hooks (:mod:`layerif_core.builtins`), so a third-party
+plugin is a peer of the core. Every plugin is checked when it loads: a ``layerif_*`` function that is
+not one of the hooks below, or a hook function asking for an argument its hook does not pass, is an
+error naming the plugin and the closest hook. ``layerif plugins check DIST`` runs the conformance
+suite over a plugin's components.
 """
 
 from __future__ import annotations
@@ -26,8 +45,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def layerif_register_estimators(registry) -> None:
-    """Add influence estimators: ``registry.add("estimator", name, factory, config=Cfg)``.
+def layerif_register_estimators(register) -> None:
+    """Add influence estimators.
 
     An estimator implements :class:`~layerif_core.protocols.Estimator`: ``fit(ctx, train)`` fits its
     curvature state, ``influence(ctx, train, query)`` returns ``I[l, i]`` (float32 tensor
@@ -37,47 +56,36 @@ def layerif_register_estimators(registry) -> None:
 
 
 @hookspec
-def layerif_register_aggregators(registry) -> None:
-    """Add aggregators: ``registry.add("aggregator", name, factory, config=Cfg)``.
-
-    An aggregator implements :class:`~layerif_core.protocols.Aggregator`: it maps ``I[L, N]`` to
-    layer scores ``S[L]`` and states ``higher_is_better``.
-    """
+def layerif_register_aggregators(register) -> None:
+    """Add aggregators: callables mapping ``I[L, N]`` to layer scores ``S[L]`` that state
+    ``higher_is_better`` (:class:`~layerif_core.protocols.Aggregator`)."""
 
 
 @hookspec
-def layerif_register_scorers(registry) -> None:
-    """Add layer scorers: ``registry.add("scorer", name, factory, config=Cfg)``.
-
-    A scorer implements :class:`~layerif_core.protocols.Scorer`: ``score(ctx, task)`` returns
-    :class:`~layerif_core.protocols.LayerScores`. Influence-based scoring is the scorer
-    ``layerif`` (an estimator plus an aggregator); model-only baselines are scorers too.
-    """
+def layerif_register_scorers(register) -> None:
+    """Add layer scorers: ``score(ctx, task)`` returns
+    :class:`~layerif_core.results.LayerScores` (:class:`~layerif_core.protocols.Scorer`).
+    Influence-based scoring is the scorer ``layerif`` (an estimator plus an aggregator); model-only
+    baselines are scorers too."""
 
 
 @hookspec
-def layerif_register_allocators(registry) -> None:
-    """Add allocators: ``registry.add("allocator", name, factory, config=Cfg)``.
-
-    An allocator implements :class:`~layerif_core.protocols.Allocator`: layer scores and a budget
-    in, an :class:`~layerif_core.protocols.Allocation` out, the budget kept exactly.
-    """
+def layerif_register_allocators(register) -> None:
+    """Add allocators: layer scores and a budget (the allocator's options) in, an
+    :class:`~layerif_core.results.Allocation` out, the budget kept exactly
+    (:class:`~layerif_core.protocols.Allocator`)."""
 
 
 @hookspec
-def layerif_register_applications(registry) -> None:
-    """Add applications (pruning, LoRA-MoE, ...): ``registry.add("application", name, factory)``.
-
-    An application implements :class:`~layerif_core.protocols.Application`.
-    """
+def layerif_register_applications(register) -> None:
+    """Add applications (pruning, LoRA-MoE, LoRA ranks, ...): ``apply(ctx, model, allocation)``
+    returns the changed model and writes its artifacts (:class:`~layerif_core.protocols.Application`)."""
 
 
 @hookspec
-def layerif_register_evaluators(registry) -> None:
-    """Add evaluators (perplexity, lm-eval, ...): ``registry.add("evaluator", name, factory)``.
-
-    An evaluator implements :class:`~layerif_core.protocols.Evaluator`.
-    """
+def layerif_register_evaluators(register) -> None:
+    """Add evaluators (perplexity, lm-eval, ...): ``evaluate(ctx, model, tokenizer)`` returns metric
+    name → value (:class:`~layerif_core.protocols.Evaluator`)."""
 
 
 @hookspec
@@ -85,5 +93,6 @@ def layerif_register_commands(app) -> None:
     """Add sub-commands to the ``layerif`` CLI (a :class:`typer.Typer`).
 
     Application and evaluation plugins use this for ``layerif prune``, ``layerif eval`` and the
-    like; the command should stay a thin shell over the plugin's Python API.
+    like. The command should stay a thin shell over the plugin's Python API, and its module must not
+    import torch at module level (``layerif --help`` loads it).
     """

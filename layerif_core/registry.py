@@ -1,14 +1,28 @@
-"""Plugin loading, name lookup and listing.
+"""Plugin loading, validation, name lookup and listing.
 
-Built-ins and third-party plugins go through the same pluggy hooks (see :mod:`hookspecs`). A plugin
-whose import fails, whose hook raises, or that registers a name already taken is reported with its
-distribution's name and skipped; the others keep working.
+Built-ins (:mod:`layerif_core.builtins`) and third-party plugins (entry points of the group
+``layerif``) go through the same pluggy hooks (:mod:`hookspecs`). Every plugin is validated when it
+loads, as pluggy's own ``register`` and ``check_pending`` do: a ``layerif_*`` function that matches no
+hook (a misspelling) and a hook function whose arguments the spec does not offer are errors naming
+the plugin and the closest hook. A plugin whose import fails, whose hook raises, or that registers a
+name already taken is reported with its distribution's name and skipped (whatever it had registered
+is removed); the others keep working.
+
+Components are registered as objects or as lazy ``"module:attr"`` references, resolved on first use,
+so that listing them (``layerif plugins``, ``layerif --help``) does not import torch.
+
+The environment variable ``LAYERIF_PLUGINS`` (comma-separated distribution names) is an allow-list
+of third-party plugins for shared machines: entry points of other distributions are not imported,
+and ``layerif plugins`` lists them as not loaded.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
+import inspect
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +36,7 @@ from layerif_core.errors import ConfigError, PluginError, closest
 log = logging.getLogger(__name__)
 
 KINDS = ("estimator", "aggregator", "scorer", "allocator", "application", "evaluator")
-_HOOKS = {
+HOOKS = {
     "estimator": "layerif_register_estimators",
     "aggregator": "layerif_register_aggregators",
     "scorer": "layerif_register_scorers",
@@ -30,6 +44,26 @@ _HOOKS = {
     "application": "layerif_register_applications",
     "evaluator": "layerif_register_evaluators",
 }
+COMMANDS_HOOK = "layerif_register_commands"
+ALLOW_ENV = "LAYERIF_PLUGINS"
+CORE = "layerif"
+
+Ref = Callable[..., Any] | str
+
+
+def resolve(ref: Any, what: str) -> Any:
+    """The object behind a ``"module:attr"`` reference (other values are returned as they are)."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split(".") if attr else ():
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise PluginError(f"{what}: cannot load '{ref}' ({type(exc).__name__}: {exc}); reinstall the "
+                          "plugin that provides it.") from None
+    return obj
 
 
 @dataclass(frozen=True)
@@ -38,39 +72,55 @@ class Component:
 
     kind: str
     name: str
-    factory: Callable[..., Any]
-    config: type[BaseModel] | None
+    factory_ref: Ref
+    options_ref: type[BaseModel] | str | None
     provider: str
     version: str
     help: str = ""
 
+    @property
+    def factory(self) -> Callable[..., Any]:
+        return resolve(self.factory_ref, f"{self.kind} '{self.name}' from '{self.provider}'")
+
+    @property
+    def options_class(self) -> type[BaseModel] | None:
+        if self.options_ref is None:
+            return None
+        cls = resolve(self.options_ref, f"options of {self.kind} '{self.name}' from '{self.provider}'")
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            raise PluginError(f"{self.kind} '{self.name}' from '{self.provider}': options must be a "
+                              f"pydantic model class, got {cls!r}; fix the plugin.")
+        return cls
+
     def options(self, raw: dict[str, Any] | BaseModel | None) -> BaseModel | None:
-        """Validate ``raw`` options against this component's config class."""
+        """Validate ``raw`` options against this component's options class."""
         if isinstance(raw, BaseModel):
             return raw
         raw = dict(raw or {})
-        if self.config is None:
+        cls = self.options_class
+        if cls is None:
             if raw:
                 raise ConfigError(
                     f"{self.kind} '{self.name}' takes no options but got {sorted(raw)}; remove them."
                 )
             return None
         try:
-            return self.config(**raw)
+            return cls(**raw)
         except ValidationError as exc:
-            raise ConfigError(_options_message(self, exc)) from None
+            raise ConfigError(_options_message(self, cls, exc)) from None
 
     def build(self, raw: dict[str, Any] | BaseModel | None = None) -> Any:
-        """Instantiate the component with validated options."""
+        """Instantiate the component: ``factory(options)`` with the validated options object, or
+        ``factory()`` when the component takes no options."""
         opts = self.options(raw)
-        return self.factory(opts) if self.config is not None else self.factory(None)
+        return self.factory() if self.options_ref is None else self.factory(opts)
 
 
-def _options_message(comp: Component, exc: ValidationError) -> str:
+def _options_message(comp: Component, cls: type[BaseModel], exc: ValidationError) -> str:
     errors = exc.errors()
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo first
     key = ".".join(str(p) for p in err["loc"])
-    fields = list(comp.config.model_fields) if comp.config else []
+    fields = list(cls.model_fields)
     if err["type"] == "extra_forbidden":
         return (
             f"{comp.kind} '{comp.name}' has no option '{key}'{closest(key, fields)}; "
@@ -81,10 +131,38 @@ def _options_message(comp: Component, exc: ValidationError) -> str:
 
 @dataclass
 class LoadProblem:
-    """A plugin that could not be loaded or registered, kept for ``layerif plugins``."""
+    """A plugin that was not loaded or registered, kept for ``layerif plugins``."""
 
     provider: str
     message: str
+
+
+@dataclass
+class PluginInfo:
+    """A loaded plugin: its distribution, version, module and the hooks it implements."""
+
+    provider: str
+    version: str
+    module: str
+    hooks: list[str]
+
+
+class Register:
+    """The ``register`` function a hook receives, bound to the hook's kind::
+
+        register("my_estimator", "my_pkg.estimator:MyEstimator", options="my_pkg.options:Opts",
+                 help="One line for `layerif plugins`.")
+    """
+
+    def __init__(self, registry: Registry, kind: str):
+        self.registry, self.kind = registry, kind
+
+    def __call__(self, name: str, factory: Ref, options: type[BaseModel] | str | None = None,
+                 help: str = "") -> None:
+        self.registry.add(self.kind, name, factory, options=options, help=help)
+
+    def __repr__(self) -> str:
+        return f"<register {self.kind}>"
 
 
 @dataclass
@@ -95,19 +173,16 @@ class Registry:
         default_factory=lambda: {k: {} for k in KINDS}
     )
     problems: list[LoadProblem] = field(default_factory=list)
-    _provider: tuple[str, str] = ("layerif", "0")
+    plugins: list[PluginInfo] = field(default_factory=list)
+    _provider: tuple[str, str] = (CORE, "0")
 
-    def add(
-        self,
-        kind: str,
-        name: str,
-        factory: Callable[..., Any],
-        config: type[BaseModel] | None = None,
-        help: str = "",
-    ) -> None:
-        """Register ``factory`` under ``kind``/``name``; ``config`` validates its options."""
+    def add(self, kind: str, name: str, factory: Ref, options: type[BaseModel] | str | None = None,
+            help: str = "") -> None:
+        """Register ``factory`` under ``kind``/``name``; ``options`` validates its options."""
         if kind not in self.components:
             raise PluginError(f"unknown component kind '{kind}'; use one of {', '.join(KINDS)}.")
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"a {kind} needs a non-empty string name, got {name!r}.")
         taken = self.components[kind].get(name)
         provider, version = self._provider
         if taken is not None:
@@ -115,8 +190,8 @@ class Registry:
                 f"{kind} name '{name}' from '{provider}' is already registered by "
                 f"'{taken.provider}'; rename it in one of the two plugins."
             )
-        doc = help or (getattr(factory, "__doc__", "") or "").strip().split("\n")[0]
-        self.components[kind][name] = Component(kind, name, factory, config, provider, version, doc)
+        doc = help or ("" if isinstance(factory, str) else (factory.__doc__ or "").strip().split("\n")[0])
+        self.components[kind][name] = Component(kind, name, factory, options, provider, version, doc)
 
     def get(self, kind: str, name: str) -> Component:
         """The component ``name`` of ``kind``, or an error listing the registered names."""
@@ -138,35 +213,87 @@ class Registry:
     def all(self) -> list[Component]:
         return [c for kind in KINDS for c in sorted(self.components[kind].values(), key=_by_name)]
 
+    def provided_by(self, provider: str) -> list[Component]:
+        return [c for c in self.all() if c.provider == provider]
+
+    def versions(self) -> dict[str, str]:
+        """Distribution → version of every loaded plugin (recorded in each run's manifest)."""
+        return {p.provider: p.version for p in self.plugins}
+
 
 def _by_name(c: Component) -> str:
     return c.name
 
 
+def validate_plugin(plugin: object, provider: str) -> None:
+    """Refuse ``layerif_*`` functions that match no hook, and hook functions asking for arguments
+    their hook does not pass (what pluggy's ``check_pending`` and ``register`` check), with the
+    closest hook name and the arguments it offers."""
+    specs = {name: list(inspect.signature(getattr(hookspecs, name)).parameters)
+             for name in [*HOOKS.values(), COMMANDS_HOOK]}
+    for attr in dir(plugin):
+        if not attr.startswith("layerif_"):
+            continue
+        fn = getattr(plugin, attr)
+        if not callable(fn) or inspect.isclass(fn):
+            continue
+        if attr not in specs:
+            raise PluginError(f"plugin '{provider}' defines '{attr}', which is no layerif hook"
+                              f"{closest(attr, specs)}; rename it (hooks: {', '.join(specs)}).")
+        asked = [p for p in inspect.signature(fn).parameters]
+        extra = [a for a in asked if a not in specs[attr]]
+        if extra:
+            raise PluginError(f"plugin '{provider}': hook '{attr}' receives ({', '.join(specs[attr])}) "
+                              f"but its function asks for ({', '.join(asked)}); rename "
+                              f"{', '.join(repr(a) for a in extra)} to {specs[attr][0]!r}.")
+
+
 def _call_plugin(registry: Registry, pm: pluggy.PluginManager, plugin: object, provider: str,
                  version: str, app: Any | None) -> None:
-    """Run every registration hook of one plugin, reverting what it added if it fails midway."""
+    """Validate one plugin and run its hooks, reverting what it added if anything fails midway."""
     registry._provider = (provider, version)
     before = {k: dict(v) for k, v in registry.components.items()}
     n_commands = len(app.registered_commands) if app is not None else 0
+    n_groups = len(app.registered_groups) if app is not None else 0
     try:
-        for hook in _HOOKS.values():
-            impl = getattr(plugin, hook, None)
-            if impl is not None:
-                impl(registry=registry)
-        impl = getattr(plugin, "layerif_register_commands", None)
-        if impl is not None and app is not None:
-            impl(app=app)
-            _check_commands(app)
+        validate_plugin(plugin, provider)
+        try:
+            pm.register(plugin, name=f"{provider}:{getattr(plugin, '__name__', id(plugin))}")
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:  # a case validate_plugin did not phrase
+            raise PluginError(f"plugin '{provider}' does not match the layerif hooks: {exc}") from None
+        hooks = []
+        for kind, hook in HOOKS.items():
+            fn = getattr(plugin, hook, None)
+            if fn is not None:
+                hooks.append(hook)
+                fn(**_arguments(fn, register=Register(registry, kind)))
+        fn = getattr(plugin, COMMANDS_HOOK, None)
+        if fn is not None:
+            hooks.append(COMMANDS_HOOK)
+            if app is not None:
+                fn(**_arguments(fn, app=app))
+                _check_commands(app)
     except Exception as exc:  # a broken third-party plugin must not stop the others
         registry.components = before
         if app is not None:
             del app.registered_commands[n_commands:]
+            del app.registered_groups[n_groups:]
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
         msg = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
         registry.problems.append(LoadProblem(provider, msg))
         log.warning("plugin '%s' skipped: %s", provider, msg)
+    else:
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        registry.plugins.append(PluginInfo(provider, version, module, hooks))
     finally:
-        registry._provider = ("layerif", "0")
+        registry._provider = (CORE, "0")
+
+
+def _arguments(fn: Callable[..., Any], **offered: Any) -> dict[str, Any]:
+    """The hook arguments ``fn`` asks for (a hook function may take fewer than its spec offers)."""
+    return {name: offered[name] for name in inspect.signature(fn).parameters}
 
 
 def _check_commands(app: Any) -> None:
@@ -177,27 +304,39 @@ def _check_commands(app: Any) -> None:
     typer.main.get_command(app)
 
 
-def load_registry(app: Any | None = None, entry_points: bool = True) -> Registry:
-    """Load the built-ins and every ``layerif`` entry point into a fresh :class:`Registry`.
+def allow_list() -> set[str] | None:
+    """The distributions ``LAYERIF_PLUGINS`` allows (None: no allow-list, every plugin loads)."""
+    raw = os.environ.get(ALLOW_ENV)
+    if raw is None:
+        return None
+    return {name.strip() for name in raw.split(",") if name.strip()}
 
-    ``app`` is the typer application that command hooks may extend (the CLI passes it).
+
+def load_registry(app: Any | None = None, entry_points: bool = True) -> Registry:
+    """Load the built-ins and every allowed ``layerif`` entry point into a fresh :class:`Registry`.
+
+    Args:
+        app: the typer application that command hooks may extend (the CLI passes it).
+        entry_points: load third-party plugins too (False: the built-ins only).
     """
     from layerif_core import builtins
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     registry = Registry()
-    core_version = _version("layerif")
-    pm.register(builtins, name="layerif.builtins")
-    _call_plugin(registry, pm, builtins, "layerif", core_version, app)
+    _call_plugin(registry, pm, builtins, CORE, _version(CORE), app)
     if not entry_points:
         return registry
+    allowed = allow_list()
     for ep in sorted(md.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
         dist = ep.dist.name if ep.dist is not None else ep.value
         version = ep.dist.version if ep.dist is not None else "unknown"
+        if allowed is not None and dist not in allowed:
+            registry.problems.append(LoadProblem(dist, f"not loaded: not in {ALLOW_ENV} "
+                                                       f"({', '.join(sorted(allowed)) or 'empty'})"))
+            continue
         try:
             plugin = ep.load()
-            pm.register(plugin, name=f"{dist}:{ep.name}")
         except Exception as exc:
             registry.problems.append(LoadProblem(dist, f"import failed: {type(exc).__name__}: {exc}"))
             log.warning("plugin '%s' skipped: import failed: %s", dist, exc)

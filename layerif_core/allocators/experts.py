@@ -21,44 +21,13 @@ the allocation.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from layerif_core.allocators.options import AlphaLoRAOptions, ExpertOptions, GivenOptions
 from layerif_core.allocators.preprocess import minmax
 from layerif_core.errors import ConfigError, DataError
-from layerif_core.hookspecs import hookimpl
 from layerif_core.protocols import Allocation, LayerScores
 
 DEFAULT_PER_LAYER = 4  # total = 4 · L when no total is given
-
-
-class ExpertOptions(BaseModel):
-    """Options shared by the expert allocators."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    total: int | None = Field(
-        None, ge=1, description="Total number of experts E over all layers (default: 4 per layer)."
-    )
-    min_per_layer: int = Field(1, ge=1, description="Minimum number of experts of every layer.")
-
-
-class AlphaLoRAOptions(ExpertOptions):
-    """Options of the AlphaLoRA/LayerIF expert allocator."""
-
-    beta: float = Field(3.0, gt=0, description="Exponent of the worse-ness: v_l = w_l ** (beta / "
-                        "temperature); 2.5 in AlphaLoRA, 3 in LayerIF's example.")
-    temperature: float = Field(1.0, gt=0, description="Divides beta: higher flattens the allocation "
-                               "towards uniform, lower sharpens it.")
-    normalize: bool = Field(True, description="Min-max the worse-ness to [0, 1] first (LayerIF). "
-                            "Off: the raw worse-ness is used and must be >= 0 (AlphaLoRA's alpha-hat).")
-
-
-class GivenOptions(BaseModel):
-    """A user-given allocation (for hand-made studies)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    values: list[int] = Field(..., min_length=1, description="Experts per layer, one integer >= 1 each.")
 
 
 def _total(opts: ExpertOptions, n_layers: int) -> int:
@@ -169,16 +138,6 @@ class GivenExperts:
 def expected_total(opts: ExpertOptions, n_layers: int) -> int:
     """The total an expert allocator will hand out for ``n_layers`` layers."""
     return _total(opts, n_layers)
-
-
-@hookimpl
-def layerif_register_allocators(registry) -> None:
-    registry.add("allocator", "alphalora_experts", AlphaLoRAExperts, config=AlphaLoRAOptions,
-                 help="Experts per layer ∝ worse-ness^beta, min per layer, exact total (AlphaLoRA/LayerIF).")
-    registry.add("allocator", "uniform_experts", UniformExperts, config=ExpertOptions,
-                 help="Control: the same expert total spread evenly over the layers.")
-    registry.add("allocator", "given_experts", GivenExperts, config=GivenOptions,
-                 help="A user-given number of experts per layer.")
 
 
 __all__ = ["AlphaLoRAExperts", "UniformExperts", "GivenExperts", "largest_remainder",

@@ -25,49 +25,12 @@ from __future__ import annotations
 import logging
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from layerif_core.allocators.options import AlphaPruningOptions, OWLSparsityOptions, UniformSparsityOptions
 from layerif_core.errors import ConfigError
-from layerif_core.hookspecs import hookimpl
 from layerif_core.protocols import Allocation, LayerScores
 
 log = logging.getLogger("layerif")
-
-
-class UniformSparsityOptions(BaseModel):
-    """Options of ``uniform_sparsity``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sparsity: float = Field(..., ge=0.0, lt=1.0, description="Target sparsity s in [0, 1) of every layer.")
-
-
-class AlphaPruningOptions(BaseModel):
-    """Options of ``alpha_pruning``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sparsity: float = Field(..., ge=0.0, lt=1.0,
-                            description="Target parameter-weighted mean sparsity s in [0, 1).")
-    epsilon: float = Field(0.2, ge=0.0, description="Relative range: raw ratios span [1 − ε, 1 + ε] "
-                           "before scaling (AlphaPruning scripts use 0.2–0.3, LayerIF sweeps 0.1–0.5).")
-    absolute: bool = Field(False, description="Read epsilon as an absolute half-width δ: sparsities "
-                           "span [s − δ, s + δ] (ε = δ / s).")
-    max_sparsity: float = Field(0.99, gt=0.0, le=1.0,
-                                description="Upper clip of a layer's sparsity; the others are "
-                                "re-balanced so the mean stays exact.")
-    weighted: bool = Field(True, description="Keep the parameter-weighted mean at s (AlphaPruning); "
-                           "false: the plain mean over layers.")
-
-
-class OWLSparsityOptions(BaseModel):
-    """Options of ``owl_sparsity``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sparsity: float = Field(..., ge=0.0, lt=1.0, description="Target mean sparsity s in [0, 1).")
-    lamda: float = Field(0.08, ge=0.0, description="OWL's λ: sparsities span [s − λ, s + λ] "
-                         "(the min-maxed scores span [0, 2λ]).")
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
@@ -175,13 +138,3 @@ class OWLSparsity:
                               "lower lamda.")
         return Allocation("sparsity", [float(v) for v in values], "owl_sparsity",
                           {"target": o.sparsity, "lamda": o.lamda, "scorer": scores.scorer})
-
-
-@hookimpl
-def layerif_register_allocators(registry) -> None:
-    registry.add("allocator", "uniform_sparsity", UniformSparsity, config=UniformSparsityOptions,
-                 help="The same sparsity s for every layer (control).")
-    registry.add("allocator", "alpha_pruning", AlphaPruningSparsity, config=AlphaPruningOptions,
-                 help="AlphaPruning: scores mapped linearly onto [1-ε, 1+ε]·η, weighted mean = s.")
-    registry.add("allocator", "owl_sparsity", OWLSparsity, config=OWLSparsityOptions,
-                 help="OWL: s − mean(d) + d, worse-ness d min-maxed to [0, 2λ].")

@@ -9,37 +9,9 @@ sets it per module by a regular expression on the module's full name.
 from __future__ import annotations
 
 import re
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
-
+from layerif_core.estimators.options import CurvatureOptions
 from layerif_core.layers import TrackedModule
-
-
-class CurvatureOptions(BaseModel):
-    """The Fisher and damping options of ``kfac``, ``ekfac``, ``lissa`` and ``exact``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    fisher: Literal["true", "empirical"] = Field(
-        "true", description="'true': labels sampled from the model (seeded per example); "
-                            "'empirical': the data labels.")
-    damping: PositiveFloat | None = Field(
-        None, description="Absolute damping λ for every module; unset: relative_damping × the "
-                          "module's mean curvature eigenvalue.")
-    relative_damping: PositiveFloat = Field(
-        0.1, description="λ_m = relative_damping · mean eigenvalue of module m's curvature (default).")
-    module_damping: dict[str, PositiveFloat] = Field(
-        default_factory=dict, description="Absolute λ per module: regex on the module's full name "
-                                          "→ λ; the first match wins over `damping`.")
-
-    def sample_seed(self, seed: int) -> int | None:
-        """The label-sampling seed of the true Fisher, or None for the empirical Fisher."""
-        return seed if self.fisher == "true" else None
-
-    def fit_key(self) -> dict:
-        """The options that change fitted curvature (the damping does not)."""
-        return {"fisher": self.fisher}
 
 
 def module_damping(opts: CurvatureOptions, tm: TrackedModule, mean_eigenvalue: float) -> float:

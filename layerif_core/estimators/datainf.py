@@ -32,35 +32,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from layerif_core.context import RunContext
 from layerif_core.data import Batch, TokenizedSplit
 from layerif_core.distributed import all_reduce_, world
 from layerif_core.errors import ConfigError, DataError, NumericalError
 from layerif_core.estimators.kronecker import query_gradient, run_pass
-from layerif_core.hookspecs import hookimpl
+from layerif_core.estimators.options import DataInfOptions
 from layerif_core.layers import TrackedModule
 
 GB = 1024**3
-
-
-class DataInfConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    lambda_scale: float = Field(
-        10.0, gt=0, description="λ_w = mean_i(‖g_i‖²/d_w) / lambda_scale per weight tensor (DataInf: 10)."
-    )
-    damping: float | None = Field(
-        None, gt=0, description="A fixed λ for every tensor instead of the data-dependent one."
-    )
-    memory_gb: float = Field(
-        4.0, ge=0, description="Per-example gradients up to this size stay in memory; beyond, they go "
-        "to memory-mapped files in the run directory."
-    )
-    max_gradient_gb: float = Field(
-        16.0, gt=0, description="Refuse when the per-example gradients would exceed this size (e.g. "
-        "on full weights of a large model: track LoRA parameters with layers.lora_only)."
-    )
 
 
 def default_lambda(grads: torch.Tensor, scale: float = 10.0) -> float:
@@ -148,8 +129,8 @@ def gradient_bytes(ctx: RunContext, n: int) -> int:
 class DataInf:
     """DataInf influence per block, each weight tensor its own curvature block (see the module doc)."""
 
-    def __init__(self, config: DataInfConfig | None = None):
-        self.config = config or DataInfConfig()
+    def __init__(self, config: DataInfOptions | None = None):
+        self.config = config or DataInfOptions()
         self.lambdas: dict[str, float] = {}
         self.zero_modules: list[str] = []
 
@@ -232,10 +213,3 @@ def _check_adapter_base(ctx: RunContext) -> None:
     if base is not None and base != ctx.config.model.source:
         ctx.log.warning("datainf: adapter '%s' was fine-tuned on '%s', not on model.source '%s'; its "
                         "influences describe another model", adapter, base, ctx.config.model.source)
-
-
-@hookimpl
-def layerif_register_estimators(registry) -> None:
-    registry.add("estimator", "datainf", lambda opts: DataInf(opts), config=DataInfConfig,
-                 help="DataInf (Kwon et al. 2024) on per-example gradients; the LayerIF paper's "
-                      "estimator (use with layers.lora_only).")

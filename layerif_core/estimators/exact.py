@@ -12,7 +12,6 @@ score pass. ``G_l`` costs ``P_l²`` float64 numbers, so it refuses layers above 
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
 from layerif_core.context import RunContext
 from layerif_core.data import Batch, TokenizedSplit
@@ -21,16 +20,8 @@ from layerif_core.errors import ModelError
 from layerif_core.estimators.damping import CurvatureOptions, check_rules, module_damping
 from layerif_core.estimators.factors import augment
 from layerif_core.estimators.kronecker import query_gradient, run_pass, score_pass
-from layerif_core.hookspecs import hookimpl
+from layerif_core.estimators.options import ExactOptions
 from layerif_core.layers import TrackedModule
-
-
-class ExactOptions(CurvatureOptions):
-    """Options of ``exact``."""
-
-    max_block_params: int = Field(
-        12_000, ge=1, description="Refuse layers with more tracked parameters than this (the block "
-                                  "needs P² × 8 bytes).")
 
 
 def _sizes(tm: TrackedModule) -> int:
@@ -121,9 +112,3 @@ class Exact:
                 v[tm.name] = sol[start:start + p].view(tm.d_out, -1).float()
                 start += p
         return score_pass(ctx, train, v)
-
-
-@hookimpl
-def layerif_register_estimators(registry) -> None:
-    registry.add("estimator", "exact", Exact, config=ExactOptions,
-                 help="Explicit per-layer curvature block and a solve (tiny models; the test oracle).")

@@ -15,7 +15,6 @@ from layerif_core.data import Batch, TokenizedSplit
 from layerif_core.distributed import all_reduce_
 from layerif_core.estimators.factors import augment, example_sq_norms
 from layerif_core.estimators.kronecker import query_gradient, run_pass
-from layerif_core.hookspecs import hookimpl
 from layerif_core.layers import TrackedModule
 
 
@@ -49,9 +48,3 @@ class GradCosine:
                               for layer in ctx.layer_map.layers])
         denom = norms.clamp(min=0).sqrt() * q_norm[:, None]
         return torch.where(denom > 0, dots / denom.clamp(min=1e-30), torch.zeros_like(dots))
-
-
-@hookimpl
-def layerif_register_estimators(registry) -> None:
-    registry.add("estimator", "grad_cosine", lambda _opts: GradCosine(),
-                 help="Cosine of query and training gradients per layer (no curvature).")

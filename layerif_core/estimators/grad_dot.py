@@ -11,7 +11,6 @@ import torch
 from layerif_core.context import RunContext
 from layerif_core.data import TokenizedSplit
 from layerif_core.estimators.kronecker import query_gradient, score_pass
-from layerif_core.hookspecs import hookimpl
 
 
 class GradDot:
@@ -23,9 +22,3 @@ class GradDot:
     def influence(self, ctx: RunContext, train: TokenizedSplit, query: TokenizedSplit) -> torch.Tensor:
         q = query_gradient(ctx, query)
         return score_pass(ctx, train, q)
-
-
-@hookimpl
-def layerif_register_estimators(registry) -> None:
-    registry.add("estimator", "grad_dot", lambda _opts: GradDot(),
-                 help="Gradient inner product (no curvature).")

@@ -20,41 +20,23 @@ import contextlib
 import logging
 
 import torch
-from pydantic import Field, PositiveFloat
 
 from layerif_core.context import RunContext
 from layerif_core.data import Batch, TokenizedSplit
 from layerif_core.distributed import all_reduce_
 from layerif_core.errors import NumericalError
 from layerif_core.estimators.damping import (
-    CurvatureOptions,
     absolute_damping,
     check_rules,
     module_damping,
 )
 from layerif_core.estimators.factors import augment, example_sq_norms
 from layerif_core.estimators.kronecker import query_gradient, run_pass, score_pass
-from layerif_core.hookspecs import hookimpl
+from layerif_core.estimators.options import LissaOptions
 from layerif_core.layers import TrackedModule
 
 log = logging.getLogger("layerif")
 Vec = dict[str, torch.Tensor]
-
-
-class LissaOptions(CurvatureOptions):
-    """Options of ``lissa``."""
-
-    depth: int = Field(500, ge=1, description="Iterations of the recursion per repeat.")
-    scale: PositiveFloat | None = Field(
-        None, description="s; must exceed the largest eigenvalue of G + λ (unset: estimated by power "
-                          "iteration, times 2).")
-    repeats: int = Field(1, ge=1, description="Independent recursions averaged.")
-    batch_size: int | None = Field(
-        None, ge=1, description="Examples per curvature-vector product (unset: the run's batch_size).")
-    power_iterations: int = Field(20, ge=1, description="Power iterations estimating λ_max per layer.")
-    report_last: int = Field(10, ge=1, description="Iterations whose residual goes to the manifest.")
-    tolerance: PositiveFloat = Field(
-        1e-2, description="Warn when the last relative change ‖v_j − v_{j−1}‖/‖v_j‖ is above this.")
 
 
 @contextlib.contextmanager
@@ -245,9 +227,3 @@ class Lissa:
             self.fit(ctx, train)
         q = query_gradient(ctx, query)
         return score_pass(ctx, train, self.solve(ctx, train, q))
-
-
-@hookimpl
-def layerif_register_estimators(registry) -> None:
-    registry.add("estimator", "lissa", Lissa, config=LissaOptions,
-                 help="LiSSA recursion with layer-restricted curvature-vector products.")

@@ -20,20 +20,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
-from layerif_core.hookspecs import hookimpl
 from layerif_core.protocols import LayerScores
-from layerif_core.scorers.calibration import CalibrationOptions, calibration_split
-
-
-class BlockInfluenceOptions(CalibrationOptions):
-    """Options of the ``block_influence`` scorer (calibration data: the task's train split by default)."""
-
-    angular: bool = Field(False, description="Per-token angular distance arccos(cos)/π instead of "
-                          "1 − cos.")
+from layerif_core.scorers.calibration import calibration_split
+from layerif_core.scorers.options import BlockInfluenceOptions
 
 
 def distance_sum(h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor, angular: bool = False
@@ -103,9 +95,3 @@ class BlockInfluenceScorer:
         return LayerScores(values, True, "block_influence",
                            {"n_calibration": len(split), "n_tokens": counts[0],
                             "angular": self.options.angular})
-
-
-@hookimpl
-def layerif_register_scorers(registry) -> None:
-    registry.add("scorer", "block_influence", BlockInfluenceScorer, config=BlockInfluenceOptions,
-                 help="ShortGPT's block influence 1 − cos(h_in, h_out); higher = more important.")

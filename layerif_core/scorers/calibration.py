@@ -9,23 +9,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from layerif_core.config import DataSpec, TaskSpec
+from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.data import TokenizedSplit, tokenize_split
 from layerif_core.models import max_context
-
-
-class CalibrationOptions(BaseModel):
-    """Where a data-driven baseline takes its examples from."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: DataSpec | None = Field(
-        None, description="Calibration data; default: a split of the task being scored."
-    )
-    limit: int | None = Field(None, ge=1, description="Use only the first `limit` calibration examples.")
+from layerif_core.scorers.options import CalibrationOptions
 
 
 def calibration_split(ctx: RunContext, task: TaskSpec, options: CalibrationOptions,

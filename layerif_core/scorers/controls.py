@@ -9,20 +9,11 @@ direction, so both state ``higher_is_better=False`` (a higher random score is tr
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
-from layerif_core.hookspecs import hookimpl
 from layerif_core.protocols import LayerScores
-
-
-class RandomOptions(BaseModel):
-    """Options of the ``random`` scorer."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int | None = Field(None, description="Seed of the scores; default: the run's seed.")
+from layerif_core.scorers.options import RandomOptions
 
 
 class UniformScorer:
@@ -43,11 +34,3 @@ class RandomScorer:
         gen = torch.Generator().manual_seed(seed)
         values = torch.rand(len(ctx.layer_map), generator=gen, dtype=torch.float64).float()
         return LayerScores(values, False, "random", {"seed": seed})
-
-
-@hookimpl
-def layerif_register_scorers(registry) -> None:
-    registry.add("scorer", "uniform", lambda _opts: UniformScorer(),
-                 help="Control: every layer equal (uniform allocation).")
-    registry.add("scorer", "random", RandomScorer, config=RandomOptions,
-                 help="Control: seeded U(0, 1) score per layer.")

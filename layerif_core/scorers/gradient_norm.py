@@ -15,20 +15,13 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
 
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
-from layerif_core.hookspecs import hookimpl
 from layerif_core.losses import check_finite, sequence_losses
 from layerif_core.protocols import LayerScores
-from layerif_core.scorers.calibration import CalibrationOptions, calibration_split
-
-
-class GradientNormOptions(CalibrationOptions):
-    """Options of ``gradient_norm`` (data: the task's validation split by default)."""
-
-    normalize: bool = Field(False, description="Divide each layer's norm by sqrt(its parameter count).")
+from layerif_core.scorers.calibration import calibration_split
+from layerif_core.scorers.options import GradientNormOptions
 
 
 class GradientNormScorer:
@@ -68,9 +61,3 @@ class GradientNormScorer:
 def _params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in (getattr(module, "weight", None), getattr(module, "bias", None))
             if isinstance(p, torch.nn.Parameter)]
-
-
-@hookimpl
-def layerif_register_scorers(registry) -> None:
-    registry.add("scorer", "gradient_norm", GradientNormScorer, config=GradientNormOptions,
-                 help="‖∇ of the validation loss‖ per layer; higher = worse trained.")

@@ -30,45 +30,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.errors import NumericalError
-from layerif_core.hookspecs import hookimpl
 from layerif_core.protocols import LayerScores
+from layerif_core.scorers.options import HTSROptions
 
 _CHUNK = 256  # candidate rows per KS block: [chunk, N] float64
-
-
-class HTSROptions(BaseModel):
-    """Options of the ``htsr_alpha`` scorer."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: Literal["alpha", "alpha_hat"] = Field(
-        "alpha", description="Per-matrix metric: the power-law exponent α, or α·log10(λ_max)."
-    )
-    xmin: Literal["peak", "ks", "mid"] = Field(
-        "peak", description="How λ_min is chosen: KS search near the ESD's peak (AlphaPruning's "
-        "alpha_peak), KS search over all eigenvalues, or the eigenvalue at N/xmin_pos (alpha_mid)."
-    )
-    aggregate: Literal["mean", "median"] = Field(
-        "mean", description="How a layer's matrices are combined (AlphaPruning: mean)."
-    )
-    bins: int = Field(100, ge=2, description="Histogram bins of log10 λ for xmin='peak'.")
-    xmin_pos: float = Field(2.0, gt=1.0, description="xmin='mid': λ_min is the eigenvalue at N/xmin_pos.")
-    peak_lower_bound: Literal["source", "intended"] = Field(
-        "source", description="xmin='peak': the lower end of the search window, log10(0.95·peak) as "
-        "in AlphaPruning's code, or 0.95·peak."
-    )
-    filter_zeros: bool = Field(
-        False, description="Drop eigenvalues below evals_thresh before fitting (AlphaPruning: off)."
-    )
-    evals_thresh: float = Field(1e-5, gt=0, description="Threshold of filter_zeros.")
 
 
 @dataclass
@@ -194,9 +165,3 @@ def _median(x: torch.Tensor) -> torch.Tensor:
     s = torch.sort(x).values
     k = s.numel()
     return s[k // 2] if k % 2 else (s[k // 2 - 1] + s[k // 2]) / 2
-
-
-@hookimpl
-def layerif_register_scorers(registry) -> None:
-    registry.add("scorer", "htsr_alpha", HTSRScorer, config=HTSROptions,
-                 help="HT-SR power-law exponent α of each layer's ESD (AlphaPruning); lower = better.")

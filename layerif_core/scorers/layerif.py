@@ -13,7 +13,6 @@ import logging
 
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
-from layerif_core.hookspecs import hookimpl
 from layerif_core.protocols import LayerScores
 from layerif_core.registry import get_registry
 
@@ -59,9 +58,3 @@ class LayerIFScorer:
             "n_train": len(train), "n_query": len(query), "influence_fingerprint": fingerprint,
             "harmful_fraction": round(harmful, 4),
         })
-
-
-@hookimpl
-def layerif_register_scorers(registry) -> None:
-    registry.add("scorer", "layerif", lambda _opts: LayerIFScorer(),
-                 help="Per-layer influence (estimator + aggregator).")

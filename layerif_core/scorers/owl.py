@@ -20,22 +20,14 @@ Direction: OWL gives blocks with *more* outliers a *lower* sparsity (architectur
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.estimators.capture import capture
-from layerif_core.hookspecs import hookimpl
 from layerif_core.layers import TrackedModule
 from layerif_core.protocols import LayerScores
-from layerif_core.scorers.calibration import CalibrationOptions, calibration_split
-
-
-class OWLOptions(CalibrationOptions):
-    """Options of the ``owl_outlier`` scorer (calibration data: the task's train split by default)."""
-
-    threshold: float = Field(5.0, gt=0, description="M: a weight is an outlier when its score exceeds "
-                             "M times the block's mean score (OWL's Hyper_m).")
+from layerif_core.scorers.calibration import calibration_split
+from layerif_core.scorers.options import OWLOptions
 
 
 def outlier_ratio(weights: list[torch.Tensor], feature_norms: list[torch.Tensor], threshold: float
@@ -94,9 +86,3 @@ class OWLScorer:
         return LayerScores(torch.tensor(ratios, dtype=torch.float32), True, "owl_outlier", {
             "threshold": self.options.threshold, "n_calibration": len(split), "unit": "percent",
         })
-
-
-@hookimpl
-def layerif_register_scorers(registry) -> None:
-    registry.add("scorer", "owl_outlier", OWLScorer, config=OWLOptions,
-                 help="OWL outlier ratio of |W|·‖X‖ per block (Yin et al. 2023); higher = keep more.")

@@ -13,7 +13,7 @@ from layerif_core.data import IGNORE
 from layerif_core.errors import ConfigError, DataError
 from layerif_core.estimators.datainf import (
     DataInf,
-    DataInfConfig,
+    DataInfOptions,
     GradientStore,
     datainf_influence,
     default_lambda,
@@ -66,7 +66,7 @@ def test_large_damping_is_grad_dot_over_lambda(tmp_path):
     train, query = load_task_splits(ctx, ctx.config.tasks[0])
     grads = stored_gradients(ctx, train)
     lam = 1e7 * max(float(g.pow(2).sum(1).max()) for g in grads.values())
-    got = DataInf(DataInfConfig(damping=lam)).influence(ctx, train, query)
+    got = DataInf(DataInfOptions(damping=lam)).influence(ctx, train, query)
     dot = get_registry().build("estimator", "grad_dot").influence(ctx, train, query)
     torch.testing.assert_close(got * lam, dot, rtol=1e-4, atol=1e-4 * dot.abs().max().item())
 
@@ -150,7 +150,7 @@ def test_disk_storage_gives_the_same_influence(tmp_path):
     ctx = lora_ctx(tmp_path)
     train, query = load_task_splits(ctx, ctx.config.tasks[0])
     in_memory = DataInf().influence(ctx, train, query)
-    on_disk = DataInf(DataInfConfig(memory_gb=0)).influence(ctx, train, query)
+    on_disk = DataInf(DataInfOptions(memory_gb=0)).influence(ctx, train, query)
     torch.testing.assert_close(on_disk, in_memory)
     assert not ctx.run_dir.file("datainf-gradients").exists()
 
@@ -168,7 +168,7 @@ def test_refuses_full_weights_beyond_the_memory_limit_saying_how_much(tmp_path):
     train, query = load_task_splits(ctx, ctx.config.tasks[0])
     need_gb = 4 * len(train) * sum(p for p in ctx.layer_map.num_params()) / 1024**3
     with pytest.raises(ConfigError, match=rf"{need_gb:.1f} GB.*lora_only"):
-        DataInf(DataInfConfig(max_gradient_gb=need_gb / 2)).influence(ctx, train, query)
+        DataInf(DataInfOptions(max_gradient_gb=need_gb / 2)).influence(ctx, train, query)
 
 
 def test_lora_only_on_a_model_without_lora_says_how_to_fine_tune(tmp_path):

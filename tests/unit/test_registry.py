@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 from layerif_core.errors import ConfigError, PluginError
@@ -52,15 +56,15 @@ class Median:
         return (-influence).median(dim=1).values
 
 @hookimpl
-def layerif_register_aggregators(registry):
-    registry.add("aggregator", "median_harm", lambda _o: Median())
+def layerif_register_aggregators(register):
+    register("median_harm", Median)
 """
 CLASH = """
 from layerif_core import hookimpl
 
 @hookimpl
-def layerif_register_estimators(registry):
-    registry.add("estimator", "grad_dot", lambda _o: None)
+def layerif_register_estimators(register):
+    register("grad_dot", "collections:OrderedDict")
 """
 
 
@@ -106,3 +110,88 @@ def test_plugin_with_a_broken_command_does_not_break_the_cli(tmp_path, monkeypat
     names = [c.name or c.callback.__name__ for c in app.registered_commands]
     assert "ok" in names and "bad" not in names
     typer.main.get_command(app)
+
+
+MISSPELLED = """
+from layerif_core import hookimpl
+
+@hookimpl
+def layerif_register_estimator(register):
+    register("never_seen", "collections:OrderedDict")
+"""
+WRONG_ARGUMENT = """
+from layerif_core import hookimpl
+
+@hookimpl
+def layerif_register_estimators(registry):
+    registry.add("estimator", "never_seen", "collections:OrderedDict")
+"""
+RAISES_MIDWAY = """
+from layerif_core import hookimpl
+
+@hookimpl
+def layerif_register_aggregators(register):
+    register("half_registered", "collections:OrderedDict")
+    raise RuntimeError("boom")
+"""
+
+
+def test_a_misspelled_hook_is_rejected_with_the_closest_hook(tmp_path, monkeypatch):
+    _dist(tmp_path, "lif-typo", "lif_typo", MISSPELLED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = load_registry()
+    problems = {p.provider: p.message for p in reg.problems}
+    assert re.fullmatch(r"plugin 'lif-typo' defines 'layerif_register_estimator', which is no layerif "
+                        r"hook \(did you mean 'layerif_register_estimators'\?\); rename it .*",
+                        problems["lif-typo"])
+    assert "never_seen" not in reg.names("estimator")
+
+
+def test_a_hook_with_a_wrong_argument_name_is_rejected(tmp_path, monkeypatch):
+    _dist(tmp_path, "lif-oldapi", "lif_oldapi", WRONG_ARGUMENT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = load_registry()
+    problems = {p.provider: p.message for p in reg.problems}
+    assert problems["lif-oldapi"] == (
+        "plugin 'lif-oldapi': hook 'layerif_register_estimators' receives (register) but its function "
+        "asks for (registry); rename 'registry' to 'register'.")
+    assert "never_seen" not in reg.names("estimator")
+
+
+def test_a_hook_that_raises_leaves_nothing_registered(tmp_path, monkeypatch):
+    _dist(tmp_path, "lif-raises", "lif_raises", RAISES_MIDWAY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = load_registry()
+    assert {p.provider: p.message for p in reg.problems}["lif-raises"] == "RuntimeError: boom"
+    assert "half_registered" not in reg.names("aggregator")
+    assert "lif-raises" not in reg.versions()
+
+
+def test_register_is_bound_to_its_hook_kind(tmp_path, monkeypatch):
+    _dist(tmp_path, "lif-good", "lif_good", GOOD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = load_registry()
+    assert "median_harm" in reg.names("aggregator")
+    assert all("median_harm" not in reg.names(k) for k in ("estimator", "scorer", "allocator"))
+    assert reg.versions()["lif-good"] == "0.3"
+    assert next(p for p in reg.plugins if p.provider == "lif-good").hooks == [
+        "layerif_register_aggregators"]
+
+
+def test_the_allow_list_keeps_other_plugins_unloaded(tmp_path, monkeypatch):
+    _dist(tmp_path, "lif-good", "lif_good", GOOD)
+    _dist(tmp_path, "lif-broken", "lif_broken", "raise ImportError('imported although not allowed')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("LAYERIF_PLUGINS", "lif-good")
+    reg = load_registry()
+    problems = {p.provider: p.message for p in reg.problems}
+    assert problems["lif-broken"].startswith("not loaded: not in LAYERIF_PLUGINS (lif-good)")
+    assert "median_harm" in reg.names("aggregator")
+
+
+def test_listing_components_imports_no_torch():
+    code = ("import sys; from layerif_core.registry import load_registry; r = load_registry(); "
+            "r.get('estimator', 'ekfac').options({'fisher': 'empirical'}); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -4,8 +4,19 @@
 >>> report = evaluate_model(ctx)   # runs ctx.config.evaluation; writes metrics.json and metrics.md
 """
 
-from layerif_core.evaluation import EvalReport, evaluate_model
-from layerif_eval.harness import LmEval, LmEvalOptions
-from layerif_eval.perplexity import Perplexity, PerplexityOptions
+from __future__ import annotations
 
-__all__ = ["EvalReport", "LmEval", "LmEvalOptions", "Perplexity", "PerplexityOptions", "evaluate_model"]
+from layerif_core.lazy import lazy_exports
+
+_EXPORTS = {
+    "EvalReport": "layerif_core.evaluation",
+    "evaluate_model": "layerif_core.evaluation",
+    "LmEval": "layerif_eval.harness",
+    "LmEvalOptions": "layerif_eval.options",
+    "Perplexity": "layerif_eval.perplexity",
+    "PerplexityOptions": "layerif_eval.options",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

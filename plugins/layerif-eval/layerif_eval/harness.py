@@ -24,42 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from layerif_core.errors import ConfigError, DataError, ModelError
 from layerif_eval.perplexity import record_provenance
+from layerif_eval.options import LmEvalOptions
 
 log = logging.getLogger("layerif")
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-
-
-class LmEvalOptions(BaseModel):
-    """Options of the ``lm_eval`` evaluator."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tasks: list[str] = Field(
-        ..., min_length=1, description="lm-eval task, group or tag names (e.g. 'layerif_capitals', "
-        "'layerif_bundled', 'arc_easy'), or paths of task YAML files."
-    )
-    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples per prompt; default "
-                                    "each task's own setting.")
-    limit: float | None = Field(
-        None, gt=0, description="Examples per task: a count (>= 1) or a fraction of the task (< 1)."
-    )
-    batch_size: int | None = Field(None, ge=1, description="Requests per forward pass; default the "
-                                   "run's batch_size.")
-    include_path: list[str] = Field(
-        default_factory=list, description="Directories or YAML files of extra task definitions, "
-        "e.g. tasks over local jsonl (`dataset_path: json`, `dataset_kwargs.data_files`)."
-    )
-    offline: bool | None = Field(
-        None, description="Switch the Hugging Face hub off while evaluating; default on when every "
-        "task is defined by local YAML files (shipped or include_path)."
-    )
-    bootstrap_iters: int = Field(1000, ge=0, description="Bootstrap resamples for the standard "
-                                 "errors of metrics without a closed form (0: none).")
-    max_length: int | None = Field(None, ge=2, description="Context length lm-eval truncates to; "
-                                   "default the model's.")
-    apply_chat_template: bool = Field(False, description="Format prompts with the tokenizer's chat "
-                                      "template (instruction-tuned models).")
 
 
 def task_paths(opts: LmEvalOptions) -> list[Path]:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from layerif_core.hookspecs import hookimpl
-from layerif_eval.harness import LmEval, LmEvalOptions
-from layerif_eval.perplexity import Perplexity, PerplexityOptions
 
 
 @hookimpl
-def layerif_register_evaluators(registry) -> None:
-    registry.add("evaluator", "perplexity", Perplexity, config=PerplexityOptions,
-                 help="Token-level perplexity over a text file or dataset split (sliding windows).")
-    registry.add("evaluator", "lm_eval", LmEval, config=LmEvalOptions,
-                 help="lm-evaluation-harness tasks on the in-memory model (HFLM), local tasks offline.")
+def layerif_register_evaluators(register) -> None:
+    register("perplexity", "layerif_eval.perplexity:Perplexity",
+             options="layerif_eval.options:PerplexityOptions",
+             help="Token-level perplexity over a text file or dataset split (sliding windows).")
+    register("lm_eval", "layerif_eval.harness:LmEval", options="layerif_eval.options:LmEvalOptions",
+             help="lm-evaluation-harness tasks on the in-memory model (HFLM), local tasks offline.")
 
 
 @hookimpl

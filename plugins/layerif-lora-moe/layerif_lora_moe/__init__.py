@@ -6,7 +6,17 @@ Python API::
     from layerif_lora_moe import inject_lora_moe, load_lora_moe, LoraMoeOptions
 """
 
-from layerif_lora_moe.config import LoraMoeOptions
-from layerif_lora_moe.model import LoraMoeModel, inject_lora_moe, load_lora_moe
+from __future__ import annotations
 
-__all__ = ["LoraMoeOptions", "LoraMoeModel", "inject_lora_moe", "load_lora_moe"]
+from layerif_core.lazy import lazy_exports
+
+_EXPORTS = {
+    "LoraMoeOptions": "layerif_lora_moe.config",
+    "LoraMoeModel": "layerif_lora_moe.model",
+    "inject_lora_moe": "layerif_lora_moe.model",
+    "load_lora_moe": "layerif_lora_moe.model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

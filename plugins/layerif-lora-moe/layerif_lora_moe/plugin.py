@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from layerif_core.hookspecs import hookimpl
-from layerif_lora_moe.application import LoraMoeApplication
-from layerif_lora_moe.config import LoraMoeOptions
 
 
 @hookimpl
-def layerif_register_applications(registry) -> None:
-    registry.add("application", "lora_moe", LoraMoeApplication, config=LoraMoeOptions,
-                 help="Mixture of LoRA experts per layer (counts from an expert allocation), trained.")
+def layerif_register_applications(register) -> None:
+    register("lora_moe", "layerif_lora_moe.application:LoraMoeApplication",
+             options="layerif_lora_moe.config:LoraMoeOptions",
+             help="Mixture of LoRA experts per layer (counts from an expert allocation), trained.")
 
 
 @hookimpl

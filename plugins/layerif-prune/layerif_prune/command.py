@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from layerif_core.artifacts import read_scores
 from layerif_core.cli import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
 from layerif_core.config import ComponentSpec, RunConfig
-from layerif_core.context import RunContext
 from layerif_core.errors import ConfigError, DataError
-from layerif_core.protocols import LayerScores
+
+if TYPE_CHECKING:  # the CLI loads this module to list the command: no torch at import
+    from layerif_core.context import RunContext
+    from layerif_core.results import LayerScores
 
 ScoresOpt = Annotated[Path | None, typer.Option(
     "--scores", help="Use the layer scores of an earlier run (its scores.json or run directory) "
@@ -51,6 +52,7 @@ def check_scores(scores: dict[str, LayerScores], ctx: RunContext, source: Path) 
 def run_prune(cfg: RunConfig, scores_path: Path | None = None, force: bool = False,
               show_progress: bool = True) -> dict:
     """Scores (computed or read), allocation, pruning and evaluation; returns the metrics."""
+    from layerif_core.artifacts import read_scores
     from layerif_core.pipeline import allocate, compute_layer_scores, open_run
     from layerif_core.registry import get_registry
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from layerif_core.hookspecs import hookimpl
-from layerif_prune.application import Prune
-from layerif_prune.options import PruneOptions
 
 
 @hookimpl
-def layerif_register_applications(registry) -> None:
-    registry.add("application", "prune", Prune, config=PruneOptions,
-                 help="Prune with magnitude, Wanda or SparseGPT to a layer-wise sparsity allocation.")
+def layerif_register_applications(register) -> None:
+    register("prune", "layerif_prune.application:Prune", options="layerif_prune.options:PruneOptions",
+             help="Prune with magnitude, Wanda or SparseGPT to a layer-wise sparsity allocation.")
 
 
 @hookimpl

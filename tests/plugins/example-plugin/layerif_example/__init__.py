@@ -35,6 +35,6 @@ class UnitQueryDot:
 
 
 @hookimpl
-def layerif_register_estimators(registry):
-    registry.add("estimator", "unit_query_dot", UnitQueryDot, config=Options,
-                 help="Gradient inner product with a unit-norm query gradient per layer.")
+def layerif_register_estimators(register):
+    register("unit_query_dot", UnitQueryDot, options=Options,
+             help="Gradient inner product with a unit-norm query gradient per layer.")

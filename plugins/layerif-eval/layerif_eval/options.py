@@ -1,0 +1,78 @@
+"""Options of the ``perplexity`` and ``lm_eval`` evaluators (pydantic, importable without torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from layerif_core.config import DataSpec
+
+
+class PerplexityOptions(BaseModel):
+    """Options of the ``perplexity`` evaluator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        ..., description="A text file (.txt, read whole), or any data source layerif reads (local "
+        ".jsonl/.csv/.parquet, a hub dataset, 'bundled:<task>') whose records are joined with '\\n\\n'."
+    )
+    split: str = Field("test", description="Split of a dataset source (ignored for a .txt file).")
+    config_name: str | None = Field(None, description="Hub dataset configuration, e.g. "
+                                    "'wikitext-2-raw-v1'.")
+    text: str = Field("{text}", description="Template of one record's text, fields in braces.")
+    limit: int | None = Field(None, ge=1, description="Use only the first `limit` records of a dataset.")
+    seqlen: int | None = Field(
+        None, ge=2, description="Window length in tokens; default min(model context, 2048). The "
+        "pruning literature uses 2048 (4096 for LLaMA-2 in some papers)."
+    )
+    stride: int | None = Field(
+        None, ge=1, description="Tokens between window starts; default seqlen (non-overlapping "
+        "windows). Smaller strides give every scored token more context."
+    )
+    drop_last: bool = Field(
+        True, description="Drop a trailing window shorter than seqlen, as the literature does."
+    )
+    max_windows: int | None = Field(None, ge=1, description="Score at most this many windows "
+                                    "(a quick estimate).")
+    batch_size: int = Field(1, ge=1, description="Windows per forward pass (logits are "
+                            "batch × seqlen × vocab floats).")
+    add_special_tokens: bool = Field(
+        True, description="Let the tokenizer add its special tokens (e.g. one BOS at the start of the "
+        "whole text), as the literature's `tokenizer(text)` does."
+    )
+    name: str | None = Field(None, description="Name in the metric keys (perplexity/<name>); "
+                             "default the file stem or dataset name.")
+
+
+class LmEvalOptions(BaseModel):
+    """Options of the ``lm_eval`` evaluator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[str] = Field(
+        ..., min_length=1, description="lm-eval task, group or tag names (e.g. 'layerif_capitals', "
+        "'layerif_bundled', 'arc_easy'), or paths of task YAML files."
+    )
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples per prompt; default "
+                                    "each task's own setting.")
+    limit: float | None = Field(
+        None, gt=0, description="Examples per task: a count (>= 1) or a fraction of the task (< 1)."
+    )
+    batch_size: int | None = Field(None, ge=1, description="Requests per forward pass; default the "
+                                   "run's batch_size.")
+    include_path: list[str] = Field(
+        default_factory=list, description="Directories or YAML files of extra task definitions, "
+        "e.g. tasks over local jsonl (`dataset_path: json`, `dataset_kwargs.data_files`)."
+    )
+    offline: bool | None = Field(
+        None, description="Switch the Hugging Face hub off while evaluating; default on when every "
+        "task is defined by local YAML files (shipped or include_path)."
+    )
+    bootstrap_iters: int = Field(1000, ge=0, description="Bootstrap resamples for the standard "
+                                 "errors of metrics without a closed form (0: none).")
+    max_length: int | None = Field(None, ge=2, description="Context length lm-eval truncates to; "
+                                   "default the model's.")
+    apply_chat_template: bool = Field(False, description="Format prompts with the tokenizer's chat "
+                                      "template (instruction-tuned models).")
