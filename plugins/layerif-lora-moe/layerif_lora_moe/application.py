@@ -16,7 +16,9 @@ from layerif_core.errors import ConfigError, DataError
 from layerif_core.layers import LayerMap
 from layerif_core.models import max_context
 from layerif_core.protocols import Allocation
+from layerif_core.scope import base_model
 from layerif_lora_moe.config import LoraMoeOptions
+from layerif_lora_moe.model import ADAPTER as ADAPTER_NAME
 from layerif_lora_moe.model import LoraMoeModel, inject_lora_moe
 from layerif_lora_moe.plots import plot_loss, plot_usage
 from layerif_lora_moe.train import TrainLog, train
@@ -48,6 +50,23 @@ def task_splits(ctx: RunContext, opts: LoraMoeOptions) -> tuple[TokenizedSplit, 
     return train_split, val_split
 
 
+def check_experts(handle: LoraMoeModel, experts: list[int]) -> None:
+    """Every target module of layer l holds ``experts[l]`` experts (plain LoRA where it is 1), on a
+    base linear module (never on a LoRA tensor of a scoring adapter)."""
+    built: dict[int, set[int]] = {}
+    for layer, name, module in handle.modules:
+        if ".lora_" in name:
+            raise RuntimeError(f"LoRA-MoE experts were put on the LoRA tensor {name}; they must sit "
+                               "on base weights")
+        moe = getattr(module, "lora_moe", None)
+        built.setdefault(layer, set()).add(moe[ADAPTER_NAME].n_experts if moe is not None
+                                           and ADAPTER_NAME in moe else 1)
+    for layer, counts in built.items():
+        if counts != {experts[layer]}:
+            raise RuntimeError(f"layer {layer}: built {sorted(counts)} experts per module for an "
+                               f"allocation of {experts[layer]}")
+
+
 class LoraMoeApplication:
     """Mixture of LoRA experts per decoder layer, ``n_l`` from the allocation, trained on a task."""
 
@@ -57,16 +76,23 @@ class LoraMoeApplication:
         self.log: TrainLog | None = None
 
     def inject(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> LoraMoeModel:
+        """Experts on the base model: a scoring adapter (``model.adapter`` with ``layers.lora_only``)
+        is removed first (:mod:`layerif_core.scope`); every base linear module of the blocks is a
+        candidate target, whatever the scorer tracked. The expert counts built are checked against
+        the allocation."""
         o = self.opts
         experts = experts_of(allocation, len(ctx.layer_map))
+        model = base_model(model)
         torch.manual_seed(ctx.seed if o.seed is None else o.seed)
-        # every linear module of the blocks is a candidate target, whatever the scorer tracked
-        return inject_lora_moe(model, LayerMap(model), experts, o.rank, o.alpha, o.dropout,
-                               o.target_modules, o.top_k)
+        handle = inject_lora_moe(model, LayerMap(model), experts, o.rank, o.alpha, o.dropout,
+                                 o.target_modules, o.top_k)
+        check_experts(handle, experts)
+        return handle
 
     def apply(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation,
               stop_after: int | None = None) -> torch.nn.Module:
         handle = self.inject(ctx, model, allocation)
+        model = handle.model
         train_split, val_split = task_splits(ctx, self.opts)
         log = train(ctx, handle, self.opts, train_split, val_split, stop_after=stop_after)
         self.handle, self.log = handle, log

@@ -15,6 +15,7 @@ from layerif_core.errors import ConfigError, DataError
 from layerif_core.layers import LayerMap
 from layerif_core.models import max_context
 from layerif_core.protocols import Allocation
+from layerif_core.scope import application_layers, base_model, has_adapter
 from layerif_prune.calibration import calibration_tokens, calibration_windows
 from layerif_prune.options import PruneOptions
 from layerif_prune.report import achieved, plot_sparsity, save_model, zeros_in_memory, zeros_in_saved
@@ -71,8 +72,19 @@ def calibration(ctx: RunContext, model: torch.nn.Module, opts: PruneOptions) -> 
 
 def prune_model(ctx: RunContext, model: torch.nn.Module, allocation: Allocation, opts: PruneOptions
                 ) -> PruneResult:
-    """Prune ``model`` in place as ``allocation`` says; write masks, model, sparsity report, plot."""
-    layer_map = ctx.layer_map if ctx.layer_map.model is model else LayerMap(model, ctx.config.layers)
+    """Prune the base linear weights of ``model`` in place as ``allocation`` says; write masks,
+    model, sparsity report, plot.
+
+    A scoring adapter (``model.adapter`` with ``layers.lora_only``) is removed first, or merged
+    into the base weights with ``merge_adapter``: the pruned model is the base model (see
+    :mod:`layerif_core.scope`). The result is checked: the pruned share of every layer's base
+    weights equals its target (up to one weight per row).
+    """
+    adapter = ("merged" if opts.merge_adapter else "removed") if has_adapter(model) else None
+    model = base_model(model, merge=opts.merge_adapter)
+    spec = application_layers(ctx.config.layers)
+    same = ctx.layer_map.model is model and spec is ctx.config.layers
+    layer_map = ctx.layer_map if same else LayerMap(model, spec)
     target = target_sparsities(allocation, layer_map, opts)
     windows = calibration(ctx, model, opts) if opts.pruner != "magnitude" else None
     was_training = model.training
@@ -104,8 +116,10 @@ def prune_model(ctx: RunContext, model: torch.nn.Module, allocation: Allocation,
     else:
         zeros = zeros_in_memory(layer_map)
     result = achieved(layer_map, zeros)
+    check_achieved(layer_map, masks, target, result)
     report = {"pruner": opts.pruner, "pattern": opts.pattern, "allocator": allocation.allocator,
-              "measured_on": str(model_dir) if model_dir else "memory", "seconds": round(seconds, 3),
+              "scoring_adapter": adapter, "measured_on": str(model_dir) if model_dir else "memory",
+              "seconds": round(seconds, 3),
               "target_per_layer": target, "achieved_overall": result["overall"],
               "achieved_per_layer": result["per_layer"], "achieved_per_module": result["per_module"],
               "calibration": None if windows is None else list(windows.shape)}
@@ -118,6 +132,24 @@ def prune_model(ctx: RunContext, model: torch.nn.Module, allocation: Allocation,
     log.info("pruned with %s (%s): sparsity %.4f over tracked weights in %.1f s", opts.pruner,
              opts.pattern, result["overall"], seconds)
     return PruneResult(model, masks, target, result, seconds, model_dir)
+
+
+def check_achieved(layer_map: LayerMap, masks: dict[str, torch.Tensor], target: list[float],
+                   result: dict[str, Any]) -> None:
+    """The pruner's masks cover the base linear weights of every layer at the target share (a
+    row or matrix rounds down by less than one weight per row), and the masked weights are zero."""
+    for layer, modules in enumerate(layer_map.layers):
+        lora = [tm.name for tm in modules if ".lora_" in tm.name]
+        if lora:
+            raise RuntimeError(f"pruning reached LoRA tensors ({lora[0]}); it must act on base weights")
+        pruned = sum(int(masks[tm.name].sum()) for tm in modules)
+        total = sum(masks[tm.name].numel() for tm in modules)
+        tol = max(1.0 / tm.d_in for tm in modules) + 1e-9
+        share = pruned / total if total else 0.0
+        if abs(share - target[layer]) > tol or result["per_layer"][layer] < share - 1e-12:
+            raise RuntimeError(f"layer {layer}: pruned {share:.4f} of its base weights (zeros "
+                               f"{result['per_layer'][layer]:.4f}) for a target of "
+                               f"{target[layer]:.4f}")
 
 
 class Prune:

@@ -49,6 +49,9 @@ class PruneOptions(BaseModel):
     save_model: bool = Field(True, description="Save the pruned model (transformers format, "
                              "safetensors) to <run>/pruned_model.")
     save_masks: bool = Field(True, description="Save the masks (True = pruned) to <run>/masks.safetensors.")
+    merge_adapter: bool = Field(False, description="With a scoring adapter (model.adapter, "
+                                "layers.lora_only), merge it into the base weights before pruning; "
+                                "by default it is removed and the base model is pruned.")
     resume: bool = Field(True, description="Keep the state after each pruned block in "
                          "<run>/prune_state (removed at the end), so that a rerun after an "
                          "interruption continues after the last finished block (wanda, sparsegpt).")
