@@ -1,14 +1,19 @@
-"""Data parallelism over training examples with torch.distributed (architecture §8).
+"""torch.distributed for every estimator (architecture §8).
 
-Under ``torchrun``/``accelerate launch`` each rank takes every ``world``-th example; sums (factors,
-query gradients, influence columns) are all-reduced. Single-process runs use the same code with a
-world of one.
+Under ``torchrun``/``accelerate launch`` each rank takes every ``world``-th example and sums
+(factors, query gradients, influence columns) are all-reduced; the eigendecompositions are split
+over ranks (module-parallel: rank r decomposes groups r, r+W, …) and broadcast. A model that does
+not fit one device is sharded with FSDP (:func:`shard_model`, ``fully_shard``): the capture hooks sit
+on the linear modules and see ``a`` and ``δ`` as before, and every rank runs the same number of
+batches (:func:`batches_to_run`) because each forward gathers parameters from all ranks.
+Single-process runs use the same code with a world of one.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def world() -> tuple[int, int]:
@@ -31,5 +36,55 @@ def all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_max(value: int, device: torch.device) -> int:
+    """The largest ``value`` over ranks."""
+    if world()[1] == 1:
+        return value
+    t = torch.tensor([value], device=device, dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def broadcast_(tensor: torch.Tensor, src: int) -> torch.Tensor:
+    """Overwrite ``tensor`` on every rank with rank ``src``'s (a no-op on one process)."""
+    if world()[1] > 1:
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
+def owner(index: int) -> int:
+    """The rank that decomposes the ``index``-th group (module-parallel decomposition)."""
+    return index % world()[1]
+
+
 def is_main() -> bool:
     return world()[0] == 0
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` (or a submodule) is wrapped with FSDP's ``fully_shard``."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def shard_model(model: nn.Module, blocks: list[nn.Module]) -> nn.Module:
+    """Shard ``model`` over the ranks with FSDP2: each decoder block, then the root.
+
+    Call after ``init_process_group`` and before building the run context; the model's forward and
+    backward then gather each block's parameters only while it runs."""
+    from torch.distributed.fsdp import fully_shard
+
+    if world()[1] == 1:
+        return model
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def batches_to_run(own: int, model: nn.Module, device: torch.device) -> int:
+    """Batches this rank runs: its own, or (FSDP) the most any rank has, so collectives match."""
+    return all_max(own, device) if is_sharded(model) else own

@@ -17,9 +17,9 @@ from torch import nn
 
 from layerif_core.layers import TrackedModule
 
-# on_backward(module, a [B, T, d_in], delta [B, T, d_out]) — both float32
+# on_backward(module, a [B, T, d_in], delta [B, T, d_out]) — float32, or the model's dtype
 BackwardFn = Callable[[TrackedModule, torch.Tensor, torch.Tensor], None]
-# on_forward(module, a [B, T, d_in]) — float32
+# on_forward(module, a [B, T, d_in]) — float32, or the model's dtype
 ForwardFn = Callable[[TrackedModule, torch.Tensor], None]
 
 
@@ -41,13 +41,19 @@ def frozen_with_input_grad(model: nn.Module) -> Iterator[None]:
 
 @contextmanager
 def capture(modules: list[TrackedModule], on_backward: BackwardFn | None = None,
-            on_forward: ForwardFn | None = None, batch_size: Callable[[], int] | None = None
-            ) -> Iterator[None]:
-    """Call ``on_forward``/``on_backward`` with float32 ``a``/``δ`` of each module in ``modules``.
+            on_forward: ForwardFn | None = None, batch_size: Callable[[], int] | None = None,
+            dtype: torch.dtype | None = torch.float32) -> Iterator[None]:
+    """Call ``on_forward``/``on_backward`` with ``a``/``δ`` of each module in ``modules``.
 
     Both are given as ``[B, T, d]``; models that flatten tokens before a linear layer (OPT's MLP
     sees ``[B·T, d]``) are reshaped back using ``batch_size()``, the current batch's size.
+    ``dtype`` float32 casts them (a copy when the model runs in bf16); ``None`` hands over the
+    model's own tensors, for consumers that accumulate in float32 themselves (matmuls with float32
+    output, :func:`layerif_core.estimators.kronecker.mm_f32`) without an fp32 copy of every activation.
     """
+    def cast(x: torch.Tensor) -> torch.Tensor:
+        return x if dtype is None else x.to(dtype)
+
     handles = []
 
     def tokens(x: torch.Tensor) -> torch.Tensor:
@@ -61,9 +67,9 @@ def capture(modules: list[TrackedModule], on_backward: BackwardFn | None = None,
         def forward(_m: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             a = tokens(inputs[0].detach())
             if on_forward is not None:
-                on_forward(tm, a.float())
+                on_forward(tm, cast(a))
             if on_backward is not None and output.requires_grad:
-                output.register_hook(lambda d: on_backward(tm, a.float(), tokens(d.detach()).float()))
+                output.register_hook(lambda d: on_backward(tm, cast(a), cast(tokens(d.detach()))))
         return forward
 
     for tm in modules:

@@ -14,28 +14,23 @@ import torch
 
 from layerif_core.context import RunContext
 from layerif_core.data import TokenizedSplit
-from layerif_core.estimators.factors import corrected_eigenvalues
-from layerif_core.estimators.kfac import KFAC, KFACOptions
-from layerif_core.hookspecs import hookimpl
-
-
-class EKFACOptions(KFACOptions):
-    """Options of ``ekfac`` (Fisher and damping)."""
+from layerif_core.estimators.factors import fit_eigen, fit_lambda
+from layerif_core.estimators.kfac import KFAC
+from layerif_core.estimators.options import EKFACOptions
+from layerif_core.layers import TrackedModule
 
 
 class EKFAC(KFAC):
     """EK-FAC influence: K-FAC eigenbases, per-example eigenvalues."""
 
+    stages = ("eigen", "lambda")
+
     def __init__(self, options: EKFACOptions | None = None):
         super().__init__(options or EKFACOptions())
 
-    def eigenvalues(self, ctx: RunContext, train: TokenizedSplit,
-                    eigen: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        lam = corrected_eigenvalues(ctx, train, self.options, eigen)
-        return {tm.name: lam[f"{tm.name}.Lambda"] for tm in ctx.layer_map.modules()}
+    def module_eigenvalues(self, tm: TrackedModule, factors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return factors[f"{tm.name}.Lambda"]
 
-
-@hookimpl
-def layerif_register_estimators(registry) -> None:
-    registry.add("estimator", "ekfac", EKFAC, config=EKFACOptions,
-                 help="EK-FAC (default): K-FAC eigenbases with per-example refitted eigenvalues.")
+    def fit_stages(self, ctx: RunContext, train: TokenizedSplit) -> None:
+        fit_eigen(ctx, train, self.options, self.store, self.groups)
+        fit_lambda(ctx, train, self.options, self.store, self.groups)

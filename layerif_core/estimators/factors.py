@@ -1,4 +1,4 @@
-"""K-FAC / EK-FAC curvature factors of every tracked linear module (architecture §4).
+"""K-FAC / EK-FAC curvature factors of every tracked linear module (architecture §4, §8).
 
 For ``y = W ã`` (``ã`` the input with a 1 appended when the module has a bias) the gradient of one
 example is ``g_i = Σ_t δ_t ã_tᵀ``. K-FAC (Martens & Grosse 2015) approximates the per-example
@@ -10,23 +10,44 @@ Fisher ``G = E_i[vec g_i vec g_iᵀ]`` by ``A ⊗ S`` with
 so that ``A ⊗ S`` equals ``G`` whenever the ``δ`` do not depend on the inputs. The eigenbases
 ``A = Q_A Λ_A Q_Aᵀ``, ``S = Q_S Λ_S Q_Sᵀ`` are computed once. EK-FAC (George et al. 2018; Grosse et
 al. 2023) keeps the bases and refits the eigenvalues per example in a second pass:
-``Λ*[j, k] = E_i[(Q_Sᵀ g_i Q_A)[j, k]²]``. Each stage is one artifact under ``factors/`` whose
+``Λ*[j, k] = E_i[(Q_Sᵀ g_i Q_A)[j, k]²]``.
+
+Factors are a stream (architecture §8): modules that read the same input (q/k/v, gate/up) form one
+group with one ``A`` and one ``Q_A``; each stage (``eigen``, ``lambda``) writes one file per group
+under ``factors/<fingerprint>/<stage>/`` as soon as the group is finished
+(:class:`~layerif_core.estimators.store.FactorStore`), and a rerun skips finished groups. The
 fingerprint covers the model, the tracked modules, the train split, the Fisher option and the seed,
-so a later run (or a second task with the same train split) reuses it.
+so a later run (or a second task with the same train split) reuses the factors. Each pass runs once
+per module partition (:mod:`~layerif_core.estimators.memory`), the partitions chosen from the memory
+budget. Covariances and rotations are matmuls in the model's dtype with float32 output; the
+eigendecompositions are float64, split over ranks (rank r decomposes groups r, r+W, …).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Iterator, Mapping
 
 import torch
 
 from layerif_core.context import RunContext
 from layerif_core.data import Batch, TokenizedSplit
-from layerif_core.distributed import all_reduce_
+from layerif_core.distributed import all_reduce_, owner, world
+from layerif_core.errors import NumericalError
 from layerif_core.estimators.damping import CurvatureOptions
-from layerif_core.estimators.kronecker import run_pass
+from layerif_core.estimators.kronecker import mm_f32, run_pass
+from layerif_core.estimators.memory import (
+    Group,
+    Plan,
+    correction_bytes,
+    covariance_bytes,
+    plan_partitions,
+    resolve_budget,
+    shared_input_groups,
+)
+from layerif_core.estimators.store import FactorStore
 from layerif_core.layers import TrackedModule
 
 
@@ -45,79 +66,176 @@ def token_mask(batch: Batch, n_tokens: int) -> torch.Tensor:
     return torch.ones(mask.shape[0], n_tokens, device=mask.device)
 
 
-def stage_path(ctx: RunContext, train: TokenizedSplit, stage: str, opts: CurvatureOptions,
-               **extra) -> tuple[str, str]:
-    """``(relative path, fingerprint)`` of one factor stage fitted on ``train``."""
-    key = [ctx.model_fingerprint, ctx.config.layers.model_dump(), train.fingerprint, stage,
-           opts.fit_key(), extra, ctx.seed]
-    fp = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return f"factors/{fp}/{stage}.safetensors", fp
+def fit_fingerprint(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions) -> str:
+    """The fingerprint of the factors fitted on ``train`` (the ``factors/<fingerprint>/`` folder)."""
+    key = [ctx.model_fingerprint, ctx.config.layers.model_dump(), train.fingerprint, "kfac-factors",
+           opts.fit_key(), ctx.seed]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def fit_covariances(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions
-                    ) -> dict[str, torch.Tensor]:
-    """One pass over ``train``: ``{name}.A`` ``[d_in', d_in']`` and ``{name}.S`` ``[d_out, d_out]``."""
+def layout(stage: str, group: Group) -> dict[str, tuple[int, ...]]:
+    """The tensors of one group's file: ``eigen``: ``QA, LA`` once and ``{m}.QS, {m}.LS`` per
+    module; ``lambda``: ``{m}.Lambda`` ``[d_out, d']`` per module."""
+    d = group.d_in
+    if stage == "eigen":
+        out = {"QA": (d, d), "LA": (d,)}
+        for tm in group.modules:
+            out[f"{tm.name}.QS"] = (tm.d_out, tm.d_out)
+            out[f"{tm.name}.LS"] = (tm.d_out,)
+        return out
+    if stage == "lambda":
+        return {f"{tm.name}.Lambda": (tm.d_out, d) for tm in group.modules}
+    raise ValueError(f"unknown factor stage {stage!r}")
+
+
+def module_groups(ctx: RunContext, split: TokenizedSplit) -> list[Group]:
+    """The tracked modules grouped by shared input, detected on one forward of ``split``'s first
+    example (the same on every rank)."""
     modules = ctx.layer_map.modules()
+    example = None
+    if len(split):
+        batch = next(split.subset([0]).batches(1, ctx.pad_id)).to(ctx.device)
+        example = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    return shared_input_groups(ctx.model, modules, example)
+
+
+def make_plan(ctx: RunContext, opts: CurvatureOptions, stage: str, groups: list[Group],
+              need) -> Plan:
+    """Partition ``groups`` for ``stage`` within the memory budget and log the plan."""
+    budget = resolve_budget(getattr(opts, "memory_budget_gb", None), ctx.device)
+    plan = plan_partitions(stage, groups, need, budget)
+    if groups:
+        ctx.log.info(plan.describe())
+    return plan
+
+
+def open_store(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions) -> FactorStore:
+    return FactorStore(ctx.run_dir, fit_fingerprint(ctx, train, opts), layout,
+                       getattr(opts, "factor_offload", "cpu"))
+
+
+def check_finite_factor(x: torch.Tensor, what: str, tm: TrackedModule | Group, dtype: torch.dtype
+                        ) -> None:
+    """Stop before an eigendecomposition (or a division) of a non-finite factor, naming the module."""
+    if bool(torch.isfinite(x).all()):
+        return
+    name = tm.key if isinstance(tm, Group) else tm.name
+    raise NumericalError(
+        f"the {what} of module {name} is not finite (inf/NaN); its activations or output gradients "
+        f"overflowed (the model runs in {str(dtype).removeprefix('torch.')}: load it in float32 or "
+        "bfloat16, not float16) or its weights hold inf/NaN; fix the model and rerun (finished "
+        "modules are kept).")
+
+
+# --- stage 1: covariances and eigenbases -----------------------------------------------------
+
+def fit_covariances(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions,
+                    groups: list[Group]) -> dict[str, torch.Tensor]:
+    """One pass over ``train`` for the modules of ``groups``: ``{group key}.A`` ``[d', d']`` (once
+    per shared-input group) and ``{name}.S`` ``[d_out, d_out]``, float32 on the device."""
+    modules = [tm for g in groups for tm in g.modules]
+    leader = {g.modules[0].name: g for g in groups}
     acc = {}
-    for tm in modules:
-        d_in = tm.d_in + int(tm.has_bias)
-        acc[f"{tm.name}.A"] = torch.zeros(d_in, d_in, device=ctx.device)
-        acc[f"{tm.name}.S"] = torch.zeros(tm.d_out, tm.d_out, device=ctx.device)
-    # counts[0]: examples; counts[1 + j]: tokens seen by module j (padding excluded)
-    counts = torch.zeros(1 + len(modules), device=ctx.device, dtype=torch.float64)
-    column = {tm.name: 1 + j for j, tm in enumerate(modules)}
+    for g in groups:
+        acc[f"{g.key}.A"] = torch.zeros(g.d_in, g.d_in, device=ctx.device)
+        for tm in g.modules:
+            acc[f"{tm.name}.S"] = torch.zeros(tm.d_out, tm.d_out, device=ctx.device)
+    # counts[0]: examples; counts[1 + j]: tokens seen by group j (padding excluded)
+    counts = torch.zeros(1 + len(groups), device=ctx.device, dtype=torch.float64)
+    column = {g.key: 1 + j for j, g in enumerate(groups)}
     current: dict[str, Batch] = {}
 
     def on_batch(batch: Batch) -> None:
         current["batch"] = batch
         counts[0] += batch.input_ids.shape[0]
 
-    def accumulate(tm: TrackedModule, a: torch.Tensor, delta: torch.Tensor) -> None:
-        # a: [B, T, d_in]; delta: [B, T, d_out]; mask: [B, T]
-        mask = token_mask(current["batch"], a.shape[1])
-        a = augment(tm, a)
-        acc[f"{tm.name}.A"] += (a * mask[..., None]).flatten(0, 1).T @ a.flatten(0, 1)
-        d = delta.flatten(0, 1)
-        acc[f"{tm.name}.S"] += d.T @ d
-        counts[column[tm.name]] += mask.sum()
+    def on_forward(tm: TrackedModule, a: torch.Tensor) -> None:
+        # a: [B, T, d_in] in the model's dtype; mask: [B, T]; A = Σ ã ãᵀ over real tokens
+        g = leader.get(tm.name)
+        if g is None:
+            return
+        mask = token_mask(current["batch"], a.shape[1]).to(a.dtype)
+        flat = a.flatten(0, 1)
+        masked = (a * mask[..., None]).flatten(0, 1)  # 0/1 mask: masked.T @ flat = masked.T @ masked
+        cov = acc[f"{g.key}.A"]
+        d = tm.d_in
+        cov[:d, :d] += mm_f32(masked.T, flat)
+        if tm.has_bias:
+            col = masked.sum(dim=0, dtype=torch.float32)
+            cov[:d, d] += col
+            cov[d, :d] += col
+            cov[d, d] += mask.sum(dtype=torch.float32)
+        counts[column[g.key]] += mask.sum(dtype=torch.float64)
 
-    run_pass(ctx, train, f"covariance factors ({train.name})", on_backward=accumulate,
-             on_batch=on_batch, sample_seed=opts.sample_seed(ctx.seed))
+    def on_backward(tm: TrackedModule, _a: torch.Tensor, delta: torch.Tensor) -> None:
+        d = delta.flatten(0, 1)  # [B·T, d_out]; padding has δ = 0
+        acc[f"{tm.name}.S"] += mm_f32(d.T, d)
+
+    run_pass(ctx, train, f"covariance factors ({train.name})", on_backward=on_backward,
+             on_forward=on_forward, on_batch=on_batch, modules=modules,
+             sample_seed=opts.sample_seed(ctx.seed), dtype=None)
     for t in acc.values():
         all_reduce_(t)
     all_reduce_(counts)
     n = counts.clamp(min=1.0).tolist()
-    out = {}
-    for tm in modules:
-        out[f"{tm.name}.A"] = acc[f"{tm.name}.A"] / n[column[tm.name]]
-        out[f"{tm.name}.S"] = acc[f"{tm.name}.S"] / n[0]
+    for g in groups:
+        acc[f"{g.key}.A"] /= n[column[g.key]]
+        for tm in g.modules:
+            acc[f"{tm.name}.S"] /= n[0]
+    return acc
+
+
+def _eigh(mats: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(Λ, Q)`` of each symmetric matrix in float64, one batched ``eigh`` per size."""
+    out: list = [None] * len(mats)
+    by_size: dict[int, list[int]] = {}
+    for i, m in enumerate(mats):
+        by_size.setdefault(m.shape[0], []).append(i)
+    for idx in by_size.values():
+        evals, evecs = torch.linalg.eigh(torch.stack([mats[i].double() for i in idx]))
+        for j, i in enumerate(idx):
+            out[i] = (evals[j], evecs[j])
     return out
 
 
-def eigendecompose(cov: dict[str, torch.Tensor], modules: list[TrackedModule]) -> dict[str, torch.Tensor]:
-    """``Q_A, Λ_A, Q_S, Λ_S`` per module (eigh in float64, stored float32; Λ clipped at 0).
-
-    Consumes ``cov``: each covariance is dropped once decomposed, so the peak holds one full set."""
+def decompose_group(g: Group, cov: dict[str, torch.Tensor], dtype: torch.dtype
+                    ) -> dict[str, torch.Tensor]:
+    """The group's eigen file: ``QA, LA`` and ``{m}.QS, {m}.LS`` (float32, Λ clipped at 0)."""
+    check_finite_factor(cov[f"{g.key}.A"], "input covariance A", g, dtype)
+    for tm in g.modules:
+        check_finite_factor(cov[f"{tm.name}.S"], "output-gradient covariance S", tm, dtype)
+    mats = [cov[f"{g.key}.A"]] + [cov[f"{tm.name}.S"] for tm in g.modules]
+    names = ["A"] + [f"{tm.name}.S" for tm in g.modules]
     out = {}
-    for tm in modules:
-        for f in ("A", "S"):
-            evals, evecs = torch.linalg.eigh(cov.pop(f"{tm.name}.{f}").double())
-            out[f"{tm.name}.Q{f}"] = evecs.float().contiguous()
-            out[f"{tm.name}.L{f}"] = evals.clamp(min=0).float()
+    for name, (evals, evecs) in zip(names, _eigh(mats), strict=True):
+        prefix = "" if name == "A" else name[:-1]
+        out[f"{prefix}Q{name[-1]}"] = evecs.float().contiguous()
+        out[f"{prefix}L{name[-1]}"] = evals.clamp(min=0).float()
     return out
 
 
-def eigen_factors(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions) -> dict[str, torch.Tensor]:
-    """The K-FAC eigenbases of every tracked module, fitted once and cached in the run directory."""
-    rel, fp = stage_path(ctx, train, "eigen", opts)
-    modules = ctx.layer_map.modules()
+def fit_eigen(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions, store: FactorStore,
+              groups: list[Group]) -> None:
+    """Stage ``eigen``: covariance pass(es) and eigendecompositions of every unfinished group."""
+    start = time.perf_counter()
+    done = store.done("eigen", groups)
+    todo = [g for g, d in zip(groups, done, strict=True) if not d]
+    plan = make_plan(ctx, opts, "covariance factors", todo, covariance_bytes)
+    rank = world()[0]
+    for p in range(plan.P):
+        part = plan.partitions[p]
+        cov = fit_covariances(ctx, train, opts, part)
+        for j, g in enumerate(part):
+            src = owner(j)
+            mine = decompose_group(g, cov, ctx.dtype) if src == rank else None
+            store.put("eigen", g, mine, src=src, device=ctx.device)
+            cov.pop(f"{g.key}.A")
+            for tm in g.modules:
+                cov.pop(f"{tm.name}.S")
+    _record(ctx, store, "eigen", groups, len(todo), plan, start)
 
-    def compute() -> dict[str, torch.Tensor]:
-        return eigendecompose(fit_covariances(ctx, train, opts), modules)
 
-    found = ctx.run_dir.cached_tensors(rel, fp, compute)
-    return {k: v.to(ctx.device) for k, v in found.items()}
-
+# --- stage 2: EK-FAC's corrected eigenvalues -------------------------------------------------
 
 def rotated_sq_grads(rd: torch.Tensor, ra: torch.Tensor) -> torch.Tensor:
     """``Σ_b (Σ_t rd_bt ra_btᵀ)²`` ``[d_out, d_in']``: one batched matmul squared in place (2.5×
@@ -126,36 +244,102 @@ def rotated_sq_grads(rd: torch.Tensor, ra: torch.Tensor) -> torch.Tensor:
     return g.square_().sum(dim=0)
 
 
+def rotate_input(tm: TrackedModule, a: torch.Tensor, qa: torch.Tensor) -> torch.Tensor:
+    """``ã Q_A`` ``[B, T, d']`` float32 without materialising ``ã``: ``a Q_A[:d] (+ Q_A[d])``."""
+    out = mm_f32(a.flatten(0, 1), qa[: tm.d_in]).view(*a.shape[:2], -1)
+    if tm.has_bias:
+        out += qa[tm.d_in]
+    return out
+
+
 def fit_corrected_eigenvalues(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions,
-                              eigen: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """EK-FAC's second pass: ``{name}.Lambda = E_i[(Q_Sᵀ g_i Q_A)²]`` ``[d_out, d_in']``."""
-    modules = ctx.layer_map.modules()
-    lam = {tm.name: torch.zeros(tm.d_out, tm.d_in + int(tm.has_bias), device=ctx.device)
-           for tm in modules}
+                              groups: list[Group], eigen: dict[str, dict[str, torch.Tensor]]
+                              ) -> dict[str, torch.Tensor]:
+    """EK-FAC's second pass for ``groups``: ``{name}.Lambda = E_i[(Q_Sᵀ g_i Q_A)²]`` ``[d_out, d']``.
+
+    ``eigen`` maps group key to its eigen tensors (on the device)."""
+    of = {tm.name: g for g in groups for tm in g.modules}
+    modules = [tm for g in groups for tm in g.modules]
+    half = ctx.dtype if ctx.device.type == "cuda" else torch.float32
+    qa = {g.key: eigen[g.key]["QA"].to(half) for g in groups}
+    qs = {tm.name: eigen[g.key][f"{tm.name}.QS"].to(half) for g in groups for tm in g.modules}
+    lam = {tm.name: torch.zeros(tm.d_out, of[tm.name].d_in, device=ctx.device) for tm in modules}
     count = torch.zeros(1, device=ctx.device, dtype=torch.float64)
 
     def on_batch(batch: Batch) -> None:
         count[0] += batch.input_ids.shape[0]
 
     def accumulate(tm: TrackedModule, a: torch.Tensor, delta: torch.Tensor) -> None:
-        # rotated per-example gradient Q_Sᵀ g_b Q_A: [B, d_out, d_in']; padding has δ = 0
-        ra = augment(tm, a) @ eigen[f"{tm.name}.QA"]
-        rd = delta @ eigen[f"{tm.name}.QS"]
+        # rotated per-example gradient Q_Sᵀ g_b Q_A: [B, d_out, d']; padding has δ = 0
+        ra = rotate_input(tm, a, qa[of[tm.name].key])
+        rd = mm_f32(delta.flatten(0, 1), qs[tm.name]).view(*delta.shape[:2], -1)
         lam[tm.name] += rotated_sq_grads(rd, ra)
 
     run_pass(ctx, train, f"eigenvalue correction ({train.name})", on_backward=accumulate,
-             on_batch=on_batch, sample_seed=opts.sample_seed(ctx.seed))
+             on_batch=on_batch, modules=modules, sample_seed=opts.sample_seed(ctx.seed), dtype=None)
     all_reduce_(count)
     n = max(float(count[0]), 1.0)
     return {f"{name}.Lambda": all_reduce_(v) / n for name, v in lam.items()}
 
 
-def corrected_eigenvalues(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions,
-                          eigen: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """EK-FAC eigenvalues, fitted once per (model, modules, train split, Fisher, seed) and cached."""
-    rel, fp = stage_path(ctx, train, "lambda", opts)
-    found = ctx.run_dir.cached_tensors(rel, fp, lambda: fit_corrected_eigenvalues(ctx, train, opts, eigen))
-    return {k: v.to(ctx.device) for k, v in found.items()}
+def fit_lambda(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions, store: FactorStore,
+               groups: list[Group]) -> None:
+    """Stage ``lambda``: the eigenvalue-correction pass(es) of every unfinished group."""
+    start = time.perf_counter()
+    done = store.done("lambda", groups)
+    todo = [g for g, d in zip(groups, done, strict=True) if not d]
+    plan = make_plan(ctx, opts, "eigenvalue correction", todo,
+                     lambda g: correction_bytes(g, ctx.batch_size))
+    for p in range(plan.P):
+        part = plan.partitions[p]
+        eigen = {g.key: store.get("eigen", g, ctx.device) for g in part}
+        lam = fit_corrected_eigenvalues(ctx, train, opts, part, eigen)
+        for g in part:
+            mine = {f"{tm.name}.Lambda": lam.pop(f"{tm.name}.Lambda") for tm in g.modules}
+            for tm in g.modules:
+                check_finite_factor(mine[f"{tm.name}.Lambda"], "corrected eigenvalues Λ*", tm,
+                                    ctx.dtype)
+            store.put("lambda", g, mine, src=0, device=ctx.device)
+        del eigen
+    _record(ctx, store, "lambda", groups, len(todo), plan, start)
+
+
+def _record(ctx: RunContext, store: FactorStore, stage: str, groups: list[Group], fitted: int,
+            plan: Plan, start: float) -> None:
+    """Manifest entry of one stage: groups fitted or resumed, and the partition plan."""
+    shared = sum(len(g.modules) - 1 for g in groups)
+    ctx.run_dir.record_step(
+        f"{store.root}/{stage}", store.fingerprint, reused=fitted == 0,
+        seconds=None if fitted == 0 else time.perf_counter() - start,
+        groups=len(groups), fitted=fitted, resumed=len(groups) - fitted,
+        shared_inputs_saved=shared, **({"plan": plan.to_json()} if fitted else {}))
+
+
+class FactorView(Mapping):
+    """Read access ``view[f"{module}.{key}"]`` to one stage's factors across groups (loads the
+    module's group from the store on demand; for tests and inspection)."""
+
+    def __init__(self, store: FactorStore, stage: str, groups: list[Group], device: torch.device):
+        self.store, self.stage, self.device = store, stage, device
+        self.of = {tm.name: g for g in groups for tm in g.modules}
+
+    def _split(self, key: str) -> tuple[str, str]:
+        name, _, field = key.rpartition(".")
+        return name, field
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        name, field = self._split(key)
+        g = self.of[name]
+        found = self.store.get(self.stage, g, self.device)
+        return found[field] if field in ("QA", "LA") else found[key]
+
+    def __iter__(self) -> Iterator[str]:
+        for name, g in self.of.items():
+            for k in layout(self.stage, g):
+                yield k if "." in k else f"{name}.{k}"
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def precondition_eigenbasis(q: torch.Tensor, qa: torch.Tensor, qs: torch.Tensor,

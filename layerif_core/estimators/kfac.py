@@ -12,53 +12,93 @@ import torch
 from layerif_core.context import RunContext
 from layerif_core.data import TokenizedSplit
 from layerif_core.estimators.damping import CurvatureOptions, check_rules, module_damping
-from layerif_core.estimators.factors import eigen_factors, precondition_eigenbasis
+from layerif_core.estimators.factors import (
+    FactorView,
+    fit_eigen,
+    make_plan,
+    module_groups,
+    open_store,
+    precondition_eigenbasis,
+)
 from layerif_core.estimators.kronecker import query_gradient, score_pass
-from layerif_core.hookspecs import hookimpl
-
-
-class KFACOptions(CurvatureOptions):
-    """Options of ``kfac`` (Fisher and damping)."""
+from layerif_core.estimators.memory import Group, eigen_bytes, influence_bytes
+from layerif_core.estimators.options import KFACOptions
+from layerif_core.layers import TrackedModule
 
 
 class KFAC:
-    """K-FAC influence: Kronecker factors fitted once, inverse applied once per module."""
+    """K-FAC influence: Kronecker factors fitted once, inverse applied once per module.
+
+    Factors stream through a :class:`~layerif_core.estimators.store.FactorStore` (one file per
+    shared-input group); the query and score passes run once per module partition of the memory
+    budget, each partition's ``V = (G + λI)^{-1} q`` built from its groups' factors alone."""
+
+    stages: tuple[str, ...] = ("eigen",)
 
     def __init__(self, options: CurvatureOptions | None = None):
         self.options = options or KFACOptions()
 
-    def eigenvalues(self, ctx: RunContext, train: TokenizedSplit,
-                    eigen: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``Λ_S Λ_Aᵀ`` per module (``[d_out, d_in']``)."""
-        return {tm.name: torch.outer(eigen[f"{tm.name}.LS"], eigen[f"{tm.name}.LA"])
-                for tm in ctx.layer_map.modules()}
+    def module_eigenvalues(self, tm: TrackedModule, factors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``Λ_S Λ_Aᵀ`` of one module (``[d_out, d_in']``) from its group's factors."""
+        return torch.outer(factors[f"{tm.name}.LS"], factors["LA"])
+
+    def fit_stages(self, ctx: RunContext, train: TokenizedSplit) -> None:
+        fit_eigen(ctx, train, self.options, self.store, self.groups)
 
     def fit(self, ctx: RunContext, train: TokenizedSplit) -> None:
         check_rules(self.options, ctx.layer_map.modules())
-        self._eigen = eigen_factors(ctx, train, self.options)
-        self._lambda = self.eigenvalues(ctx, train, self._eigen)
+        self.store = open_store(ctx, train, self.options)
+        self.groups = module_groups(ctx, train)
+        self.fit_stages(ctx, train)
         self._fitted = (id(ctx), train.fingerprint)
 
-    def preconditioned(self, ctx: RunContext, query: TokenizedSplit) -> dict[str, torch.Tensor]:
-        """``V_m = (G_m + λ_m I)^{-1} q_m`` for every tracked module."""
-        q = query_gradient(ctx, query)
-        out, dampings = {}, {}
-        for tm in ctx.layer_map.modules():
-            lam = self._lambda[tm.name]
+    @property
+    def _eigen(self) -> FactorView:
+        return FactorView(self.store, "eigen", self.groups, torch.device("cpu"))
+
+    @property
+    def _lambda(self) -> dict[str, torch.Tensor]:
+        """Each module's curvature eigenvalues (``[d_out, d_in']``), for inspection and tests."""
+        return {tm.name: self.module_eigenvalues(tm, self.group_factors(g, torch.device("cpu")))
+                for g in self.groups for tm in g.modules}
+
+    def group_factors(self, g: Group, device: torch.device) -> dict[str, torch.Tensor]:
+        """Every stage's tensors of one group, on ``device``."""
+        out: dict[str, torch.Tensor] = {}
+        for stage in self.stages:
+            out.update(self.store.get(stage, g, device))
+        return out
+
+    def precondition_group(self, ctx: RunContext, g: Group, q: dict[str, torch.Tensor]
+                           ) -> dict[str, torch.Tensor]:
+        """``V_m = (G_m + λ_m I)^{-1} q_m`` for the modules of one group (their ``q`` consumed)."""
+        f = self.group_factors(g, ctx.device)
+        out = {}
+        for tm in g.modules:
+            lam = self.module_eigenvalues(tm, f)
             damp = module_damping(self.options, tm, float(lam.double().mean()))
-            dampings[tm.name] = damp
-            out[tm.name] = precondition_eigenbasis(q[tm.name], self._eigen[f"{tm.name}.QA"],
-                                                   self._eigen[f"{tm.name}.QS"], lam, damp)
-        self.dampings = dampings
+            self.dampings[tm.name] = damp
+            out[tm.name] = precondition_eigenbasis(q.pop(tm.name), f["QA"], f[f"{tm.name}.QS"],
+                                                   lam, damp)
         return out
 
     def influence(self, ctx: RunContext, train: TokenizedSplit, query: TokenizedSplit) -> torch.Tensor:
         if getattr(self, "_fitted", None) != (id(ctx), train.fingerprint):
             self.fit(ctx, train)
-        return score_pass(ctx, train, self.preconditioned(ctx, query))
-
-
-@hookimpl
-def layerif_register_estimators(registry) -> None:
-    registry.add("estimator", "kfac", KFAC, config=KFACOptions,
-                 help="K-FAC: per-module A ⊗ S curvature, inverse in the Kronecker eigenbasis.")
+        self.dampings: dict[str, float] = {}
+        largest = max((eigen_bytes(g) for g in self.groups), default=0)
+        plan = make_plan(ctx, self.options, "query and score passes", self.groups,
+                         lambda g: influence_bytes(g) + largest)
+        self.plan = plan
+        scores = torch.zeros(len(ctx.layer_map), len(train), device=ctx.device)
+        for p in range(plan.P):
+            modules = plan.modules(p)
+            q = query_gradient(ctx, query, modules=modules, dtype=None)
+            v = {}
+            for g in plan.partitions[p]:
+                v.update(self.precondition_group(ctx, g, q))
+            scores += score_pass(ctx, train, v, modules=modules, dtype=None)
+            del v
+        if plan.P > 1:
+            ctx.run_dir.manifest.setdefault("influence_plans", {})[train.name] = plan.to_json()
+        return scores
