@@ -86,12 +86,15 @@ def epoch_batches(data: TokenizedSplit, epoch: int, seed: int, batch_size: int, 
     return list(data.subset(order.tolist()).batches(batch_size, pad_id))
 
 
-def add_lora(model: torch.nn.Module, spec: FinetuneSpec, source: str) -> torch.nn.Module:
-    """Wrap ``model`` with fresh LoRA adapters as ``spec`` says (peft's ``get_peft_model``)."""
+def add_lora(model: torch.nn.Module, spec: FinetuneSpec, source: str, lora: Any = None
+             ) -> torch.nn.Module:
+    """Wrap ``model`` with fresh LoRA adapters as ``spec`` says (peft's ``get_peft_model``), or as
+    the given ``peft.LoraConfig`` ``lora`` (e.g. one with a per-module ``rank_pattern``)."""
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=spec.target_modules, task_type="CAUSAL_LM")
+    if lora is None:
+        lora = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                          target_modules=spec.target_modules, task_type="CAUSAL_LM")
     try:
         peft_model = get_peft_model(model, lora)
     except ValueError as exc:
@@ -163,6 +166,12 @@ class _Checkpoints:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _plain(value: Any) -> Any:
+    """JSON form of what ``LoraConfig.to_dict`` holds besides plain data (sets sorted: their order
+    changes between processes)."""
+    return sorted(value) if isinstance(value, set | frozenset) else str(value)
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -187,12 +196,14 @@ def _track(items: list[Batch], description: str, show: bool) -> Iterator[tuple[B
 
 
 def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer: Any = None,
-             show_progress: bool = True, force: bool = False, on_step: StepFn | None = None
-             ) -> FinetuneResult:
+             show_progress: bool = True, force: bool = False, on_step: StepFn | None = None,
+             lora: Any = None) -> FinetuneResult:
     """Train a LoRA adapter on ``config.finetune.data`` (default: the first task's train split).
 
     ``model``/``tokenizer`` default to ``config.model`` loaded *without* its adapter (the adapter is
-    what this makes). ``on_step(step, loss)`` is called after every optimizer step.
+    what this makes). ``on_step(step, loss)`` is called after every optimizer step. ``lora`` (a
+    ``peft.LoraConfig``) replaces the adapter built from ``config.finetune``'s rank, alpha, dropout
+    and target modules; the training options still come from ``config.finetune``.
     """
     spec = config.finetune
     seed = spec.seed if spec.seed is not None else config.seed
@@ -206,6 +217,8 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
     out = adapter_dir(config)
     key = [spec.model_dump(exclude={"output"}), seed, data.fingerprint,
            fingerprint_model(model, config.model.source)]
+    if lora is not None:
+        key.append(json.dumps(lora.to_dict(), sort_keys=True, default=_plain))
     fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     done = _read_json(out / STATE_FILE)
     if not force and done and done.get("fingerprint") == fingerprint and (out / "adapter_model.safetensors"
@@ -214,7 +227,7 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
         return FinetuneResult(out, None, done["steps"], done["losses"], reused=True)
 
     torch.manual_seed(seed)
-    peft_model = add_lora(model, spec, config.model.source)
+    peft_model = add_lora(model, spec, config.model.source, lora)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -1,0 +1,67 @@
+"""The Python API behind ``layerif lora-ranks``: scores (computed, or an earlier run's
+``scores.json``) → rank allocation → LoraConfig → fine-tune and evaluators when configured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from layerif_core.artifacts import read_scores
+from layerif_core.config import ComponentSpec, RunConfig
+from layerif_core.errors import ConfigError
+from layerif_core.evaluation import evaluate_model
+from layerif_core.pipeline import RunResult, compute_layer_scores, open_run
+from layerif_core.registry import get_registry
+from layerif_lora_ranks.allocator import check_bounds
+from layerif_lora_ranks.options import RankOptions
+
+NAME = "lora_ranks"
+
+
+def with_defaults(config: RunConfig) -> RunConfig:
+    """``config`` with allocation and application ``lora_ranks`` filled in (other names refused)."""
+    update = {}
+    for key in ("allocation", "application"):
+        spec = getattr(config, key)
+        if spec is None:
+            update[key] = ComponentSpec(name=NAME)
+        elif spec.name != NAME:
+            raise ConfigError(f"`layerif lora-ranks` uses {key} '{NAME}', but the config names "
+                              f"'{spec.name}'; set {key}.name: {NAME} or use `layerif run`.")
+    return config.model_copy(update=update) if update else config
+
+
+def check_options(config: RunConfig) -> RankOptions:
+    """Every option and bound that can be checked before the model loads."""
+    registry = get_registry()
+    opts = registry.get("allocator", NAME).options(config.allocation.options)
+    registry.get("application", NAME).options(config.application.options)
+    for spec in config.evaluation:
+        registry.get("evaluator", spec.name).options(spec.options)
+    ranks = opts.rank.items() if isinstance(opts.rank, dict) else [
+        ("the adapter", opts.rank or config.finetune.rank)]
+    for what, rank in ranks:
+        check_bounds(rank, opts, what if what == "the adapter" else f"module type '{what}'")
+    return opts
+
+
+def run_lora_ranks(config: RunConfig, scores_path: Path | None = None, force: bool = False,
+                   show_progress: bool = True) -> RunResult:
+    """Scores → ranks → LoraConfig (→ fine-tune → evaluators); the first task's scores are used."""
+    config = with_defaults(config)
+    check_options(config)
+    registry = get_registry()
+    app = registry.build("application", NAME, config.application.options)
+    ctx = open_run(config, force=force, show_progress=show_progress)
+    if scores_path is not None:
+        scores = read_scores(scores_path, len(ctx.layer_map))
+        ctx.run_dir.write_json("scores.json", {t: s.to_json() for t, s in scores.items()})
+    else:
+        scores = compute_layer_scores(ctx)
+    allocator = registry.build("allocator", NAME, config.allocation.options)
+    task, first = next(iter(scores.items()))
+    model = app.apply(ctx, ctx.model, allocator.allocate(first))
+    metrics: dict[str, float] = {}
+    if app.train_enabled(config) and config.evaluation:
+        metrics = dict(evaluate_model(ctx, model, ctx.tokenizer).metrics)
+    metrics.update(app.metrics_uniform)
+    return RunResult(ctx.run_dir.path, scores, {task: app.allocation}, metrics)
