@@ -271,6 +271,12 @@ def finetune(config: ConfigArg, set_: SetOpt = None, force: ForceOpt = False) ->
                   "and layers.lora_only=true")
 
 
+# --- `layerif study` (comparative studies: layerif_core/study) ---------------------------------
+from layerif_core.study.command import register as _register_study  # noqa: E402
+
+_register_study(app)
+
+
 def main() -> None:
     """Console entry point: load plugins (which may add commands), then run the CLI."""
     from layerif_core.registry import get_registry

@@ -1,0 +1,385 @@
+"""Running a study: every cell's stages, with the shared work done once (architecture §9).
+
+Directory ``<output_dir>/<name>/``:
+
+- ``study.json``: the study config, its base run config and its fingerprint (a rerun with another
+  study config refuses to mix results, unless ``--force`` starts over);
+- ``cells/<id>.json``: one atomic JSON per finished cell (metrics, allocation, scores, timings,
+  versions, or the error); a rerun skips the cells that finished and reruns failed ones;
+- ``shared/scores/``: layer scores, once per (scorer sub-config, model, data, seed where the scorer
+  uses it). The run directory of a score excludes the aggregator and post-processing, so the
+  influence matrix ``I[l, i]`` and the EK-FAC factors (cached by fingerprint in that run directory)
+  are computed once for LayerIF +VE, TOP-25% and ALL alike;
+- ``shared/adapters/``: the LoRA adapters of arms that score through one (``layers.lora_only``
+  without ``model.adapter``: the paper's route fine-tunes first, once per fine-tuning config);
+- ``shared/dense/``: the evaluation of the unmodified model, once;
+- ``runs/<id>/``: a cell's run directory (removed after the cell unless ``keep_runs``).
+
+Stages of a cell: scores (shared) → allocation → application → evaluation. The application acts on
+the base model (a scoring adapter is not part of it: :mod:`layerif_core.scope`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from layerif_core.artifacts import atomic_path, package_versions
+from layerif_core.config import RunConfig
+from layerif_core.errors import LayerifError
+from layerif_core.study.cells import Cell, build_cells
+from layerif_core.study.config import StudyConfig, StudyError, load_study
+
+log = logging.getLogger("layerif")
+
+SEED_FREE_SCORERS = frozenset({"uniform", "htsr_alpha"})  # scores that do not depend on the seed
+Stage = Callable[[str], None]
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _key(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --- study directory ---------------------------------------------------------------------------
+
+def open_study_dir(study: StudyConfig, base: dict[str, Any], directory: Path, force: bool) -> None:
+    """Create ``directory`` for ``study``, or check that it was made by the same study config."""
+    meta = directory / "study.json"
+    found = read_json(meta)
+    fp = study.fingerprint()
+    if found is not None and found.get("fingerprint") != fp and not force:
+        raise StudyError(f"'{directory}' holds a study made by a different study config; use "
+                             "another name or output_dir, or --force to start over.")
+    if found is not None and force:
+        for sub in ("cells", "shared", "runs", "plots"):
+            shutil.rmtree(directory / sub, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    if found is None or force or found.get("fingerprint") != fp:
+        write_json(meta, {"fingerprint": fp, "study": study.model_dump(mode="json"), "base": base,
+                          "created": datetime.now(UTC).isoformat(timespec="seconds")})
+
+
+def cell_result(directory: Path, cell_id: str) -> dict[str, Any] | None:
+    return read_json(directory / "cells" / f"{cell_id}.json")
+
+
+# --- shared stages -----------------------------------------------------------------------------
+
+class ModelCache:
+    """One pristine copy of the last base model loaded; every stage gets its own deep copy."""
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def get(self, spec: Any) -> tuple[Any, Any]:
+        from layerif_core.models import attach_adapter, load_model
+
+        base_spec = spec.model_copy(update={"adapter": None})
+        key = base_spec.model_dump_json()
+        if key != self._key:
+            self._model = self._tokenizer = None
+            self._model, self._tokenizer = load_model(base_spec)
+            self._key = key
+        model = copy.deepcopy(self._model)
+        if spec.adapter:
+            model = attach_adapter(model, spec.adapter)
+            model.eval()
+        return model, self._tokenizer
+
+
+@dataclass
+class Shared:
+    """The shared stages of a study directory (scores, adapters, dense evaluation)."""
+
+    directory: Path
+    models: ModelCache = field(default_factory=ModelCache)
+    computed: dict[str, int] = field(default_factory=lambda: {"scores": 0, "adapters": 0, "dense": 0})
+
+    def _needs_finetune(self, cfg: RunConfig) -> bool:
+        return cfg.layers.lora_only and not cfg.model.adapter
+
+    def scoring_config(self, cfg: RunConfig) -> dict[str, Any]:
+        """What the layer scores depend on."""
+        keep = {"model", "layers", "tasks", "scorer", "batch_size", "seed"}
+        if self._needs_finetune(cfg):
+            keep.add("finetune")
+        data = cfg.model_dump(mode="json", include=keep)
+        if cfg.scorer.name in SEED_FREE_SCORERS:
+            data["seed"] = 0
+        return data
+
+    def adapter(self, cfg: RunConfig, stage: Stage) -> RunConfig:
+        """The paper's route: LoRA-fine-tune once, then score through the adapter."""
+        if not self._needs_finetune(cfg):
+            return cfg
+        from layerif_core.finetune import finetune
+
+        key = _key([cfg.model_dump(mode="json", include={"model", "finetune", "tasks", "seed"})])
+        out = self.directory / "shared" / "adapters" / key
+        cfg = cfg.model_copy(deep=True)
+        cfg.finetune.output = str(out)
+        stage("fine-tuning the scoring adapter")
+        model, tokenizer = self.models.get(cfg.model)
+        result = finetune(cfg, model=model, tokenizer=tokenizer, show_progress=False)
+        if not result.reused:
+            self.computed["adapters"] += 1
+        return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(out)})})
+
+    def scores(self, cfg: RunConfig, stage: Stage) -> tuple[Any, bool]:
+        """The first task's :class:`LayerScores` of ``cfg``'s scorer, and whether they were reused."""
+        from layerif_core.artifacts import read_scores
+        from layerif_core.pipeline import compute_layer_scores, open_run
+
+        scoring = self.scoring_config(cfg)
+        path = self.directory / "shared" / "scores" / f"{_key(scoring)}.json"
+        task = cfg.tasks[0].name
+        if path.is_file():
+            return read_scores(path)[task], True
+        stage("scores")
+        scored = self.adapter(cfg, stage)
+        run_part = copy.deepcopy(scoring)
+        run_part["scorer"].pop("aggregator", None)
+        run_part["scorer"].pop("postprocess", None)  # I[l, i] and factors are shared across these
+        run_cfg = scored.model_copy(update={"name": _key(run_part), "allocation": None,
+                                            "application": None, "evaluation": [],
+                                            "output_dir": str(self.directory / "shared" / "runs"),
+                                            "seed": scoring["seed"]})
+        model, tokenizer = self.models.get(run_cfg.model)
+        ctx = open_run(run_cfg, show_progress=False, model=model, tokenizer=tokenizer)
+        scores = compute_layer_scores(ctx)
+        write_json(path, {t: s.to_json() for t, s in scores.items()})
+        self.computed["scores"] += 1
+        del ctx, model
+        return scores[task], False
+
+    def dense(self, cfg: RunConfig, stage: Stage) -> dict[str, Any] | None:
+        """Metrics of the unmodified base model (no adapter, no application), once."""
+        if not cfg.evaluation:
+            return None
+        from layerif_core.evaluation import evaluate_model
+        from layerif_core.pipeline import open_run
+        from layerif_core.scope import application_layers
+
+        what = cfg.model_dump(mode="json", include={"model", "evaluation", "tasks"})
+        what["model"]["adapter"] = None
+        key = _key(what)
+        path = self.directory / "shared" / "dense" / f"{key}.json"
+        found = read_json(path)
+        if found is not None:
+            return found
+        stage("dense evaluation")
+        dense_cfg = cfg.model_copy(update={
+            "name": key, "output_dir": str(self.directory / "shared" / "dense"), "allocation": None,
+            "application": None, "layers": application_layers(cfg.layers),
+            "model": cfg.model.model_copy(update={"adapter": None})})
+        model, tokenizer = self.models.get(dense_cfg.model)
+        ctx = open_run(dense_cfg, show_progress=False, model=model, tokenizer=tokenizer)
+        start = time.perf_counter()
+        metrics = evaluate_model(ctx, model, tokenizer).metrics
+        result = {"metrics": metrics, "seconds": round(time.perf_counter() - start, 3),
+                  "model": cfg.model.source}
+        write_json(path, result)
+        self.computed["dense"] += 1
+        return result
+
+
+# --- one cell ----------------------------------------------------------------------------------
+
+def application_metrics(app: Any) -> dict[str, float]:
+    """What an application measured on what it produced (achieved sparsity, validation loss)."""
+    out: dict[str, float] = {}
+    result = getattr(app, "result", None)
+    if result is not None and isinstance(getattr(result, "achieved", None), dict):
+        out["sparsity/achieved"] = float(result.achieved["overall"])
+    train_log = getattr(app, "log", None)
+    if train_log is not None and getattr(train_log, "validation", None):
+        out["lora_moe/validation_loss"] = float(train_log.validation[-1]["loss"])
+    return out
+
+
+def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
+    """Scores → allocation → application → evaluation of one cell; returns its result record."""
+    from layerif_core.evaluation import evaluate_model
+    from layerif_core.pipeline import open_run
+    from layerif_core.registry import get_registry
+    from layerif_core.scope import application_layers
+
+    cfg = cell.config
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    scores, reused = shared.scores(cfg, stage)
+    timings["scores"] = round(time.perf_counter() - start, 3)
+    record: dict[str, Any] = {"scores": {"values": [float(v) for v in scores.values],
+                                         "higher_is_better": scores.higher_is_better,
+                                         "scorer": scores.scorer, "reused": reused}}
+    # the application acts on the base model: no scoring adapter, base linear modules
+    app_cfg = cfg.model_copy(update={"layers": application_layers(cfg.layers),
+                                     "model": cfg.model.model_copy(update={"adapter": None})})
+    stage("loading the model")
+    model, tokenizer = shared.models.get(app_cfg.model)
+    ctx = open_run(app_cfg, show_progress=False, model=model, tokenizer=tokenizer)
+    registry = get_registry()
+    allocation = None
+    if cfg.allocation is not None:
+        stage("allocation")
+        allocator = registry.build("allocator", cfg.allocation.name, cfg.allocation.options)
+        allocation = allocator.allocate(scores, [float(w) for w in ctx.layer_map.num_params()])
+        ctx.run_dir.write_json("allocation.json", {cfg.tasks[0].name: allocation.to_json()})
+        record["allocation"] = {"kind": allocation.kind, "allocator": allocation.allocator,
+                                "values": [float(v) for v in allocation.values]}
+    metrics: dict[str, float] = {}
+    if cfg.application is not None:
+        if allocation is None:
+            raise StudyError(f"{cell.describe()}: an application needs an `allocation:` section.")
+        stage(f"application {cfg.application.name}")
+        t0 = time.perf_counter()
+        app = registry.build("application", cfg.application.name, cfg.application.options)
+        model = app.apply(ctx, model, allocation)
+        timings["application"] = round(time.perf_counter() - t0, 3)
+        metrics.update(application_metrics(app))
+    if cfg.evaluation:
+        stage("evaluation")
+        t0 = time.perf_counter()
+        metrics.update(evaluate_model(ctx, model, tokenizer).metrics)
+        timings["evaluation"] = round(time.perf_counter() - t0, 3)
+    record["metrics"] = {k: float(v) for k, v in metrics.items()}
+    record["timings"] = timings
+    return record
+
+
+# --- the study ---------------------------------------------------------------------------------
+
+@dataclass
+class StudyOutcome:
+    """What a run of the study did (the cells are on disk in ``directory/cells``)."""
+
+    directory: Path
+    total: int
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    shared: dict[str, int] = field(default_factory=dict)
+
+
+class Display:
+    """Cells done / running / failed and the current cell's stage (rich; silent when off)."""
+
+    def __init__(self, total: int, show: bool):
+        self.total, self.done, self.failed = total, 0, 0
+        self.cell, self.stage = "", ""
+        self.progress = None
+        if show:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=Console(stderr=True))
+            self.task = self.progress.add_task("", total=total)
+
+    def __enter__(self) -> Display:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, stage: str | None = None, cell: str | None = None) -> None:
+        self.stage = stage if stage is not None else self.stage
+        self.cell = cell if cell is not None else self.cell
+        running = 1 if self.cell else 0
+        text = (f"{self.done} done, {running} running, {self.failed} failed"
+                + (f" | {self.cell}: {self.stage}" if self.cell else ""))
+        if self.progress is not None:
+            self.progress.update(self.task, description=text, completed=self.done + self.failed)
+        else:
+            log.debug(text)
+
+    def finish(self, ok: bool) -> None:
+        if ok:
+            self.done += 1
+        else:
+            self.failed += 1
+        self.update(stage="", cell="")
+
+
+def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: bool = False,
+              show_progress: bool = True, data: dict[str, Any] | None = None) -> StudyOutcome:
+    """Run the cells of the study file ``path`` (those of ``shard`` ``(k, N)`` only, if given)."""
+    study, base = load_study(path, data)
+    directory = Path(study.output_dir) / study.name
+    cells = build_cells(study, base, output_dir=str(directory / "runs"))
+    open_study_dir(study, base, directory, force)
+    mine = [c for c in cells if shard is None or c.in_shard(*shard)]
+    outcome = StudyOutcome(directory, len(mine))
+    shared = Shared(directory)
+    todo = []
+    for cell in mine:
+        found = cell_result(directory, cell.id)
+        if found is not None and found.get("status") == "ok":
+            outcome.skipped.append(cell.id)
+        else:
+            todo.append(cell)
+    if outcome.skipped:
+        log.info("%d of %d cells finished earlier: skipped", len(outcome.skipped), len(mine))
+    versions = package_versions()
+    with Display(len(mine), show_progress) as display:
+        display.done = len(outcome.skipped)
+        if study.dense and (shard is None or shard[0] == 0) and mine:
+            display.update(cell="dense model")
+            shared.dense(mine[0].config, lambda s: display.update(stage=s))
+            display.update(cell="", stage="")
+        for cell in todo:
+            display.update(stage="starting", cell=cell.id)
+            record: dict[str, Any] = {"id": cell.id, "arm": cell.arm, "grid": cell.point,
+                                      "seed": cell.seed, "control": cell.arm == study.control.label}
+            start = time.perf_counter()
+            try:
+                record.update(run_cell(cell, shared, lambda s: display.update(stage=s)))
+                record["status"] = "ok"
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # a failed cell is recorded; the others go on
+                record.update(status="failed", error={
+                    "type": type(exc).__name__, "message": str(exc),
+                    "user_error": isinstance(exc, LayerifError),
+                    "traceback": traceback.format_exc(limit=20)})
+                log.warning("cell %s failed: %s: %s", cell.id, type(exc).__name__, exc)
+            record["seconds"] = round(time.perf_counter() - start, 3)
+            record["versions"] = versions
+            record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+            write_json(directory / "cells" / f"{cell.id}.json", record)
+            if record["status"] == "ok":
+                outcome.ran.append(cell.id)
+                if not study.keep_runs:
+                    shutil.rmtree(directory / "runs" / cell.id, ignore_errors=True)
+            else:
+                outcome.failed.append(cell.id)
+            display.finish(record["status"] == "ok")
+    outcome.shared = dict(shared.computed)
+    return outcome
