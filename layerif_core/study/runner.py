@@ -218,6 +218,7 @@ def application_metrics(app: Any) -> dict[str, float]:
     train_log = getattr(app, "log", None)
     if train_log is not None and getattr(train_log, "validation", None):
         out["lora_moe/validation_loss"] = float(train_log.validation[-1]["loss"])
+    out.update({k: float(v) for k, v in (getattr(app, "metrics", None) or {}).items()})  # lora_ranks
     return out
 
 

@@ -118,6 +118,28 @@ def write_config(tmp_path, model_dir, **changes) -> str:
     return str(path)
 
 
+def answer_loss(model_dir, adapter) -> float:
+    """Mean cross-entropy of the answer tokens of the validation examples, one example at a time."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from layerif_core.config import DataSpec
+    from layerif_core.data import tokenize_split
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(adapter))
+    split = tokenize_split(DataSpec(source="bundled:capitals", split="validation", limit=3, max_length=96),
+                           char_tokenizer())
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids, labels in zip(split.input_ids, split.labels, strict=True):
+            logp = torch.log_softmax(model(input_ids=torch.as_tensor(ids)[None]).logits[0].float(), -1)
+            for t in range(1, len(ids)):
+                if labels[t] != -100:
+                    total -= float(logp[t - 1, labels[t]])
+                    count += 1
+    return total / count
+
+
 def invoke(*args: str):
     return runner.invoke(app, ["--quiet", *args])
 
@@ -149,7 +171,10 @@ def test_scores_then_lora_ranks_from_them_with_finetune_and_metrics(tmp_path, mo
     assert json.loads((tuned / "allocation.json").read_text())["caps"]["values"] == first["values"]
     metrics = json.loads((tuned / "metrics.json").read_text())["metrics"]
     uniform = json.loads((tuned / "lora_ranks" / "uniform_metrics.json").read_text())
-    assert metrics and set(uniform) == {f"uniform/{k}" for k in metrics}
+    own = json.loads((tuned / "lora_ranks" / "metrics.json").read_text())
+    assert metrics and set(uniform) == {f"uniform/{k}" for k in [*metrics, *own]}
+    assert own["lora_ranks/validation_loss"] == pytest.approx(answer_loss(model_dir, tuned / "adapter"),
+                                                              rel=1e-5)
     assert all(torch.isfinite(torch.tensor(v)) for v in [*metrics.values(), *uniform.values()])
     saved = json.loads((tuned / "adapter" / "adapter_config.json").read_text())
     assert saved["rank_pattern"] == json.loads((tuned / "lora_config" / "adapter_config.json").read_text()

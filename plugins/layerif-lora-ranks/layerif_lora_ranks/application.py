@@ -148,6 +148,7 @@ class LoraRanks:
         self.opts = opts or LoraRanksOptions()
         self.allocation: Allocation | None = None
         self.config: Any = None
+        self.metrics: dict[str, float] = {}  # measured by the application itself
         self.metrics_uniform: dict[str, float] = {}
 
     def plan(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation
@@ -187,9 +188,13 @@ class LoraRanks:
             return model
         base = copy.deepcopy(model) if self.opts.compare_uniform else None
         tuned = train_adapter(ctx, model, "adapter", cfg)
+        self.metrics = {"lora_ranks/validation_loss": validation_loss(ctx, tuned)}
+        ctx.run_dir.write_json("lora_ranks/metrics.json", self.metrics)
         if base is not None:
             uniform = train_adapter(ctx, base, "adapter_uniform", None)
-            self.metrics_uniform = {f"uniform/{k}": v for k, v in evaluate(ctx, uniform).items()}
+            measured = {"lora_ranks/validation_loss": validation_loss(ctx, uniform),
+                        **evaluate(ctx, uniform)}
+            self.metrics_uniform = {f"uniform/{k}": v for k, v in measured.items()}
             ctx.run_dir.write_json("lora_ranks/uniform_metrics.json", self.metrics_uniform)
         return tuned
 
@@ -208,6 +213,37 @@ def train_adapter(ctx: RunContext, model: torch.nn.Module, name: str, lora: Any)
     tuned = result.model or PeftModel.from_pretrained(model, str(result.adapter_dir))
     tuned.eval()
     return tuned
+
+
+@torch.no_grad()
+def validation_loss(ctx: RunContext, model: torch.nn.Module) -> float:
+    """Mean next-token cross-entropy over the loss tokens (the answers, with ``loss_on:
+    completion``) of the first task's validation split: the fine-tuning objective on held-out data."""
+    import torch.nn.functional as F
+
+    from layerif_core.data import IGNORE, tokenize_split
+    from layerif_core.models import max_context
+
+    task = ctx.config.tasks[0]
+    split = tokenize_split(task.validation, ctx.tokenizer, ctx.seed, f"{task.name}/validation",
+                           max_context(model))
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for batch in split.batches(ctx.batch_size, ctx.pad_id):
+        batch = batch.to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       use_cache=False).logits[:, :-1].float()
+        target = batch.labels[:, 1:]
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                       ignore_index=IGNORE, reduction="sum"))
+        count += int((target != IGNORE).sum())
+    model.train(was_training)
+    if count == 0:
+        raise DataError(f"the validation split of task '{task.name}' has no loss tokens; check its "
+                        "completion template.")
+    return total / count
 
 
 def evaluate(ctx: RunContext, model: torch.nn.Module) -> dict[str, float]:

@@ -60,8 +60,8 @@ def run_lora_ranks(config: RunConfig, scores_path: Path | None = None, force: bo
     allocator = registry.build("allocator", NAME, config.allocation.options)
     task, first = next(iter(scores.items()))
     model = app.apply(ctx, ctx.model, allocator.allocate(first))
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = dict(app.metrics)
     if app.train_enabled(config) and config.evaluation:
-        metrics = dict(evaluate_model(ctx, model, ctx.tokenizer).metrics)
+        metrics.update(evaluate_model(ctx, model, ctx.tokenizer).metrics)
     metrics.update(app.metrics_uniform)
     return RunResult(ctx.run_dir.path, scores, {task: app.allocation}, metrics)
