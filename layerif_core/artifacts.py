@@ -26,6 +26,7 @@ import socket
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -218,6 +219,17 @@ def acquire_lock(run_path: Path) -> Path:
                         "starting there: wait for it, or choose another name (--set name=...).")
 
 
+_OPEN: weakref.WeakSet[RunDir] = weakref.WeakSet()  # run directories this process has open
+
+
+def discard_partial_all() -> list[str]:
+    """:meth:`RunDir.discard_partial` of every run directory this process has open (after a crash)."""
+    removed: list[str] = []
+    for run_dir in list(_OPEN):
+        removed += run_dir.discard_partial()
+    return removed
+
+
 def _is_scratch(name: str) -> bool:
     return name.endswith(".tmp") or name.startswith(".tmp-") or name in (LOCK, ".write-test")
 
@@ -250,6 +262,8 @@ class RunDir:
             self.manifest = {}
         self.manifest.setdefault("steps", {})
         self.manifest.setdefault("artifacts", {})
+        self._mark = self._present()  # files present when the last step finished
+        _OPEN.add(self)
 
     def file(self, rel: str) -> Path:
         return self.path / rel
@@ -258,6 +272,30 @@ class RunDir:
         """Release the run directory's lock (also done when the process exits)."""
         if self.lock is not None:
             release_lock(self.lock)
+
+    def _present(self) -> set[str]:
+        return {p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
+                if p.is_file() and not _is_scratch(p.name)}
+
+    def discard_partial(self) -> list[str]:
+        """After a failure: remove temporary files, and files that appeared since the last finished
+        step without being written (atomically) through this class, e.g. what a plugin that crashed
+        half-way had begun to write. Finished artifacts stay. Returns the removed paths."""
+        arts = self.manifest.get("artifacts", {})
+        removed = []
+        for path in sorted(self.path.rglob("*")):
+            if not path.is_file() or path.name == LOCK or path == self._manifest_path:
+                continue
+            rel = path.relative_to(self.path).as_posix()
+            if _is_scratch(path.name) or (rel not in self._mark and arts.get(rel, {"external": True})
+                                          .get("external")):
+                path.unlink(missing_ok=True)
+                arts.pop(rel, None)
+                removed.append(rel)
+        if removed:
+            log.warning("removed what the failed step left in '%s': %s", self.path, ", ".join(removed))
+            self.save_manifest()
+        return removed
 
     # --- checksums --------------------------------------------------------------------------
     def _record_checksum(self, rel: str, path: Path) -> None:
@@ -379,6 +417,7 @@ class RunDir:
         if reused:
             log.info("reusing %s (inputs unchanged; --force recomputes)", step)
         self.save_manifest()
+        self._mark = self._present()
 
     def update_manifest(self, **fields: Any) -> None:
         self.manifest.update(fields)

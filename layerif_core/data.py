@@ -1,14 +1,22 @@
-"""Loading and tokenising a data split: local files, hub datasets, bundled tasks.
+"""Loading and tokenising a data split: local files, hub datasets, bundled tasks and text corpora.
 
 A record becomes ``prompt + completion`` (loss on the completion tokens only, by default) or one
 ``text``; templates use ``{field}`` placeholders. Sequences are truncated to ``max_length`` and the
-number of truncated ones is reported.
+number of truncated ones is reported. Records with no token in the loss (a blank line of a text file,
+or an answer lost to truncation) are skipped and counted, with one warning; only a split whose every
+record is skipped is an error.
+
+With ``pack``, the texts are language-model data instead: each record's tokens followed by EOS,
+concatenated into one stream, cut into windows of exactly ``max_length`` tokens (the last partial
+window dropped), every token in the loss: how LM training data, pruning calibration sets and
+perplexity windows are built.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +27,8 @@ import torch
 
 from layerif_core.config import DataSpec
 from layerif_core.errors import DataError
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100
 DEFAULT_MAX_LENGTH = 2048  # when neither the spec nor the model states a length
@@ -66,6 +76,7 @@ class TokenizedSplit:
     fingerprint: str
     n_truncated: int = 0
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    n_skipped: int = 0  # records with no token in the loss (blank, or too short), left out
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -107,14 +118,36 @@ def load_records(spec: DataSpec, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def _bundled(spec: DataSpec, seed: int) -> list[dict[str, Any]]:
-    from layerif_core.tasks import BUNDLED, bundled_records
+    from layerif_core.tasks import BUNDLED, TEXTS, bundled_records, corpus_records
 
     task = spec.source.split(":", 1)[1]
     try:
+        if task in TEXTS:
+            return corpus_records(task, spec.split)
         return bundled_records(task, spec.split, seed=seed)
     except KeyError:
-        raise DataError(f"no bundled task '{task}' with split '{spec.split}'; bundled tasks: "
-                        f"{', '.join(BUNDLED)} (splits train, validation, test).") from None
+        corpora = "; ".join(f"{n} (splits {', '.join(s)})" for n, s in TEXTS.items())
+        raise DataError(f"no bundled source '{task}' with split '{spec.split}'; bundled tasks: "
+                        f"{', '.join(BUNDLED)} (splits train, validation, test); text corpora: "
+                        f"{corpora}.") from None
+
+
+def bundled_text(spec: DataSpec) -> str | None:
+    """The text of a bundled corpus as its file reads (lines joined by newlines; the first
+    ``spec.limit`` lines with a limit), or None when ``spec`` names no bundled corpus. For readers of
+    whole texts (perplexity, calibration)."""
+    from layerif_core.tasks import TEXTS
+
+    name = spec.source.split(":", 1)[1] if spec.source.startswith("bundled:") else None
+    if name not in TEXTS:
+        return None
+    return "\n".join(r["text"] for r in load_records(spec)) + "\n"
+
+
+def _is_generated_task(source: str) -> bool:
+    from layerif_core.tasks import BUNDLED
+
+    return source.startswith("bundled:") and source.split(":", 1)[1] in BUNDLED
 
 
 def _local(spec: DataSpec, path: Path) -> list[dict[str, Any]]:
@@ -130,10 +163,13 @@ def _local(spec: DataSpec, path: Path) -> list[dict[str, Any]]:
                         f"{', '.join(_FORMATS)}.")
     try:
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+        return [dict(r) for r in ds]  # strings are decoded here: non-UTF-8 bytes fail here
+    except UnicodeDecodeError as exc:
+        raise DataError(f"data file '{spec.source}' cannot be read as {fmt}: it is not UTF-8 "
+                        f"({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
     except Exception as exc:  # datasets raises many types for a malformed file
         raise DataError(f"data file '{spec.source}' cannot be read as {fmt}: "
                         f"{str(exc).splitlines()[0]}") from None
-    return [dict(r) for r in ds]
 
 
 def _hub(spec: DataSpec) -> list[dict[str, Any]]:
@@ -155,7 +191,9 @@ def _hub(spec: DataSpec) -> list[dict[str, Any]]:
 
 def _templates(spec: DataSpec) -> tuple[str | None, str | None, str | None]:
     prompt, completion, text = spec.prompt, spec.completion, spec.text
-    if spec.source.startswith("bundled:") and not (prompt or completion or text):
+    if _is_generated_task(spec.source) and not (prompt or completion or text):
+        if spec.pack:
+            return None, None, BUNDLED_PROMPT + BUNDLED_COMPLETION
         prompt, completion = BUNDLED_PROMPT, BUNDLED_COMPLETION
     if not (prompt or completion or text):
         text = "{text}"
@@ -178,33 +216,85 @@ def _fill(template: str, record: dict[str, Any], spec: DataSpec, index: int) -> 
 def tokenize_split(spec: DataSpec, tokenizer: Any, seed: int = 0, name: str | None = None,
                    max_context: int | None = None) -> TokenizedSplit:
     """Load ``spec`` and tokenise it: ``prompt`` tokens are masked out of the loss when
-    ``loss_on='completion'``; the EOS token ends each sequence when ``add_eos``."""
+    ``loss_on='completion'``; the EOS token ends each sequence when ``add_eos``. Records with no
+    token in the loss are skipped (``n_skipped``, one warning); with ``spec.pack`` the texts are
+    packed into windows of ``max_length`` tokens instead (:func:`pack_tokens`)."""
     if max_context is not None and spec.max_length is not None and spec.max_length > max_context:
         raise DataError(f"max_length {spec.max_length} of '{spec.source}' exceeds the model's "
                         f"context of {max_context} tokens; set max_length <= {max_context}.")
     max_length = spec.max_length or max_context or DEFAULT_MAX_LENGTH
     records = load_records(spec, seed)
+    if spec.pack:
+        return _packed_split(spec, tokenizer, records, max_length, name)
     prompt_t, completion_t, text_t = _templates(spec)
     eos = [tokenizer.eos_token_id] if spec.add_eos and tokenizer.eos_token_id is not None else []
-    all_ids, all_labels, truncated = [], [], 0
+    all_ids, all_labels, kept, truncated, skipped = [], [], [], 0, 0
     for i, rec in enumerate(records):
         if completion_t is not None or prompt_t is not None:
-            p = tokenizer(_fill(prompt_t or "", rec, spec, i), add_special_tokens=False)["input_ids"]
-            c = tokenizer(_fill(completion_t or "", rec, spec, i), add_special_tokens=False)["input_ids"]
+            p_text, c_text = _fill(prompt_t or "", rec, spec, i), _fill(completion_t or "", rec, spec, i)
+            if not (p_text + c_text).strip():
+                skipped += 1
+                continue
+            p = tokenizer(p_text, add_special_tokens=False)["input_ids"]
+            c = tokenizer(c_text, add_special_tokens=False)["input_ids"]
             ids = p + c + eos
             lab = ([IGNORE] * len(p) if spec.loss_on == "completion" else p) + c + eos
         else:
-            ids = tokenizer(_fill(text_t, rec, spec, i), add_special_tokens=False)["input_ids"] + eos
+            text = _fill(text_t, rec, spec, i)
+            if not text.strip():
+                skipped += 1
+                continue
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + eos
             lab = list(ids)
         if len(ids) > max_length:
             truncated += 1
             ids, lab = ids[:max_length], lab[:max_length]
-        if sum(t != IGNORE for t in lab[1:]) == 0:
-            raise DataError(f"example {i} of '{spec.source}' has no token in the loss after "
-                            f"truncation to {max_length}; raise max_length or shorten it.")
+        if sum(t != IGNORE for t in lab[1:]) == 0:  # the first token is never predicted
+            skipped += 1
+            continue
         all_ids.append(ids)
         all_labels.append(lab)
+        kept.append(rec)
+    if not all_ids:
+        raise DataError(f"every one of the {len(records)} examples of '{spec.source}' (split "
+                        f"'{spec.split}') is blank or has no token in the loss after truncation to "
+                        f"{max_length}; raise max_length, shorten the prompts, or fix the data.")
+    if skipped:
+        log.warning("'%s' (split '%s'): skipped %d of %d examples with no token in the loss (blank, "
+                    "or too short after truncation to %d tokens)", spec.source, spec.split, skipped,
+                    len(records), max_length)
     # the content the estimators see, not where it came from: the same examples read from another
     # path (or source spelling) reuse fitted factors and influences
     h = hashlib.sha256(json.dumps([all_ids, all_labels]).encode()).hexdigest()
-    return TokenizedSplit(name or spec.source, all_ids, all_labels, h[:16], truncated, records)
+    return TokenizedSplit(name or spec.source, all_ids, all_labels, h[:16], truncated, kept, skipped)
+
+
+def pack_tokens(docs: list[list[int]], eos_id: int, max_length: int) -> list[list[int]]:
+    """Documents' tokens, each followed by ``eos_id``, concatenated and cut into windows of exactly
+    ``max_length`` tokens; the trailing partial window is dropped (as LM training data, calibration
+    sets and the pruning literature's perplexity windows are cut)."""
+    stream = [t for doc in docs for t in (*doc, eos_id)]
+    return [stream[k:k + max_length] for k in range(0, len(stream) - max_length + 1, max_length)]
+
+
+def _packed_split(spec: DataSpec, tokenizer: Any, records: list[dict[str, Any]], max_length: int,
+                  name: str | None) -> TokenizedSplit:
+    _, _, text_t = _templates(spec)
+    if tokenizer.eos_token_id is None:
+        raise DataError(f"pack: true for '{spec.source}' needs an EOS token between documents and the "
+                        "tokenizer has none; set tokenizer.eos_token or pack: false.")
+    texts = [_fill(text_t, rec, spec, i) for i, rec in enumerate(records)]
+    texts = [t for t in texts if t.strip()]
+    skipped = len(records) - len(texts)
+    docs = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    windows = pack_tokens(docs, tokenizer.eos_token_id, max_length)
+    if not windows:
+        n = sum(len(d) + 1 for d in docs)
+        raise DataError(f"'{spec.source}' (split '{spec.split}') packs into {n} tokens, fewer than "
+                        f"one window of max_length {max_length}; lower max_length or give more text.")
+    if skipped:
+        log.warning("'%s' (split '%s'): skipped %d of %d records that are blank", spec.source,
+                    spec.split, skipped, len(records))
+    labels = [list(w) for w in windows]
+    h = hashlib.sha256(json.dumps([windows, labels]).encode()).hexdigest()
+    return TokenizedSplit(name or spec.source, windows, labels, h[:16], 0, [], skipped)

