@@ -78,11 +78,38 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if STATE["debug"]:
                 raise
+            from layerif_core.artifacts import discard_partial_all
+
+            discard_partial_all()  # what the failed step began to write is not a finished artifact
+            plugin = _plugin_in_traceback(exc)
+            if plugin is not None:
+                console.print(f"[bold red]error:[/] plugin '{plugin[0]}' failed (in {plugin[1]}): "
+                              f"{type(exc).__name__}: {exc}; what it left in the run directory was "
+                              "removed; fix or uninstall the plugin, or configure another component.",
+                              highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
             console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
                           "(rerun with --debug for the traceback)", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _plugin_in_traceback(exc: BaseException) -> tuple[str, str] | None:
+    """``(distribution, function)`` of the innermost frame of ``exc`` that belongs to a third-party
+    ``layerif`` plugin (an entry point of another distribution), or None."""
+    import importlib.metadata as md
+    import traceback
+
+    owners = md.packages_distributions()
+    plugin_dists = {ep.dist.name for ep in md.entry_points(group="layerif") if ep.dist is not None}
+    found = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        module = str(frame.f_globals.get("__name__", ""))
+        for dist in owners.get(module.split(".")[0], []):
+            if dist in plugin_dists and dist != "layerif":
+                found = (dist, f"{module}.{frame.f_code.co_name}")
+    return found
 
 
 def _load(config: Path, overrides: list[str] | None):

@@ -198,8 +198,9 @@ class Registry:
         known = self.components[kind]
         if name not in known:
             names = ", ".join(sorted(known)) or "none"
+            skipped = "".join(f" Not loaded: plugin '{p.provider}' ({p.message})." for p in self.problems)
             raise PluginError(
-                f"unknown {kind} '{name}'{closest(name, known)}; registered {kind}s: {names}."
+                f"unknown {kind} '{name}'{closest(name, known)}; registered {kind}s: {names}.{skipped}"
             )
         return known[name]
 
