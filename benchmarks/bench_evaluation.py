@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import resource
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext-2" / "test.txt"
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -35,8 +32,6 @@ def run(quick: bool) -> dict:
     from layerif_eval.harness import LmEval, LmEvalOptions
     from layerif_eval.perplexity import Perplexity, PerplexityOptions
 
-    if not DATA.is_file():
-        return {"skipped": f"{DATA} not found"}
     model, tokenizer = load_model(ModelSpec(source="embedded:smollm2-135m", dtype="float32"))
     device = next(model.parameters()).device
     rows = []
@@ -49,7 +44,7 @@ def run(quick: bool) -> dict:
     for s in settings:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        ev = Perplexity(PerplexityOptions(source=str(DATA), **s))
+        ev = Perplexity(PerplexityOptions(source="bundled:wikitext2", split="test", name="test", **s))
         start = time.perf_counter()
         m = ev.evaluate(_ctx(1), model, tokenizer)
         seconds = time.perf_counter() - start

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from layerif_core.errors import ConfigError, closest
 
@@ -48,8 +48,9 @@ class DataSpec(Strict):
     """A split of a dataset and how a record becomes a token sequence."""
 
     source: str = Field(
-        ..., description="Local file (.jsonl/.json/.csv/.parquet/.txt), hub dataset name, or "
-        "'bundled:<task>' (tasks shipped with layerif: see `layerif tasks`)."
+        ..., description="Local file (.jsonl/.json/.csv/.parquet/.txt: one record per line), hub "
+        "dataset name, or 'bundled:<name>': a generated task (see `layerif tasks`) or the text corpus "
+        "'bundled:wikitext2' (WikiText-2, splits 'validation' and 'test', one record per line)."
     )
     config_name: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split name ('train', 'validation', 'test', ...).")
@@ -76,6 +77,19 @@ class DataSpec(Strict):
         "fine-tuning, so the model learns to stop; off for scoring a pretrained model, where the "
         "EOS gradient, shared by every example, would dominate the influences)."
     )
+    pack: bool = Field(
+        False, description="Pack the text into windows of exactly max_length tokens: each record's "
+        "tokens followed by the EOS token, concatenated, cut every max_length tokens; the last "
+        "partial window is dropped. Every token is in the loss. For language-model text (e.g. "
+        "'bundled:wikitext2'); needs `text` templates, not prompt/completion. `limit` counts records."
+    )
+
+    @model_validator(mode="after")
+    def _pack_needs_text(self) -> DataSpec:
+        if self.pack and (self.prompt is not None or self.completion is not None):
+            raise ValueError("pack: true concatenates whole texts; give a `text` template instead of "
+                             "prompt/completion, or set pack: false")
+        return self
 
 
 class TaskSpec(Strict):

@@ -80,6 +80,7 @@ def load_task_splits(ctx: RunContext, task: TaskSpec) -> tuple[TokenizedSplit, T
     data = ctx.run_dir.manifest.setdefault("data", {})
     data[task.name] = {
         split.name: {"examples": len(split), "truncated": split.n_truncated,
+                     "skipped": split.n_skipped, "packed": spec.pack,
                      "fingerprint": split.fingerprint, "source": spec.source}
         for split, spec in ((train, task.train), (query, task.validation))
     }

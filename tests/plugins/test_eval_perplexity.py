@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,14 @@ from layerif_core.errors import ConfigError, DataError
 from layerif_core.registry import get_registry
 from layerif_core.tasks import bundled_records
 
-WIKITEXT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "wikitext-2" / "test.txt"
+
+def shipped_wikitext2_test() -> str:
+    """The bundled WikiText-2 test split as packaged, read here with gzip (not through layerif)."""
+    import gzip
+    from importlib import resources
+
+    raw = resources.files("layerif_core.tasks").joinpath("wikitext2", "test.txt.gz").read_bytes()
+    return gzip.decompress(raw).decode("utf-8")
 
 
 def sample_text(n: int = 12) -> str:
@@ -109,6 +115,16 @@ def test_missing_text_file_is_reported(tmp_path):
         perplexity(ctx, source=str(tmp_path / "nope.txt"))
 
 
+def test_bundled_wikitext2_is_read_as_its_file(tmp_path):
+    """source 'bundled:wikitext2' (first 30 lines) scores exactly what the same lines in a .txt do."""
+    ctx = make_ctx(tmp_path)
+    (tmp_path / "w.txt").write_text("".join(shipped_wikitext2_test().splitlines(keepends=True)[:30]))
+    bundled = perplexity(ctx, source="bundled:wikitext2", split="test", limit=30, seqlen=64)
+    file = perplexity(ctx, source=str(tmp_path / "w.txt"), seqlen=64)
+    assert bundled["perplexity/wikitext2/tokens"] == file["perplexity/w/tokens"] > 0
+    assert bundled["perplexity/wikitext2"] == file["perplexity/w"]
+
+
 def test_evaluator_leaves_the_model_in_training_mode_if_it_was(tmp_path):
     model = tiny_model()
     model.train()
@@ -123,9 +139,9 @@ def test_smollm2_wikitext_perplexity_matches_independent_computation(tmp_path, s
     model, tokenizer = smollm2
     ctx = make_ctx(tmp_path, model=model)
     ctx.tokenizer = tokenizer
-    text = WIKITEXT.read_text(encoding="utf-8")[:6000]
-    (tmp_path / "wiki.txt").write_text(text)
-    got = perplexity(ctx, source=str(tmp_path / "wiki.txt"), seqlen=128, max_windows=3, batch_size=3)
+    text = "".join(shipped_wikitext2_test().splitlines(keepends=True)[:40])  # the first 40 lines
+    got = perplexity(ctx, source="bundled:wikitext2", split="test", limit=40, name="wiki", seqlen=128,
+                     max_windows=3, batch_size=3)
 
     ids = tokenizer(text)["input_ids"]
     losses = []

@@ -1,4 +1,5 @@
-"""Data loading: local formats, templates and answer masking, truncation, bundled tasks, bad input."""
+"""Data loading: local formats, templates and answer masking, truncation, bundled tasks, the bundled
+WikiText-2, skipping records with no token in the loss, packing into windows, bad input."""
 
 from __future__ import annotations
 
@@ -96,10 +97,21 @@ def test_max_length_beyond_model_context_is_rejected(tmp_path):
         tokenize_split(spec, char_tokenizer(), max_context=128)
 
 
-def test_answer_lost_to_truncation_is_an_error(tmp_path):
+def test_answer_lost_to_truncation_in_every_example_is_an_error(tmp_path):
     spec = DataSpec(source=str(write(tmp_path, "jsonl")), prompt="{q}{q}{q}", completion="{a}", max_length=3)
-    with pytest.raises(DataError, match="no token in the loss"):
+    with pytest.raises(DataError, match="every one of the 2 examples .* no token in the loss"):
         tokenize_split(spec, char_tokenizer())
+
+
+def test_example_whose_answer_is_lost_to_truncation_is_skipped(tmp_path, caplog):
+    # 'abab'+'cd' -> 'abab' (nothing of the answer left); 'ee'+'fg' fits in 4 tokens
+    spec = DataSpec(source=str(write(tmp_path, "jsonl")), prompt="{q}{q}", completion="{a}", max_length=4)
+    split = tokenize_split(spec, char_tokenizer())
+    assert (len(split), split.n_skipped, split.n_truncated) == (1, 1, 1)
+    assert split.records == [ROWS[1]]
+    assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
+        f"'{spec.source}' (split 'train'): skipped 1 of 2 examples with no token in the loss (blank, "
+        "or too short after truncation to 4 tokens)"]
 
 
 def test_bundled_tasks_are_deterministic_and_splits_differ():
@@ -126,3 +138,164 @@ def test_bundled_arithmetic_answers_are_correct():
 def test_unknown_bundled_task_lists_the_known_ones():
     with pytest.raises(DataError, match="bundled tasks: arithmetic, capitals, antonyms"):
         load_records(DataSpec(source="bundled:nope"))
+
+
+# ---- the bundled WikiText-2 --------------------------------------------------------------------
+
+def shipped_lines(split: str) -> list[str]:
+    """The lines of the packaged file, read here with gzip directly (not through layerif)."""
+    import gzip
+    from importlib import resources
+
+    raw = resources.files("layerif_core.tasks").joinpath("wikitext2", f"{split}.txt.gz").read_bytes()
+    return gzip.decompress(raw).decode("utf-8").splitlines()
+
+
+def char_count(line: str) -> int:
+    """Tokens of ``line`` under the char tokenizer: one per character, the literal '<unk>' one."""
+    return len(line.replace("<unk>", "?"))
+
+
+@pytest.mark.parametrize(("split", "n_lines"), [("validation", 3760), ("test", 4358)])
+def test_bundled_wikitext2_is_the_word_level_text_as_shipped(split, n_lines):
+    records = load_records(DataSpec(source="bundled:wikitext2", split=split))
+    lines = shipped_lines(split)
+    assert len(lines) == n_lines  # the line counts of WikiText-2's wiki.valid.tokens / wiki.test.tokens
+    assert records == [{"text": x} for x in lines]
+    assert lines[0] == " " and lines[1].startswith(" = ") and any("<unk>" in x for x in lines)
+
+
+def test_bundled_wikitext2_reads_as_the_same_text_in_a_txt_file(tmp_path):
+    """The same lines from a .txt file on disk (datasets' text loader) give the same records."""
+    lines = shipped_lines("validation")[:300]
+    (tmp_path / "w.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert load_records(DataSpec(source=str(tmp_path / "w.txt"))) == load_records(
+        DataSpec(source="bundled:wikitext2", split="validation", limit=300))
+
+
+def test_bundled_text_is_the_file_and_stops_at_the_limit():
+    from layerif_core.data import bundled_text
+
+    lines = shipped_lines("test")
+    assert bundled_text(DataSpec(source="bundled:wikitext2", split="test")) == "\n".join(lines) + "\n"
+    assert bundled_text(DataSpec(source="bundled:wikitext2", split="test", limit=5)) == "".join(
+        x + "\n" for x in lines[:5])
+    assert bundled_text(DataSpec(source="bundled:capitals")) is None
+
+
+def test_wikitext2_has_no_train_split_and_the_error_names_its_splits():
+    with pytest.raises(DataError, match=r"text corpora: wikitext2 \(splits validation, test\)"):
+        load_records(DataSpec(source="bundled:wikitext2", split="train"))
+
+
+def test_blank_lines_of_wikitext2_are_skipped_and_counted_once(caplog):
+    lines = shipped_lines("validation")
+    blank = sum(1 for x in lines if not x.strip())
+    split = tokenize_split(DataSpec(source="bundled:wikitext2", split="validation", max_length=4096,
+                                    add_eos=True), char_tokenizer())
+    assert blank == 1299 and split.n_skipped == blank and len(split) == len(lines) - blank
+    assert split.n_truncated == sum(1 for x in lines if x.strip() and char_count(x) + 1 > 4096)
+    assert [r["text"] for r in split.records] == [x for x in lines if x.strip()]
+    assert split.input_ids[0] == char_tokenizer()(lines[1], add_special_tokens=False)["input_ids"] + [1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"skipped {blank} of {len(lines)} examples" in warnings[0]
+
+
+@pytest.mark.slow
+def test_wikitext2_with_the_smollm2_tokenizer_skips_blank_and_one_token_lines(smollm2):
+    _, tok = smollm2
+    lines = shipped_lines("test")[:600]
+    ids = [tok(x, add_special_tokens=False)["input_ids"] for x in lines]
+    want_skipped = sum(1 for x, i in zip(lines, ids, strict=True) if not x.strip() or len(i) < 2)
+    split = tokenize_split(DataSpec(source="bundled:wikitext2", split="test", limit=600,
+                                    max_length=2048), tok)
+    assert split.n_skipped == want_skipped >= sum(1 for x in lines if not x.strip()) > 0
+    assert split.input_ids == [i[:2048] for x, i in zip(lines, ids, strict=True)
+                               if x.strip() and len(i) >= 2]
+
+
+def test_a_txt_file_starting_with_a_blank_line_is_data(tmp_path):
+    """The first line blank: skipped, not an error; the manifest's data section records the count."""
+    from conftest import make_ctx
+    from layerif_core.pipeline import load_task_splits
+
+    (tmp_path / "t.txt").write_text("\n  \nhello world\n\nsecond line\nx\n")
+    task = {"name": "txt", "train": {"source": str(tmp_path / "t.txt")},
+            "validation": {"source": str(tmp_path / "t.txt")}}
+    ctx = make_ctx(tmp_path, tasks=[task])
+    train, _ = load_task_splits(ctx, ctx.config.tasks[0])
+    # blank: lines 1, 2, 4; 'x' is one token, never predicted: no token in the loss
+    tok = char_tokenizer()
+    assert train.input_ids == [tok(x, add_special_tokens=False)["input_ids"]
+                               for x in ("hello world", "second line")]
+    assert train.n_skipped == 4
+    entry = ctx.run_dir.manifest["data"]["txt"]["txt/train"]
+    assert (entry["examples"], entry["skipped"], entry["packed"]) == (2, 4, False)
+
+
+def test_every_record_blank_is_one_error_naming_the_fix(tmp_path):
+    (tmp_path / "t.txt").write_text("\n \n\n")
+    with pytest.raises(DataError, match="every one of the 3 examples .* is blank .*; raise max_length"):
+        tokenize_split(DataSpec(source=str(tmp_path / "t.txt")), char_tokenizer())
+
+
+# ---- packing -----------------------------------------------------------------------------------
+
+def test_packing_cuts_eos_separated_documents_into_full_windows(tmp_path):
+    """'abc', 'defg' -> a b c <eos> d e f g <eos> (9 tokens): windows of 4 drop the last token."""
+    (tmp_path / "t.txt").write_text("abc\n\ndefg\n")
+    tok = char_tokenizer()
+    ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos = tok.eos_token_id
+    split = tokenize_split(DataSpec(source=str(tmp_path / "t.txt"), pack=True, max_length=4), tok)
+    assert split.input_ids == [ids("abc") + [eos], ids("defg")]
+    assert split.labels == split.input_ids and split.n_skipped == 1 and split.n_truncated == 0
+    three = tokenize_split(DataSpec(source=str(tmp_path / "t.txt"), pack=True, max_length=3), tok)
+    assert three.input_ids == [ids("abc"), [eos] + ids("de"), ids("fg") + [eos]]
+
+
+def test_packing_bundled_wikitext2_with_the_char_tokenizer_gives_the_hand_counted_windows():
+    lines = shipped_lines("validation")[:400]
+    kept = [x for x in lines if x.strip()]
+    # one token per character, '<unk>' (the char tokenizer's own unknown token) one, EOS after each line
+    n_tokens = sum(char_count(x) + 1 for x in kept)
+    tok = char_tokenizer()
+    split = tokenize_split(DataSpec(source="bundled:wikitext2", split="validation", limit=400,
+                                    pack=True, max_length=64), tok, max_context=128)
+    assert len(split) == n_tokens // 64 and {len(x) for x in split.input_ids} == {64}
+    assert split.n_skipped == len(lines) - len(kept)
+    stream = [t for x in kept for t in tok(x, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+    assert [t for x in split.input_ids for t in x] == stream[:len(split) * 64]
+    assert split.labels == split.input_ids
+
+
+@pytest.mark.slow
+def test_packing_bundled_wikitext2_with_the_smollm2_tokenizer(smollm2):
+    _, tok = smollm2
+    lines = [x for x in shipped_lines("test")[:300] if x.strip()]
+    stream = [t for x in lines for t in tok(x, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+    split = tokenize_split(DataSpec(source="bundled:wikitext2", split="test", limit=300, pack=True,
+                                    max_length=128), tok, max_context=8192)
+    assert len(split) == len(stream) // 128 > 0
+    assert split.input_ids == [stream[k * 128:(k + 1) * 128] for k in range(len(stream) // 128)]
+
+
+def test_packing_needs_text_templates():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="give a `text` template instead of prompt/completion"):
+        DataSpec(source="x.jsonl", prompt="{q}", completion="{a}", pack=True)
+
+
+def test_packing_a_bundled_task_joins_question_and_answer():
+    tok = char_tokenizer()
+    split = tokenize_split(DataSpec(source="bundled:capitals", limit=4, pack=True, max_length=16), tok)
+    recs = bundled_records("capitals", "train")[:4]
+    n_tokens = sum(len(f"Question: {r['question']}\nAnswer: {r['answer']}") + 1 for r in recs)
+    assert len(split) == n_tokens // 16 > 0
+
+
+def test_packing_less_text_than_one_window_is_an_error(tmp_path):
+    (tmp_path / "t.txt").write_text("abc\n")
+    with pytest.raises(DataError, match="packs into 4 tokens, fewer than one window of max_length 8"):
+        tokenize_split(DataSpec(source=str(tmp_path / "t.txt"), pack=True, max_length=8), char_tokenizer())

@@ -100,15 +100,19 @@ def plan_windows(n_tokens: int, seqlen: int, stride: int, drop_last: bool) -> li
 
 
 def read_text(opts: PerplexityOptions, seed: int = 0) -> str:
-    """The whole text: a ``.txt`` file as it is, or a dataset's records joined with ``"\\n\\n"``."""
+    """The whole text: a ``.txt`` file or a bundled corpus as it is (its first ``limit`` lines with a
+    limit), or a dataset's records joined with ``"\\n\\n"``."""
+    from layerif_core.data import bundled_text, load_records
+
     path = Path(opts.source).expanduser()
-    if path.suffix == ".txt":
+    corpus = bundled_text(DataSpec(source=opts.source, split=opts.split, limit=opts.limit))
+    if corpus is not None:  # a bundled corpus (bundled:wikitext2) reads as its file does
+        text = corpus
+    elif path.suffix == ".txt":
         if not path.is_file():
             raise DataError(f"text file '{opts.source}' does not exist; check the path.")
         text = path.read_text(encoding="utf-8")
     else:
-        from layerif_core.data import load_records
-
         spec = DataSpec(source=opts.source, split=opts.split, config_name=opts.config_name,
                         limit=opts.limit)
         records = load_records(spec, seed)

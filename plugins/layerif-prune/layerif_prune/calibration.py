@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from layerif_core.config import DataSpec, TaskSpec
-from layerif_core.data import BUNDLED_COMPLETION, BUNDLED_PROMPT, load_records, tokenize_split
+from layerif_core.data import BUNDLED_COMPLETION, BUNDLED_PROMPT, bundled_text, load_records, tokenize_split
 from layerif_core.errors import DataError
 from layerif_prune.options import CalibrationSpec
 
@@ -26,7 +26,10 @@ def calibration_tokens(spec: CalibrationSpec, tokenizer: Any, task: TaskSpec | N
         split = tokenize_split(task.train, tokenizer, seed, f"{task.name}/train")
         return torch.tensor([t for ids in split.input_ids for t in ids]), f"task '{task.name}' train"
     path = Path(spec.source).expanduser()
-    if path.suffix == ".txt":
+    corpus = bundled_text(DataSpec(source=spec.source, split=spec.split, limit=spec.limit))
+    if corpus is not None:  # a bundled corpus (bundled:wikitext2) reads as its file does
+        text = corpus
+    elif path.suffix == ".txt":
         if not path.is_file():
             raise DataError(f"calibration file '{spec.source}' does not exist; check the path.")
         text = path.read_text(encoding="utf-8")
