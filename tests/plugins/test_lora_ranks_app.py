@@ -238,3 +238,21 @@ def test_finetune_with_a_rank_pattern_reuses_only_the_same_adapter(tmp_path):
     assert first.model.base_model.model.model.layers[0].self_attn.q_proj.r["default"] == 2
     assert tune({"model.layers.0.self_attn.q_proj": 2}).reused
     assert not tune({"model.layers.0.self_attn.q_proj": 6}).reused
+
+
+def test_example_config_and_preset_study_validate():
+    from pathlib import Path
+
+    from layerif_core.config import load_config
+    from layerif_core.pipeline import check_components
+    from layerif_core.study.cells import build_cells
+    from layerif_core.study.config import load_study
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    config = load_config(root / "lora_ranks.yaml")
+    check_components(config)
+    assert config.allocation.name == config.application.name == "lora_ranks"
+    study, base = load_study(root / "studies" / "lora_ranks.yaml")
+    cells = build_cells(study, base)
+    assert len(study.seeds) >= 3 and len(cells) == len(study.arms) * len(study.seeds)
+    assert {c.config.allocation.name for c in cells} == {"lora_ranks"}
