@@ -25,6 +25,8 @@ def plot_ranks(scores: LayerScores, allocation: Allocation, path: Path, title: s
     left.set_ylabel(f"score ({better} = better trained)")
     ranks = allocation.details["ranks"]
     uniform = allocation.details["uniform_rank"]
+    if not allocation.details.get("per_module_type"):  # one rank per layer for every type
+        ranks = {"rank": allocation.values}
     types = list(ranks)
     width = 0.8 / len(types)
     for j, t in enumerate(types):
