@@ -6,7 +6,7 @@ Exit codes: 0 success, 2 bad input (a :class:`LayerifError`, printed as one line
 from __future__ import annotations
 
 import json
-import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,26 +35,17 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute finished arti
 
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors, and third-party "
+                                        "warnings (otherwise kept in the run's log.txt).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")] = False,
 ) -> None:
+    from layerif_core import logs
+
     STATE.update(debug=debug, quiet=quiet)
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
-                        handlers=[_handler()])
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if quiet:
-        import datasets
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-        datasets.disable_progress_bars()
-
-
-def _handler() -> logging.Handler:
-    from rich.logging import RichHandler
-
-    return RichHandler(console=console, show_time=False, show_path=False)
+    if quiet:  # read by datasets and the hub client when they are imported
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logs.setup(debug=debug, quiet=quiet)
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -119,17 +110,21 @@ def _load(config: Path, overrides: list[str] | None):
 
 
 def _print_scores(scores: dict) -> None:
+    from layerif_core.results import rank_with_ties
+
     out = Console()
     for task, s in scores.items():
-        table = Table(title=f"{task}: {s.scorer} ({'higher' if s.higher_is_better else 'lower'} "
-                            "= better trained)")
+        direction = "higher" if s.higher_is_better else "lower"
+        table = Table(title=f"{task}: {s.scorer}", caption=(
+            f"{direction} score = better trained; rank 1 = best trained layer; equal scores share "
+            "the best rank of their group (1, 2, 2, 4)"))
         table.add_column("layer", justify="right")
-        table.add_column("score", justify="right")
+        table.add_column(f"score ({direction} = better)", justify="right")
         table.add_column("rank", justify="right")
-        order = s.values.argsort(descending=s.higher_is_better).tolist()
-        rank = {layer: r + 1 for r, layer in enumerate(order)}
-        for layer, v in enumerate(s.values.tolist()):
-            table.add_row(str(layer), f"{v:.4g}", str(rank[layer]))
+        values = s.values.tolist()
+        for layer, (v, rank) in enumerate(zip(values, rank_with_ties(values, s.higher_is_better),
+                                              strict=True)):
+            table.add_row(str(layer), f"{v:.4g}", str(rank))
         out.print(table)
 
 
@@ -161,11 +156,19 @@ def scores(config: ConfigArg, set_: SetOpt = None, force: ForceOpt = False,
     console.print(f"results in {ctx.run_dir.path}")
 
 
-@app.command()
+plugins_app = typer.Typer(help="The registered components and the plugins that provide them.")
+app.add_typer(plugins_app, name="plugins")
+
+
+@plugins_app.callback(invoke_without_command=True)
 @guarded
-def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+def plugins(ctx: typer.Context,
+            as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
             = False) -> None:
-    """List every registered estimator, aggregator, scorer, allocator, application and evaluator."""
+    """List every registered estimator, aggregator, scorer, allocator, application and evaluator,
+    the plugin distributions with the hooks each implements, and plugins that were not loaded."""
+    if ctx.invoked_subcommand is not None:
+        return
     from layerif_core.registry import get_registry
 
     registry = get_registry()
@@ -173,17 +176,49 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="Print JSON ins
         typer.echo(json.dumps({
             "components": [{"kind": c.kind, "name": c.name, "provider": c.provider,
                             "version": c.version, "description": c.help} for c in registry.all()],
+            "plugins": [{"provider": p.provider, "version": p.version, "module": p.module,
+                         "hooks": p.hooks} for p in registry.plugins],
             "problems": [{"provider": p.provider, "message": p.message} for p in registry.problems],
         }, indent=2))
         return
-    table = Table(title="layerif plugins")
+    out = Console()
+    table = Table(title="layerif components")
     for col in ("kind", "name", "provider", "version", "description"):
         table.add_column(col)
     for c in registry.all():
         table.add_row(c.kind, c.name, c.provider, c.version, c.help)
-    Console().print(table)
+    out.print(table)
+    dists = Table(title="plugin distributions")
+    for col in ("distribution", "version", "module", "hooks"):
+        dists.add_column(col)
+    for p in registry.plugins:
+        dists.add_row(p.provider, p.version, p.module,
+                      ", ".join(h.removeprefix("layerif_register_") for h in p.hooks))
+    out.print(dists)
     for p in registry.problems:
-        console.print(f"[yellow]skipped plugin[/] {p.provider}: {p.message}", highlight=False)
+        console.print(f"[yellow]not loaded[/] {p.provider}: {p.message}", highlight=False)
+
+
+@plugins_app.command("check")
+@guarded
+def plugins_check(name: Annotated[str, typer.Argument(
+        help="A plugin distribution (e.g. layerif-prune) or a component name (e.g. ekfac).")]) -> None:
+    """Run the conformance suite over a plugin's components: each is built with its example options
+    and driven through its protocol on a tiny random Llama. Exit code 1 if any fails."""
+    from layerif_core.conformance import components_of, run_checks
+
+    table = Table(title=f"conformance: {name}")
+    for col in ("kind", "name", "provider", "result", "seconds"):
+        table.add_column(col)
+    failed = 0
+    for r in run_checks(components_of(name)):
+        failed += not r.ok
+        table.add_row(r.kind, r.name, r.provider, "ok" if r.ok else f"[red]FAILED[/] {r.message}",
+                      f"{r.seconds:.1f}")
+    Console().print(table)
+    if failed:
+        console.print(f"{failed} component(s) failed; each row says what its protocol expected.")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -250,7 +285,7 @@ def schema() -> None:
 @guarded
 def check(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate CONFIG (keys, values, plugin names) without loading the model."""
-    from layerif_core.pipeline import check_components
+    from layerif_core.registry import check_components
 
     check_components(_load(config, set_))
     typer.echo(f"{config}: ok")

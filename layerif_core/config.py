@@ -200,8 +200,16 @@ class RunConfig(Strict):
     allocation: ComponentSpec | None = Field(None, description="Allocator run on each task's scores.")
     application: ComponentSpec | None = Field(None, description="Application plugin (prune, lora_moe).")
     evaluation: list[ComponentSpec] = Field(default_factory=list, description="Evaluator plugins.")
+    apply_to: str | None = Field(
+        None, description="Which task's allocation the application and evaluators act on: a task name, "
+        "or 'each' for one application per task (each on a freshly loaded model, its artifacts and "
+        "metrics under <run>/<task>/). Needed when an application is configured for several tasks.")
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec,
                                    description="LoRA fine-tuning options (`layerif finetune`).")
+    allow_plugins: list[str] | None = Field(
+        None, description="Plugin distributions this run may use components from (besides layerif "
+        "itself); unset: any installed plugin. The environment variable LAYERIF_PLUGINS also keeps "
+        "other plugins from being imported at all.")
 
     @field_validator("name")
     @classmethod
@@ -220,6 +228,24 @@ class RunConfig(Strict):
         if dup:
             raise ValueError(f"task names must be unique; repeated: {sorted(dup)}")
         return tasks
+
+    @model_validator(mode="after")
+    def _application_target(self) -> RunConfig:
+        names = [t.name for t in self.tasks]
+        if self.apply_to is not None and self.apply_to != "each" and self.apply_to not in names:
+            raise ValueError(f"apply_to '{self.apply_to}' is not a task{closest(self.apply_to, names)}; "
+                             f"use one of {names} or 'each'")
+        if self.application is not None and len(names) > 1 and self.apply_to is None:
+            raise ValueError(f"the application '{self.application.name}' needs one allocation but there "
+                             f"are {len(names)} tasks; set apply_to to a task ({', '.join(names)}) or "
+                             "'each'")
+        return self
+
+    def application_tasks(self) -> list[str]:
+        """The tasks whose allocations the application acts on (one unless ``apply_to: each``)."""
+        if self.apply_to == "each":
+            return [t.name for t in self.tasks]
+        return [self.apply_to or self.tasks[0].name]
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
@@ -346,6 +372,8 @@ def describe_validation_error(exc: ValidationError, root: type[BaseModel]) -> st
                 f"{', '.join(fields)}.")
     if err["type"] == "missing":
         return f"missing key '{where}'; add it (see `layerif config schema`)."
+    if not loc:  # a rule across keys: its message names the keys and the fix
+        return str(err["msg"]).removeprefix("Value error, ") + "."
     got = repr(err.get("input"))
     got = got if len(got) <= 40 else got[:37] + "..."
     return (f"'{where}': {err['msg']} (got {got}); fix the value (`layerif config schema` lists "

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from layerif_core import logs
 from layerif_core.allocators.preprocess import postprocess
 from layerif_core.artifacts import RunDir
 from layerif_core.config import RunConfig, TaskSpec
@@ -26,31 +28,27 @@ from layerif_core.layers import LayerMap
 from layerif_core.models import fingerprint_model, load_model, max_context
 from layerif_core.plotting import plot_scores
 from layerif_core.protocols import Allocation, LayerScores
-from layerif_core.registry import get_registry
+from layerif_core.registry import check_components, get_registry
 
 log = logging.getLogger("layerif")
 
 
-def check_components(config: RunConfig) -> None:
-    """Every component the config names exists and accepts its options."""
-    registry = get_registry()
-    if config.scorer.name == "layerif":
-        registry.get("estimator", config.scorer.estimator.name).options(config.scorer.estimator.options)
-        registry.get("aggregator", config.scorer.aggregator.name).options(config.scorer.aggregator.options)
-    else:
-        registry.get("scorer", config.scorer.name).options(config.scorer.options)
-    for kind, spec in (("allocator", config.allocation), ("application", config.application)):
-        if spec is not None:
-            registry.get(kind, spec.name).options(spec.options)
-    for spec in config.evaluation:
-        registry.get("evaluator", spec.name).options(spec.options)
-
-
 def open_run(config: RunConfig, force: bool = False, show_progress: bool = True,
              model: torch.nn.Module | None = None, tokenizer: Any = None) -> RunContext:
-    """Load the model (unless given), build the layer map and open the run directory."""
+    """Load the model (unless given), build the layer map and open the run directory.
+
+    Args:
+        config: the run config (``load_config`` parses a file and ``--set`` overrides into one).
+        force: recompute artifacts a rerun would otherwise reuse.
+        show_progress: progress bars on long passes.
+        model, tokenizer: an already loaded model and its tokenizer instead of ``config.model``.
+
+    Returns:
+        The :class:`RunContext` every component receives.
+    """
     check_components(config)  # unknown names and options fail before the (slow) model load
     run_dir = RunDir(Path(config.output_dir) / config.name, force=force)
+    logs.attach_run_log(run_dir.path)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     if model is None:
@@ -65,12 +63,14 @@ def open_run(config: RunConfig, force: bool = False, show_progress: bool = True,
                "tracked_params_per_layer": layer_map.num_params(),
                "dtype": str(next(model.parameters()).dtype),
                "device": str(next(model.parameters()).device), "load_seconds": round(load_seconds, 2)},
+        plugins=get_registry().versions(),
     )
     return RunContext(config, model, tokenizer, layer_map, run_dir, fp, show_progress)
 
 
 def load_task_splits(ctx: RunContext, task: TaskSpec) -> tuple[TokenizedSplit, TokenizedSplit]:
-    """Tokenise a task's train and validation splits, recording sizes and truncation."""
+    """Tokenise a task's train and validation splits, recording sizes, truncation and skipped
+    examples (no token in the loss) in the manifest."""
     ctx_len = max_context(ctx.model)
     train = tokenize_split(task.train, ctx.tokenizer, ctx.seed, f"{task.name}/train", ctx_len)
     query = tokenize_split(task.validation, ctx.tokenizer, ctx.seed, f"{task.name}/validation", ctx_len)
@@ -137,19 +137,38 @@ class RunResult:
 def run(config: RunConfig, force: bool = False, show_progress: bool = True) -> RunResult:
     """The whole job: scores, then (if configured) allocation, application and evaluation.
 
-    The application and evaluators act on the first task's allocation.
+    Args:
+        config: the run config. The application and evaluators act on the allocation of the task
+            named by ``apply_to`` (the only task when there is one), or with ``apply_to: each`` on
+            every task's allocation in turn, each on a freshly loaded model with its artifacts and
+            metrics under ``<run>/<task>/`` (metric keys prefixed ``<task>/``).
+        force: recompute artifacts a rerun would otherwise reuse.
+        show_progress: progress bars on long passes.
     """
     ctx = open_run(config, force=force, show_progress=show_progress)
     scores = compute_layer_scores(ctx)
     allocations = allocate(ctx, scores)
-    model = ctx.model
-    registry = get_registry()
-    if config.application is not None:
-        if not allocations:
-            raise DataError("an application needs an allocation; add an `allocation:` section.")
-        app = registry.build("application", config.application.name, config.application.options)
-        model = app.apply(ctx, model, next(iter(allocations.values())))
+    if config.application is not None and not allocations:
+        raise DataError("an application needs an allocation; add an `allocation:` section.")
+    if config.application is None:
+        metrics = evaluate_model(ctx, ctx.model, ctx.tokenizer).metrics if config.evaluation else {}
+        return RunResult(ctx.run_dir.path, scores, allocations, metrics)
+    each = config.apply_to == "each"
     metrics: dict[str, float] = {}
-    if config.evaluation:
-        metrics = evaluate_model(ctx, model, ctx.tokenizer).metrics
+    for task in config.application_tasks():
+        target = task_context(ctx, task) if each else ctx
+        app = get_registry().build("application", config.application.name, config.application.options)
+        log.info("applying '%s' to the allocation of task '%s'", config.application.name, task)
+        model = app.apply(target, target.model, allocations[task])
+        if config.evaluation:
+            found = evaluate_model(target, model, target.tokenizer).metrics
+            metrics.update({f"{task}/{k}" if each else k: v for k, v in found.items()})
     return RunResult(ctx.run_dir.path, scores, allocations, metrics)
+
+
+def task_context(ctx: RunContext, task: str) -> RunContext:
+    """A context for applying one task's allocation: a freshly loaded model and ``<run>/<task>/``."""
+    model, tokenizer = load_model(ctx.config.model)
+    return dataclasses.replace(ctx, model=model, tokenizer=tokenizer,
+                               layer_map=LayerMap(model, ctx.config.layers),
+                               run_dir=RunDir(ctx.run_dir.path / task, force=ctx.run_dir.force))

@@ -362,3 +362,31 @@ def get_registry(app: Any | None = None) -> Registry:
     if _REGISTRY is None:
         _REGISTRY = load_registry(app=app)
     return _REGISTRY
+
+
+def check_components(config: Any) -> None:
+    """Every component the config names exists, accepts its options, and (with ``allow_plugins``)
+    comes from an allowed distribution.
+
+    Args:
+        config: the validated :class:`~layerif_core.config.RunConfig`; nothing is loaded or computed.
+    """
+    from layerif_core.errors import ConfigError
+
+    registry = get_registry()
+    named = [("scorer", config.scorer.name, config.scorer.options)]
+    if config.scorer.name == "layerif":
+        named += [("estimator", config.scorer.estimator.name, config.scorer.estimator.options),
+                  ("aggregator", config.scorer.aggregator.name, config.scorer.aggregator.options)]
+    for kind, spec in (("allocator", config.allocation), ("application", config.application)):
+        if spec is not None:
+            named.append((kind, spec.name, spec.options))
+    named += [("evaluator", spec.name, spec.options) for spec in config.evaluation]
+    for kind, name, options in named:
+        comp = registry.get(kind, name)
+        if kind != "scorer" or name != "layerif":
+            comp.options(options)
+        if config.allow_plugins is not None and comp.provider not in ("layerif", *config.allow_plugins):
+            raise ConfigError(f"{kind} '{name}' comes from the plugin '{comp.provider}', which is not "
+                              f"in allow_plugins ({', '.join(config.allow_plugins) or 'empty'}); add "
+                              "it or choose another component.")

@@ -57,3 +57,10 @@ class Allocation:
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "allocator": self.allocator, "values": self.values,
                 "details": self.details}
+
+
+def rank_with_ties(values: list[float], higher_is_better: bool) -> list[int]:
+    """Rank 1 = best-trained layer; equal scores share the best rank of their group and the next
+    rank skips ahead ("competition ranking": 1, 2, 2, 4), so no order is read into a tie."""
+    better = (lambda a, b: a > b) if higher_is_better else (lambda a, b: a < b)
+    return [1 + sum(better(w, v) for w in values) for v in values]

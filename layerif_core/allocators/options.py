@@ -8,7 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class UniformSparsityOptions(BaseModel):
     """Options of ``uniform_sparsity``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model
+        json_schema_extra={"examples": [{"sparsity": 0.5}]})
 
     sparsity: float = Field(..., ge=0.0, lt=1.0, description="Target sparsity s in [0, 1) of every layer.")
 
@@ -16,7 +18,9 @@ class UniformSparsityOptions(BaseModel):
 class AlphaPruningOptions(BaseModel):
     """Options of ``alpha_pruning``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model
+        json_schema_extra={"examples": [{"sparsity": 0.5, "epsilon": 0.2}]})
 
     sparsity: float = Field(..., ge=0.0, lt=1.0,
                             description="Target parameter-weighted mean sparsity s in [0, 1).")
@@ -34,7 +38,9 @@ class AlphaPruningOptions(BaseModel):
 class OWLSparsityOptions(BaseModel):
     """Options of ``owl_sparsity``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model
+        json_schema_extra={"examples": [{"sparsity": 0.5}]})
 
     sparsity: float = Field(..., ge=0.0, lt=1.0, description="Target mean sparsity s in [0, 1).")
     lamda: float = Field(0.08, ge=0.0, description="OWL's λ: sparsities span [s − λ, s + λ] "
@@ -66,6 +72,8 @@ class AlphaLoRAOptions(ExpertOptions):
 class GivenOptions(BaseModel):
     """A user-given allocation (for hand-made studies)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model
+        json_schema_extra={"examples": [{"values": [1, 2, 3]}]})
 
     values: list[int] = Field(..., min_length=1, description="Experts per layer, one integer >= 1 each.")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
-
-from layerif_core.config import DataSpec
 
 
 class PerplexityOptions(BaseModel):
     """Options of the ``perplexity`` evaluator."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model
+        json_schema_extra={"examples": [{"source": "bundled:wikitext2", "split": "test", "limit": 40,
+                                         "seqlen": 64, "max_windows": 2}]})
 
     source: str = Field(
         ..., description="A text file (.txt, read whole), or any data source layerif reads (local "
@@ -49,7 +48,9 @@ class PerplexityOptions(BaseModel):
 class LmEvalOptions(BaseModel):
     """Options of the ``lm_eval`` evaluator."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model
+        json_schema_extra={"examples": [{"tasks": ["layerif_capitals"], "limit": 4}]})
 
     tasks: list[str] = Field(
         ..., min_length=1, description="lm-eval task, group or tag names (e.g. 'layerif_capitals', "

@@ -70,6 +70,8 @@ def check_experts(handle: LoraMoeModel, experts: list[int]) -> None:
 class LoraMoeApplication:
     """Mixture of LoRA experts per decoder layer, ``n_l`` from the allocation, trained on a task."""
 
+    conformance_allocator = ("uniform_experts", {"total": 6})
+
     def __init__(self, opts: LoraMoeOptions | None):
         self.opts = opts or LoraMoeOptions()
         self.handle: LoraMoeModel | None = None

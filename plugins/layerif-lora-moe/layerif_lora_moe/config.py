@@ -14,7 +14,9 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 class LoraMoeOptions(BaseModel):
     """LoRA experts, router, and the training run of the ``lora_moe`` application."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model
+        json_schema_extra={"examples": [{"max_steps": 2}]})
 
     rank: int = Field(8, ge=1, description="LoRA rank r of every expert.")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; an expert's update is scaled by alpha/rank.")

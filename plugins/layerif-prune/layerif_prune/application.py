@@ -155,6 +155,8 @@ def check_achieved(layer_map: LayerMap, masks: dict[str, torch.Tensor], target: 
 class Prune:
     """Prune a model with magnitude, Wanda or SparseGPT to the allocation's layer-wise sparsity."""
 
+    conformance_allocator = ("uniform_sparsity", {"sparsity": 0.5})
+
     def __init__(self, opts: PruneOptions):
         self.opts = opts
         self.result: PruneResult | None = None

@@ -32,7 +32,9 @@ class CalibrationSpec(BaseModel):
 class PruneOptions(BaseModel):
     """Options of the ``prune`` application."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model
+        json_schema_extra={"examples": [{"pruner": "wanda", "calibration": {"samples": 4, "seqlen": 32}}]})
 
     pruner: Literal["wanda", "sparsegpt", "magnitude"] = Field(
         "wanda", description="wanda: |W_ij|·‖X_j‖₂ per output row; sparsegpt: OBS weight updates "
