@@ -5,23 +5,22 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from layerif_core.layers import LayerMap
-from layerif_prune.calibration import calibration_windows
-from layerif_prune.options import PruneOptions
+from layerif_prune.calibration import calibration_tokens, calibration_windows
+from layerif_prune.options import CalibrationSpec, PruneOptions
 from layerif_prune.sequential import prune_blocks
 
-WIKI = Path(__file__).resolve().parents[1] / ".." / ".." / "shared" / "data" / "wikitext-2"
 SEQLEN, EVAL_WINDOWS, CALIB_SAMPLES = 256, 4, 4
 
 
-def wikitext_tokens(tokenizer, split: str, chars: int) -> torch.Tensor:
-    text = (WIKI / f"{split}.txt").read_text(encoding="utf-8")[:chars]
-    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+def wikitext_tokens(tokenizer, split: str, lines: int) -> torch.Tensor:
+    """The first ``lines`` lines of the bundled WikiText-2 ``split``, as the calibration reads them."""
+    spec = CalibrationSpec(source="bundled:wikitext2", split=split, limit=lines)
+    return calibration_tokens(spec, tokenizer, None)[0]
 
 
 @torch.no_grad()
@@ -36,8 +35,9 @@ def perplexity(model, tokens: torch.Tensor) -> float:
 @pytest.mark.slow
 def test_wanda_beats_magnitude_at_half_sparsity_on_wikitext(smollm2):
     model, tokenizer = smollm2
-    test_tokens = wikitext_tokens(tokenizer, "test", 20_000)
-    calib = calibration_windows(wikitext_tokens(tokenizer, "valid", 40_000), CALIB_SAMPLES, SEQLEN, 0)
+    test_tokens = wikitext_tokens(tokenizer, "test", 90)
+    calib = calibration_windows(wikitext_tokens(tokenizer, "validation", 145), CALIB_SAMPLES, SEQLEN, 0)
+    assert len(test_tokens) >= EVAL_WINDOWS * SEQLEN
     dense = perplexity(model, test_tokens)
     ppl = {}
     for pruner in ("magnitude", "wanda"):
