@@ -256,3 +256,20 @@ def test_example_config_and_preset_study_validate():
     cells = build_cells(study, base)
     assert len(study.seeds) >= 3 and len(cells) == len(study.arms) * len(study.seeds)
     assert {c.config.allocation.name for c in cells} == {"lora_ranks"}
+
+
+def test_a_scoring_adapter_is_removed_before_the_ranked_adapter_is_trained(tmp_path):
+    # the paper's route scores through a LoRA adapter; the ranked adapter is built on the base model
+    scored = get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=["q_proj", "k_proj"]))
+    ctx = make_ctx(tmp_path, model=scored, scorer={"name": "random"},
+                   finetune={"rank": 4, "alpha": 8, "target_modules": TARGETS, "batch_size": 3},
+                   application={"name": "lora_ranks", "options": {"train": True}})
+    allocation = LoraRankAllocator(RankOptions(beta=1)).allocate(LayerScores(torch.tensor([0.0, 3.0, 1.0]),
+                                                                             False, "test"))
+    app = get_registry().build("application", "lora_ranks", ctx.config.application.options)
+    tuned = app.apply(ctx, scored, allocation)
+    built = lora_modules(tuned)
+    assert {name.rsplit(".", 1)[1] for name in built} == set(TARGETS)  # no k_proj left from scoring
+    assert {m.r["default"] for name, m in built.items() if ".layers.1." in name} == {8}
+    assert trainable(tuned) == 4 * 3 * sum(COST.values())
+    assert app.metrics["lora_ranks/validation_loss"] > 0

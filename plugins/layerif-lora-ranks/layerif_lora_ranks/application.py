@@ -33,6 +33,7 @@ from layerif_core.context import RunContext
 from layerif_core.errors import ConfigError, DataError
 from layerif_core.layers import LayerMap
 from layerif_core.protocols import Allocation, LayerScores
+from layerif_core.scope import base_model
 from layerif_lora_ranks.allocator import LoraRankAllocator, RankBudget
 from layerif_lora_ranks.options import LoraRanksOptions, RankOptions
 from layerif_lora_ranks.plots import plot_ranks
@@ -183,6 +184,9 @@ class LoraRanks:
         return self.opts.train if self.opts.train is not None else "finetune" in config.model_fields_set
 
     def apply(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> torch.nn.Module:
+        """The LoraConfig of ``allocation`` on the base model (a scoring adapter is removed first:
+        :mod:`layerif_core.scope`), fine-tuned when asked."""
+        model = base_model(model)
         _, cfg = self.plan(ctx, model, allocation)
         if not self.train_enabled(ctx.config):
             return model
