@@ -38,6 +38,7 @@ from layerif_core.data import Batch, TokenizedSplit
 from layerif_core.distributed import all_reduce_, world
 from layerif_core.errors import ConfigError, DataError, NumericalError
 from layerif_core.estimators.kronecker import query_gradient, run_pass
+from layerif_core.estimators.memory import Group, Plan, plan_partitions, resolve_budget
 from layerif_core.estimators.options import DataInfOptions
 from layerif_core.layers import TrackedModule
 
@@ -107,8 +108,10 @@ class GradientStore:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def per_example_gradients(ctx: RunContext, split: TokenizedSplit, store: GradientStore) -> None:
-    """Fill ``store`` with every tracked module's per-example gradients: one batched backward per batch."""
+def per_example_gradients(ctx: RunContext, split: TokenizedSplit, store: GradientStore,
+                          modules: list[TrackedModule] | None = None) -> None:
+    """Fill ``store`` with the per-example gradients of ``modules`` (default: every tracked module):
+    one batched backward per batch."""
     current: dict[str, torch.Tensor] = {}
 
     def remember(batch: Batch) -> None:
@@ -117,7 +120,8 @@ def per_example_gradients(ctx: RunContext, split: TokenizedSplit, store: Gradien
     def collect(tm: TrackedModule, a: torch.Tensor, delta: torch.Tensor) -> None:
         store.put(tm.name, current["index"], example_gradients(tm, a, delta))
 
-    run_pass(ctx, split, f"per-example gradients ({split.name})", on_backward=collect, on_batch=remember)
+    run_pass(ctx, split, f"per-example gradients ({split.name})", on_backward=collect, on_batch=remember,
+             modules=modules)
     store.all_reduce()
 
 
@@ -152,16 +156,36 @@ class DataInf:
     def influence(self, ctx: RunContext, train: TokenizedSplit, query: TokenizedSplit) -> torch.Tensor:
         self.fit(ctx, train)
         q = query_gradient(ctx, query)
-        store = self._store(ctx, len(train))
-        try:
-            per_example_gradients(ctx, train, store)
-            return self._combine(ctx, store, q, train)
-        finally:
-            store.close()
+        plan = self.plan(ctx, len(train))
+        scores = torch.zeros(len(ctx.layer_map), len(train), dtype=torch.float64, device=ctx.device)
+        self.lambdas, self.zero_modules = {}, []
+        for p in range(plan.P):
+            modules = plan.modules(p)
+            store = self._store(ctx, len(train), modules)
+            try:
+                per_example_gradients(ctx, train, store, modules)
+                scores += self._combine(ctx, store, q, modules)
+            finally:
+                store.close()
+        self._report_zero(ctx)
+        ctx.run_dir.manifest.setdefault("datainf", {})[train.name] = {
+            "lambdas": self.lambdas, "zero_gradient_modules": self.zero_modules,
+            "plan": plan.to_json()}
+        return scores.float()
 
-    def _store(self, ctx: RunContext, n: int) -> GradientStore:
-        sizes = {tm.name: tm.d_out * (tm.d_in + int(tm.has_bias)) for tm in ctx.layer_map.modules()}
-        on_disk = gradient_bytes(ctx, n) > self.config.memory_gb * GB
+    def plan(self, ctx: RunContext, n: int) -> Plan:
+        """Module partitions whose per-example gradients (``n × d_m`` float32 each) fit the device
+        budget; the train pass runs once per partition (architecture §8)."""
+        budget = resolve_budget(getattr(self.config, "memory_budget_gb", None), ctx.device)
+        plan = plan_partitions("datainf per-example gradients",
+                               [Group([tm]) for tm in ctx.layer_map.modules()],
+                               lambda g: 4 * n * g.modules[0].d_out * g.d_in, budget)
+        ctx.log.info(plan.describe())
+        return plan
+
+    def _store(self, ctx: RunContext, n: int, modules: list[TrackedModule]) -> GradientStore:
+        sizes = {tm.name: tm.d_out * (tm.d_in + int(tm.has_bias)) for tm in modules}
+        on_disk = 4 * n * sum(sizes.values()) > self.config.memory_gb * GB
         if on_disk and world()[1] > 1:
             raise ConfigError("datainf keeps per-example gradients on disk only in a single process; "
                               "raise memory_gb or run without torchrun.")
@@ -169,10 +193,10 @@ class DataInf:
         return GradientStore(sizes, n, ctx.device, directory)
 
     def _combine(self, ctx: RunContext, store: GradientStore, q: dict[str, torch.Tensor],
-                 train: TokenizedSplit) -> torch.Tensor:
-        scores = torch.zeros(len(ctx.layer_map), len(train), dtype=torch.float64, device=ctx.device)
-        self.lambdas, self.zero_modules = {}, []
-        for tm in ctx.layer_map.modules():
+                 modules: list[TrackedModule]) -> torch.Tensor:
+        n = next(iter(store.rows.values())).shape[0]
+        scores = torch.zeros(len(ctx.layer_map), n, dtype=torch.float64, device=ctx.device)
+        for tm in modules:
             grads = store.get(tm.name)
             lam = self.config.damping or default_lambda(grads, self.config.lambda_scale)
             if not np.isfinite(lam):
@@ -183,10 +207,7 @@ class DataInf:
                 self.zero_modules.append(tm.name)
                 continue
             scores[tm.layer] += datainf_influence(grads, q[tm.name].flatten(), lam)
-        self._report_zero(ctx)
-        ctx.run_dir.manifest.setdefault("datainf", {})[train.name] = {
-            "lambdas": self.lambdas, "zero_gradient_modules": self.zero_modules}
-        return scores.float()
+        return scores
 
     def _report_zero(self, ctx: RunContext) -> None:
         zero = set(self.zero_modules)

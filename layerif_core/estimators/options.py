@@ -98,3 +98,8 @@ class DataInfOptions(BaseModel):
         16.0, gt=0, description="Refuse when the per-example gradients would exceed this size (e.g. "
         "on full weights of a large model: track LoRA parameters with layers.lora_only)."
     )
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="Device memory one module partition's per-example gradients may "
+        "take; above it the train pass runs once per partition (unset: half the free GPU memory, a "
+        "quarter of the available RAM on a CPU)."
+    )
