@@ -273,3 +273,13 @@ def test_a_scoring_adapter_is_removed_before_the_ranked_adapter_is_trained(tmp_p
     assert {m.r["default"] for name, m in built.items() if ".layers.1." in name} == {8}
     assert trainable(tuned) == 4 * 3 * sum(COST.values())
     assert app.metrics["lora_ranks/validation_loss"] > 0
+
+
+def test_options_and_command_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, layerif_lora_ranks.options, layerif_lora_ranks.command, layerif_lora_ranks.plugin; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
