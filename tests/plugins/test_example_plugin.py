@@ -61,3 +61,9 @@ def test_installed_estimator_runs_through_the_cli(site, tmp_path):
     ratio = runs["grad_dot"] / runs["unit_query_dot"]
     assert (ratio > 0).all()
     assert (ratio.std(dim=1) < 1e-3 * ratio.mean(dim=1)).all()
+
+
+def test_installed_plugin_passes_the_conformance_suite(site, tmp_path):
+    out = cli(site, "plugins", "check", "layerif-example-estimator", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "unit_query_dot" in out.stdout and "FAILED" not in out.stdout
