@@ -255,6 +255,9 @@ class RunDir:
         except OSError as exc:
             raise _disk_error(self.path, exc) from None
         self.lock = acquire_lock(self.path) if lock else None
+        if self.lock is not None:  # temporary files of a killed writer: never renamed, never trusted
+            for stale in [p for p in self.path.rglob("*") if p.is_file() and p.name.endswith(".tmp")]:
+                stale.unlink(missing_ok=True)
         self._manifest_path = self.path / "manifest.json"
         self.manifest: dict[str, Any] = {}
         self.manifest = self.read_json("manifest.json") or {}
