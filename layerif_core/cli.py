@@ -224,12 +224,15 @@ def plugins_check(name: Annotated[str, typer.Argument(
 @app.command()
 @guarded
 def tasks() -> None:
-    """List the bundled tasks (usable as data source 'bundled:NAME')."""
-    from layerif_core.tasks import BUNDLED, bundled_records
+    """List the bundled tasks and text corpora (usable as data source 'bundled:NAME')."""
+    from layerif_core.tasks import BUNDLED, TEXTS, bundled_records
 
     for name in BUNDLED:
         ex = bundled_records(name, "train", n=1)[0]
         typer.echo(f"bundled:{name:<12} e.g. {ex['question']!r} -> {ex['answer']!r}")
+    for name, splits in TEXTS.items():
+        typer.echo(f"bundled:{name:<12} text, one record per line (splits {', '.join(splits)}; "
+                   "pack: true cuts it into max_length windows)")
 
 
 INIT_TEMPLATE = """\
