@@ -1,0 +1,313 @@
+"""The scale goals on one GPU (architecture §8), no network: random-init models built from the real
+configs (timings do not depend on the weights), WikiText-2 windows tokenised with the SmolLM2
+tokenizer when one is given (``--tokenizer DIR``), else random token ids of the model's vocabulary.
+
+Phases (``--phases``, default all; each writes ``$OUT/bench_gpu.json`` as it finishes):
+
+- ``throughput``: matmul FLOP/s in float32 and bfloat16, float64 ``eigh`` times;
+- ``smollm2``: SmolLM2-135M shape, float32 and bfloat16: plain forward+backward passes, EK-FAC
+  (covariance, correction, query+score phases), ``grad_dot``; time over the plain-pass floor and
+  over the FLOP floor (:mod:`benchmarks.flops`), peak device memory;
+- ``tinyllama``: TinyLlama-1.1B shape (``--tinyllama-layers`` of 22), float32;
+- ``mistral7b``: Mistral-7B shape (32 layers, hidden 4096, MLP 14336, 8 KV heads; ``--mistral-layers``),
+  bfloat16, EK-FAC over every linear module, 256 train × 512 tokens and 32 queries;
+- ``datainf7b``: the same model with a LoRA r=8 adapter on all seven linears of every layer, DataInf
+  on 300 train × 50 validation sequences of 128 tokens (the paper's sizes; 402.77 s per layer there).
+
+``--scale tiny`` shrinks every model and size so the script runs on a CPU in a minute (a check of the
+script, not a measurement). Run: ``python -m benchmarks.bench_gpu --out $OUT [--tokenizer DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from benchmarks.flops import ekfac_flops, matmul_flops_per_second
+from layerif_core.artifacts import RunDir
+from layerif_core.config import RunConfig
+from layerif_core.data import TokenizedSplit
+from layerif_core.losses import sequence_losses
+from layerif_core.pipeline import open_run
+from layerif_core.registry import get_registry
+
+SHAPES = {  # the real configs' sizes (random init)
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                         tie_word_embeddings=True, rope_theta=100000.0),
+    "tinyllama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                           num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
+    "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=32000),
+}
+TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
+PAPER_DATAINF_SECONDS_PER_LAYER = 402.77
+
+
+def build_model(shape: str, layers: int | None, dtype: torch.dtype, device: torch.device,
+                tiny: bool) -> torch.nn.Module:
+    """A random-init Llama/Mistral causal LM of the named shape (``layers`` of its blocks)."""
+    import transformers as tf
+
+    cfg = dict(SHAPES[shape])
+    if layers is not None:
+        cfg["num_hidden_layers"] = layers
+    if tiny:
+        cfg.update(TINY, num_hidden_layers=min(cfg["num_hidden_layers"], 2))
+    cls = tf.MistralConfig if shape == "mistral-7b" else tf.LlamaConfig
+    config = cls(max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2, **cfg)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def windows(tokenizer: Any, vocab: int, n: int, length: int, name: str, offset: int = 0
+            ) -> TokenizedSplit:
+    """``n`` windows of ``length`` tokens: WikiText-2 (test) tokenised, or random ids."""
+    if tokenizer is not None:
+        from layerif_core.tasks.text import corpus_text
+
+        ids = tokenizer(corpus_text("wikitext2", "test"))["input_ids"]
+        ids = [i if i < vocab else 0 for i in ids]
+        need = (offset + n) * length
+        ids = (ids * math.ceil(need / max(len(ids), 1)))[:need]
+        rows = [ids[(offset + k) * length:(offset + k + 1) * length] for k in range(n)]
+        source = "wikitext2"
+    else:
+        gen = torch.Generator().manual_seed(1234 + offset)
+        rows = torch.randint(3, vocab, (n, length), generator=gen).tolist()
+        source = "random"
+    return TokenizedSplit(name, rows, [list(r) for r in rows], f"{source}-{name}-{n}x{length}-{offset}")
+
+
+def context(model, tokenizer, label: str, batch_size: int, workdir: Path, layers: dict | None = None):
+    cfg = RunConfig.model_validate({
+        "name": label, "output_dir": str(workdir), "batch_size": batch_size,
+        "layers": layers or {"modules": "all"},
+        "tasks": [{"name": "t", "train": {"source": "bundled:capitals"},
+                   "validation": {"source": "bundled:capitals", "split": "validation"}}]})
+    tok = tokenizer if tokenizer is not None else SimpleNamespace(pad_token_id=0)
+    return open_run(cfg, show_progress=False, model=model, tokenizer=tok)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(device: torch.device, fn) -> tuple[float, float, Any]:
+    """``(seconds, peak device GiB during fn, result)``."""
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return seconds, peak, out
+
+
+def plain_pass(ctx, split) -> None:
+    """Forward+backward of the summed loss with parameter gradients (a training pass)."""
+    flags = [(p, p.requires_grad) for p in ctx.model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(True)
+    for batch in split.batches(ctx.batch_size, ctx.pad_id):
+        sequence_losses(ctx.model, batch.to(ctx.device)).sum().backward()
+        ctx.model.zero_grad(set_to_none=True)
+    for p, flag in flags:
+        p.requires_grad_(flag)
+
+
+def ekfac_phases(ctx, train, query, workdir: Path, options: dict | None = None) -> dict:
+    """EK-FAC with each stage timed: covariances+eigh, correction, query+score."""
+    from layerif_core.estimators.factors import fit_eigen, fit_lambda, module_groups, open_store
+
+    dev = ctx.device
+    ctx.run_dir = RunDir(workdir / "ekfac")
+    est = get_registry().build("estimator", "ekfac", options or {})
+    est.store, est.groups = open_store(ctx, train, est.options), module_groups(ctx, train)
+    t_eig, m_eig, _ = measure(dev, lambda: fit_eigen(ctx, train, est.options, est.store, est.groups))
+    t_lam, m_lam, _ = measure(dev, lambda: fit_lambda(ctx, train, est.options, est.store, est.groups))
+    est._fitted = (id(ctx), train.fingerprint)
+    t_inf, m_inf, influence = measure(dev, lambda: est.influence(ctx, train, query))
+    steps = ctx.run_dir.manifest["steps"]
+    plans = {k.rsplit("/", 1)[1]: v.get("plan", {}).get("P") for k, v in steps.items()
+             if k.startswith("factors/")}
+    return {"seconds": round(t_eig + t_lam + t_inf, 2), "covariance_eigh_s": round(t_eig, 2),
+            "correction_s": round(t_lam, 2), "query_score_s": round(t_inf, 2),
+            "peak_gib": round(max(m_eig, m_lam, m_inf), 2), "partitions": plans,
+            "influence_plan_P": est.plan.P, "finite": bool(torch.isfinite(influence).all()),
+            "groups": len(est.groups), "modules": sum(len(g.modules) for g in est.groups),
+            "_influence": influence.cpu(), "_groups": est.groups}
+
+
+def bench_shape(shape: str, dtype: torch.dtype, layers: int | None, n_train: int, n_query: int,
+                seq: int, batch: int, args, throughput: dict) -> dict:
+    dev = torch.device(args.device)
+    model = build_model(shape, layers, dtype, dev, args.scale == "tiny")
+    tok = load_tokenizer(args.tokenizer)
+    vocab = model.config.vocab_size
+    train = windows(tok, vocab, n_train, seq, "train")
+    query = windows(tok, vocab, n_query, seq, "query", offset=n_train)
+    dname = str(dtype).removeprefix("torch.")
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = context(model, tok, f"{shape}-{dname}", batch, Path(tmp))
+        plain_pass(ctx, query)  # warm-up
+        t_train, m_train, _ = measure(dev, lambda: plain_pass(ctx, train))
+        t_query, _, _ = measure(dev, lambda: plain_pass(ctx, query))
+        ek = ekfac_phases(ctx, train, query, Path(tmp))
+        ctx.run_dir = RunDir(Path(tmp) / "grad_dot")
+        t_gd, m_gd, _ = measure(dev, lambda: get_registry().build("estimator", "grad_dot")
+                                .influence(ctx, train, query))
+    rate = throughput.get(dname) or matmul_flops_per_second(dev, dtype)
+    fl = ekfac_flops(model, ek.pop("_groups"), n_train, n_query, seq)
+    gd_fl = ekfac_flops(model, [], n_train, n_query, seq, "grad_dot")["passes"]
+    ek.pop("_influence")
+    return {
+        "model": shape, "dtype": dname, "layers": model.config.num_hidden_layers,
+        "n_train": n_train, "n_query": n_query, "seq_len": seq, "batch": batch,
+        "data": "wikitext2" if tok is not None else "random ids",
+        "plain_train_pass_s": round(t_train, 2), "plain_query_pass_s": round(t_query, 2),
+        "plain_pass_peak_gib": round(m_train, 2),
+        "ekfac": ek, "ekfac_over_plain_floor": round(ek["seconds"] / (3 * t_train + t_query), 2),
+        "ekfac_flop_floor_s": round(fl["total"] / rate, 2),
+        "ekfac_over_flop_floor": round(ek["seconds"] / (fl["total"] / rate), 2),
+        "ekfac_flops_by_part": {k: float(f"{v:.4g}") for k, v in fl.items()},
+        "grad_dot_s": round(t_gd, 2), "grad_dot_peak_gib": round(m_gd, 2),
+        "grad_dot_over_plain_floor": round(t_gd / (t_train + t_query), 2),
+        "grad_dot_over_flop_floor": round(t_gd / (gd_fl / rate), 2),
+        "matmul_tflops": round(rate / 1e12, 2),
+    }
+
+
+def phase_throughput(args) -> dict:
+    dev = torch.device(args.device)
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        n = 1024 if args.scale == "tiny" else None
+        out[str(dtype).removeprefix("torch.")] = matmul_flops_per_second(dev, dtype, n)
+    eigh = {}
+    sizes = (64, 256) if args.scale == "tiny" else (576, 2048, 4096, 5632, 14336)
+    for n in sizes:
+        a = torch.randn(n, n, device=dev, dtype=torch.float64)
+        a = a @ a.T
+        seconds, _, _ = measure(dev, lambda a=a: torch.linalg.eigh(a))
+        eigh[str(n)] = round(seconds, 3)
+    return {"matmul_flops_per_s": out, "eigh_float64_s": eigh}
+
+
+def phase_datainf(args) -> dict:
+    """Mistral-7B shape (bf16) with LoRA r=8 on all seven linears; DataInf at the paper's sizes."""
+    from peft import LoraConfig, get_peft_model
+
+    dev = torch.device(args.device)
+    tiny = args.scale == "tiny"
+    model = build_model("mistral-7b", args.mistral_layers, torch.bfloat16, dev, tiny)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                      "up_proj", "down_proj"])
+    model = get_peft_model(model, lora)
+    for name, p in model.named_parameters():  # a trained adapter: B is not zero
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    tok = load_tokenizer(args.tokenizer)
+    vocab = model.config.vocab_size
+    n_train, n_val, seq = (12, 4, 32) if tiny else (300, 50, 128)
+    train = windows(tok, vocab, n_train, seq, "train")
+    val = windows(tok, vocab, n_val, seq, "validation", offset=n_train)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = context(model, tok, "datainf7b", 4 if tiny else 16, Path(tmp), {"lora_only": True})
+        est = get_registry().build("estimator", "datainf", {"memory_gb": 1000.0})
+        seconds, peak, influence = measure(dev, lambda: est.influence(ctx, train, val))
+        plan = ctx.run_dir.manifest["datainf"]["train"]["plan"]
+    layers = model.config.num_hidden_layers
+    return {"model": "mistral-7b + LoRA r=8 (q,k,v,o,gate,up,down)", "layers": layers,
+            "n_train": n_train, "n_validation": n_val, "seq_len": seq, "seconds": round(seconds, 2),
+            "seconds_per_layer": round(seconds / layers, 2),
+            "paper_seconds_per_layer": PAPER_DATAINF_SECONDS_PER_LAYER,
+            "peak_gib": round(peak, 2), "partitions": plan["P"],
+            "finite": bool(torch.isfinite(influence).all())}
+
+
+def load_tokenizer(path: str | None):
+    if not path:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def run_phases(args) -> dict:
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else
+        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "scale": args.scale, "torch": torch.__version__, "phases": {}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tiny = args.scale == "tiny"
+    throughput: dict[str, float] = {}
+    todo = {
+        "throughput": lambda: phase_throughput(args),
+        "smollm2": lambda: [bench_shape("smollm2-135m", dt, None, 16 if tiny else n, 4 if tiny else q,
+                                        32 if tiny else 512, 4 if tiny else 16, args, throughput)
+                            for dt, n, q in ((torch.float32, 256, 32), (torch.bfloat16, 256, 32))],
+        "tinyllama": lambda: bench_shape("tinyllama-1.1b", torch.float32, args.tinyllama_layers,
+                                         16 if tiny else 128, 4 if tiny else 16, 32 if tiny else 512,
+                                         4 if tiny else 8, args, throughput),
+        "mistral7b": lambda: bench_shape("mistral-7b", torch.bfloat16, args.mistral_layers,
+                                         16 if tiny else 256, 4 if tiny else 32, 32 if tiny else 512,
+                                         4 if tiny else 8, args, throughput),
+        "datainf7b": lambda: phase_datainf(args),
+    }
+    for name in args.phases:
+        start = time.perf_counter()
+        try:
+            res = todo[name]()
+        except Exception as exc:  # one failed phase must not lose the others' numbers
+            res = {"error": f"{type(exc).__name__}: {exc}"}
+        if name == "throughput" and "matmul_flops_per_s" in res:
+            throughput.update(res["matmul_flops_per_s"])
+        results["phases"][name] = {"wall_s": round(time.perf_counter() - start, 1), "result": res}
+        (out / "bench_gpu.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(json.dumps({name: results["phases"][name]}, default=str), flush=True)
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return results
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_gpu", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "bench-gpu-out"))
+    p.add_argument("--phases", nargs="+", default=["throughput", "smollm2", "tinyllama", "mistral7b",
+                                                   "datainf7b"])
+    p.add_argument("--tokenizer", default=None, help="A local tokenizer directory (SmolLM2's); "
+                   "without it, random token ids.")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--scale", choices=["full", "tiny"], default="full")
+    p.add_argument("--tinyllama-layers", type=int, default=8)
+    p.add_argument("--mistral-layers", type=int, default=None, help="Blocks of Mistral-7B (default 32).")
+    return p.parse_args(argv)
+
+
+def run(quick: bool) -> dict:
+    """``python -m benchmarks`` entry: on a machine without a GPU, the tiny-scale script check."""
+    args = parse(["--scale", "tiny" if quick or not torch.cuda.is_available() else "full",
+                  "--out", tempfile.mkdtemp()])
+    return run_phases(args)
+
+
+if __name__ == "__main__":
+    run_phases(parse())
