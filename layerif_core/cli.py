@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -60,6 +61,14 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             if STATE["debug"]:
                 raise
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except ValidationError as exc:  # a config changed after parsing (e.g. by a command)
+            if STATE["debug"]:
+                raise
+            from layerif_core.config import RunConfig, describe_validation_error
+
+            console.print(f"[bold red]error:[/] {describe_validation_error(exc, RunConfig)}",
+                          highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted; finished artifacts are kept and reused by a rerun.")

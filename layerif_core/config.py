@@ -247,6 +247,13 @@ class RunConfig(Strict):
             return [t.name for t in self.tasks]
         return [self.apply_to or self.tasks[0].name]
 
+    def application_task(self, command: str) -> str:
+        """The one task whose allocation a single-application command (``layerif prune``) uses."""
+        if self.apply_to == "each":
+            raise ConfigError(f"`{command}` applies one allocation; set apply_to to a task, or run "
+                              "apply_to: each with `layerif run`.")
+        return self.application_tasks()[0]
+
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML, TOML or JSON file into a dict."""

@@ -70,7 +70,15 @@ def open_run(config: RunConfig, force: bool = False, show_progress: bool = True,
 
 def load_task_splits(ctx: RunContext, task: TaskSpec) -> tuple[TokenizedSplit, TokenizedSplit]:
     """Tokenise a task's train and validation splits, recording sizes, truncation and skipped
-    examples (no token in the loss) in the manifest."""
+    examples (no token in the loss) in the manifest.
+
+    Args:
+        ctx: the run (its tokenizer, the model's context length, the seed of sampled data).
+        task: the task whose ``train`` and ``validation`` data specs are read.
+
+    Returns:
+        ``(train, validation)``: the training examples ``i`` of ``I[l, i]`` and the query.
+    """
     ctx_len = max_context(ctx.model)
     train = tokenize_split(task.train, ctx.tokenizer, ctx.seed, f"{task.name}/train", ctx_len)
     query = tokenize_split(task.validation, ctx.tokenizer, ctx.seed, f"{task.name}/validation", ctx_len)
@@ -89,7 +97,13 @@ def load_task_splits(ctx: RunContext, task: TaskSpec) -> tuple[TokenizedSplit, T
 
 
 def score_task(ctx: RunContext, task: TaskSpec) -> LayerScores:
-    """Layer scores of one task with the configured scorer."""
+    """Layer scores of one task with the configured scorer (``config.scorer``), post-processed as
+    ``scorer.postprocess`` says.
+
+    Args:
+        ctx: the run.
+        task: the task to score.
+    """
     spec = ctx.config.scorer
     scorer = get_registry().build("scorer", spec.name, spec.options)
     start = time.perf_counter()
@@ -103,7 +117,14 @@ def score_task(ctx: RunContext, task: TaskSpec) -> LayerScores:
 
 
 def compute_layer_scores(ctx: RunContext) -> dict[str, LayerScores]:
-    """Score every task, then write ``scores.json`` and ``plots/scores.png``."""
+    """Score every task of ``ctx.config``, then write ``scores.json`` and ``plots/scores.png``.
+
+    Args:
+        ctx: the run, from :func:`open_run`.
+
+    Returns:
+        Task name → :class:`~layerif_core.results.LayerScores`.
+    """
     scores = {task.name: score_task(ctx, task) for task in ctx.config.tasks}
     ctx.run_dir.write_json("scores.json", {name: s.to_json() for name, s in scores.items()})
     plot_scores(scores, ctx.run_dir.file("plots/scores.png"),
@@ -113,7 +134,16 @@ def compute_layer_scores(ctx: RunContext) -> dict[str, LayerScores]:
 
 
 def allocate(ctx: RunContext, scores: dict[str, LayerScores]) -> dict[str, Allocation]:
-    """Run the configured allocator on each task's scores and write ``allocation.json``."""
+    """Run the configured allocator (``config.allocation``) on each task's scores and write
+    ``allocation.json``.
+
+    Args:
+        ctx: the run (its layer map gives the parameter count of each layer).
+        scores: task name → layer scores, e.g. from :func:`compute_layer_scores`.
+
+    Returns:
+        Task name → :class:`~layerif_core.results.Allocation` (empty without an allocator).
+    """
     spec = ctx.config.allocation
     if spec is None:
         return {}

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from layerif_core.errors import ConfigError, DataError, ModelError
-from layerif_eval.perplexity import record_provenance
 from layerif_eval.options import LmEvalOptions
+from layerif_eval.perplexity import record_provenance
 
 log = logging.getLogger("layerif")
 

@@ -27,9 +27,9 @@ def register(app: typer.Typer) -> None:
         from layerif_core.config import load_config
         from layerif_lora_moe.runner import run_moe
 
-        result = run_moe(load_config(config, set_ or []), scores_path=scores, force=force,
-                         show_progress=not STATE["quiet"])
-        alloc = next(iter(result.allocations.values()))
+        cfg = load_config(config, set_ or [])
+        result = run_moe(cfg, scores_path=scores, force=force, show_progress=not STATE["quiet"])
+        alloc = result.allocations[cfg.application_task("layerif moe")]
         console.print(f"experts per layer ({alloc.allocator}): {alloc.values}", highlight=False)
         if result.metrics:
             Console().print_json(json.dumps(result.metrics))

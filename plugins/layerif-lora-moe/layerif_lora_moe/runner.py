@@ -36,7 +36,8 @@ def read_scores(path: Path, n_layers: int) -> dict[str, LayerScores]:
 
 def run_moe(config: RunConfig, scores_path: Path | None = None, force: bool = False,
             show_progress: bool = True) -> RunResult:
-    """Scores → allocation → LoRA-MoE training → evaluation (the first task's allocation is used)."""
+    """Scores → allocation → LoRA-MoE training → evaluation, on the allocation of the task that
+    ``apply_to`` names (the only task when there is one)."""
     config = with_defaults(config)
     registry = get_registry()
     # fail on bad options before the (slow) model load
@@ -50,7 +51,7 @@ def run_moe(config: RunConfig, scores_path: Path | None = None, force: bool = Fa
     else:
         scores = compute_layer_scores(ctx)
     allocations = allocate(ctx, scores)
-    model = app.apply(ctx, ctx.model, next(iter(allocations.values())))
+    model = app.apply(ctx, ctx.model, allocations[config.application_task("layerif moe")])
     metrics: dict[str, float] = {}
     for evaluator in evaluators:
         metrics.update(evaluator.evaluate(ctx, model, ctx.tokenizer))

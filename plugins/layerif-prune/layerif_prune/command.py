@@ -64,7 +64,7 @@ def run_prune(cfg: RunConfig, scores_path: Path | None = None, force: bool = Fal
     else:
         check_scores(scores, ctx, scores_path)
         ctx.run_dir.write_json("scores.json", {t: s.to_json() for t, s in scores.items()})
-    allocation = next(iter(allocate(ctx, scores).values()))
+    allocation = allocate(ctx, scores)[cfg.application_task("layerif prune")]
     registry = get_registry()
     app = registry.build("application", "prune", cfg.application.options)
     model = app.apply(ctx, ctx.model, allocation)
