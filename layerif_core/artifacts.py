@@ -173,7 +173,7 @@ def acquire_lock(run_path: Path) -> Path:
     """
     lock = run_path / LOCK
     me = _lock_record()
-    for _ in range(3):
+    for _ in range(20):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -191,7 +191,14 @@ def acquire_lock(run_path: Path) -> Path:
         except FileNotFoundError:
             continue  # released meanwhile
         except (OSError, ValueError, KeyError, TypeError):
-            held, pid, host = {}, -1, "?"  # unreadable (killed while writing it): stale
+            try:  # a writer creating its lock right now, or one killed while writing it
+                fresh = time.time() - lock.stat().st_mtime < 2.0
+            except OSError:
+                continue
+            if fresh:
+                time.sleep(0.2)
+                continue
+            held, pid, host = {}, -1, me["host"]  # unreadable and old: stale
         if pid == me["pid"] and host == me["host"]:
             _HELD.add(lock)
             return lock

@@ -8,6 +8,10 @@ deterministically.
   (``RunContext.track``: every pass, pruning block and training step goes through it) is about to
   process its item K;
 - ``{"call": "module:function"}``: when ``function`` of ``module`` is called.
+
+With ``"occurrence": N`` the N-th matching progress loop counts (default: the first); with
+``"signal": "SIGSTOP"`` the process stops instead (alive, holding what it holds) until the test kills
+it.
 """
 
 import importlib.abc
@@ -24,16 +28,21 @@ _SPEC = json.loads(os.environ.get("RELIABILITY_KILL", "null"))
 def _die():
     sys.stdout.flush()
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), getattr(signal, _SPEC.get("signal", "SIGKILL")))
 
 
 def _patch_track(module):
     original = module.RunContext.track
     pattern, at = re.compile(_SPEC["track"]), int(_SPEC["at"])
+    seen = {"loops": 0}
 
     def track(self, items, total, description):
+        hit = bool(pattern.search(description))
+        if hit:
+            seen["loops"] += 1
+        hit = hit and seen["loops"] == int(_SPEC.get("occurrence", 1))
         for k, item in enumerate(original(self, items, total, description)):
-            if k == at and pattern.search(description):
+            if hit and k == at:
                 _die()
             yield item
 
