@@ -52,3 +52,23 @@ def test_converted_embedded_model_is_a_plain_model(smollm2, tmp_path):
     assert getattr(model.config, "quantization_config", None) is None
     model.save_pretrained(tmp_path / "copy")
     assert (tmp_path / "copy" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_cli_run_shows_no_third_party_warnings_and_records_plugins(tmp_path, smollm2):
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "layerif_core.cli", "run", str(ROOT / "examples" / "quickstart.yaml"),
+            "--set", f"output_dir={tmp_path}"]
+    for s in SMALL:
+        args += ["--set", s]
+    out = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for noise in ("Warning:", "FutureWarning", "UserWarning", "Could not find a config file",
+                  "Loading weights"):
+        assert noise not in out.stderr, out.stderr
+    run = tmp_path / "quickstart"
+    assert (run / "log.txt").is_file()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {"layerif", "layerif-prune", "layerif-eval", "layerif-lora-moe"} <= set(manifest["plugins"])
