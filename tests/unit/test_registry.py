@@ -195,3 +195,17 @@ def test_listing_components_imports_no_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_allow_plugins_refuses_components_of_other_distributions(tmp_path):
+    from layerif_core.config import load_config
+    from layerif_core.registry import check_components
+
+    spec = {"source": "bundled:capitals"}
+    data = {"tasks": [{"name": "c", "train": spec, "validation": spec}],
+            "allocation": {"name": "uniform_sparsity", "options": {"sparsity": 0.5}},
+            "application": {"name": "prune"}}
+    check_components(load_config(data=data))
+    with pytest.raises(ConfigError, match=r"application 'prune' comes from the plugin 'layerif-prune', "
+                                          r"which is not in allow_plugins \(layerif-eval\)"):
+        check_components(load_config(data={**data, "allow_plugins": ["layerif-eval"]}))
