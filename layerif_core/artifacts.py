@@ -322,6 +322,15 @@ class RunDir:
         path.unlink(missing_ok=True)
         self.manifest.get("artifacts", {}).pop(rel, None)
 
+    def verify(self, rel: str) -> bool:
+        """Whether ``rel`` exists and holds the bytes the manifest recorded for it; a file that does
+        not is deleted with a warning (callers recompute it)."""
+        return self.file(rel).is_file() and self._checksum_ok(rel)
+
+    def discard(self, rel: str, why: str) -> None:
+        """Delete the damaged cache file ``rel`` with a warning saying ``why`` (it is recomputed)."""
+        self._corrupt(rel, why)
+
     def _checksum_ok(self, rel: str) -> bool:
         entry = self.manifest.get("artifacts", {}).get(rel)
         if not entry or entry.get("external"):

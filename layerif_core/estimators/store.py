@@ -63,13 +63,15 @@ class FactorStore:
 
     def _complete(self, stage: str, group: Group) -> bool:
         path = self.path(stage, group)
-        if not path.is_file():
+        if not self.run_dir.verify(self.rel(stage, group)):  # missing, or not the bytes written
             return False
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 keys = set(f.keys())
         except Exception:
+            self.run_dir.discard(self.rel(stage, group), "is not a readable safetensors file "
+                                 "(truncated or damaged)")
             return False
         return meta.get("fingerprint") == self.fingerprint and keys == set(self.layout(stage, group))
 
