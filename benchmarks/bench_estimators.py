@@ -11,6 +11,9 @@ The PyPI package ``kronfluence`` (EK-FAC, true Fisher, its damping heuristic, pe
 scores) is run as a reference on SmolLM2 when it is importable, with our loss, our true-Fisher label
 draws, the same batches and the same tracked modules: its wall time and peak memory next to ours,
 and the agreement of its ``I[l, i]`` and ``positive_sum`` ``S[l]`` with our ``ekfac``'s.
+Each row also gives the FLOP floor (:mod:`benchmarks.flops`: the matmul FLOPs the estimator cannot
+avoid over the measured matmul throughput in the model's dtype) and the time over it; and EK-FAC on
+SmolLM2 in bfloat16 is compared with float32 on WikiText-2 (Spearman of S, goal ≥ 0.99).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.flops import ekfac_flops, matmul_flops_per_second
 from layerif_core.aggregators import HelpfulSum, PositiveSum, Sum
 from layerif_core.artifacts import RunDir
 from layerif_core.config import ModelSpec, RunConfig
@@ -118,6 +122,7 @@ def bench_model(label: str, model, tokenizer, n_train: int, n_query: int, estima
     t_query, _, _ = timed(device, lambda: plain_pass(ctx, query))
     rows, ekfac = [], None
     reg = get_registry()
+    rate = matmul_flops_per_second(device, ctx.dtype, seconds=0.5)
     for name, opts in estimators.items():
         ctx.run_dir = RunDir(workdir / label / name)  # fresh: nothing reused
         est = reg.build("estimator", name, opts)
@@ -131,9 +136,13 @@ def bench_model(label: str, model, tokenizer, n_train: int, n_query: int, estima
         else:
             train_passes = PASSES[name]
         floor = train_passes * t_train + t_query
+        flop_floor = estimator_flop_floor(ctx, train, query, name, rate)
         rows.append({"model": label, "estimator": name, "n_train": len(train), "n_query": len(query),
                      "seconds": round(seconds, 3), "floor_seconds": round(floor, 3),
-                     "ratio": round(seconds / floor, 2), "peak_mib": round(peak, 1),
+                     "ratio": round(seconds / floor, 2),
+                     "flop_floor_seconds": None if flop_floor is None else round(flop_floor, 3),
+                     "ratio_flop_floor": None if flop_floor is None else round(seconds / flop_floor, 2),
+                     "peak_mib": round(peak, 1),
                      "score_peak_mib": round(score_peak, 1),
                      "plain_fb_peak_mib": round(m_train, 1),
                      "finite": bool(torch.isfinite(influence).all())})
@@ -147,6 +156,46 @@ def bench_model(label: str, model, tokenizer, n_train: int, n_query: int, estima
                                       workdir / label / "kronfluence")
     print({"kronfluence": reference}, flush=True)
     return rows, reference
+
+
+def estimator_flop_floor(ctx, train, query, name: str, rate: float) -> float | None:
+    """Seconds of the matmul FLOPs ``name`` cannot avoid (:mod:`benchmarks.flops`) at ``rate``;
+    None for estimators without a FLOP model (exact, lissa, grad_cosine)."""
+    from layerif_core.estimators.factors import module_groups
+
+    if name not in ("ekfac", "kfac", "grad_dot"):
+        return None
+    seq = max(len(ids) for ids in train.input_ids)  # padded length: the passes run at it
+    groups = module_groups(ctx, train)
+    return ekfac_flops(ctx.model, groups, len(train), len(query), seq, name)["total"] / rate
+
+
+def bf16_against_float32(quick: bool, workdir: Path) -> dict:
+    """SmolLM2-135M on WikiText-2 windows (train: test split, query: validation split), EK-FAC over
+    every linear module with the model in bfloat16 and in float32: does bf16 rank the layers the
+    same (Spearman of ``positive_sum`` S, goal ≥ 0.99)?"""
+    n_train, n_query, length = (8, 2, 32) if quick else (32, 8, 64)
+    out: dict[str, Any] = {"n_train": n_train, "n_query": n_query, "seq_len": length}
+    influences = {}
+    for dtype in ("float32", "bfloat16"):
+        model, tok = load_model(ModelSpec(source="embedded:smollm2-135m", device="cpu", dtype=dtype))
+        cfg = RunConfig.model_validate({
+            "name": f"bf16-{dtype}", "output_dir": str(workdir), "batch_size": 4,
+            "tasks": [{"name": "wikitext2",
+                       "train": {"source": "bundled:wikitext2", "split": "test", "limit": 400,
+                                 "max_length": length, "pack": True},
+                       "validation": {"source": "bundled:wikitext2", "split": "validation",
+                                      "limit": 200, "max_length": length, "pack": True}}]})
+        ctx = open_run(cfg, show_progress=False, model=model, tokenizer=tok)
+        train, query = load_task_splits(ctx, cfg.tasks[0])
+        train, query = train.subset(list(range(n_train))), query.subset(list(range(n_query)))
+        start = time.perf_counter()
+        influences[dtype] = get_registry().build("estimator", "ekfac").influence(ctx, train, query)
+        out[f"{dtype}_seconds"] = round(time.perf_counter() - start, 1)
+        del model
+    out.update(agreement(influences["bfloat16"].cpu(), influences["float32"].cpu()))
+    out["goal"] = "spearman_S_positive_sum >= 0.99"
+    return out
 
 
 def kronfluence_available() -> bool:
@@ -309,7 +358,9 @@ def run(quick: bool) -> dict:
             {"regex": "o_proj"} if quick else {"modules": "all"}, 8, work,
             reference_query_batch=4 if quick else 8, train_source="bundled:arithmetic")
         rows = tiny_rows + smol_rows
+        bf16 = bf16_against_float32(quick, work / "bf16")
+        print({"bf16_vs_float32": bf16}, flush=True)
     ek = [r for r in rows if r["estimator"] == "ekfac" and r["model"] == "smollm2-135m"]
-    return {"table": rows, "kronfluence": reference, "device": device,
+    return {"table": rows, "kronfluence": reference, "bf16_vs_float32": bf16, "device": device,
             "goal": "ekfac ratio <= 1.5 on smollm2-135m",
             "ekfac_smollm2_ratio": ek[0]["ratio"] if ek else None}

@@ -39,6 +39,9 @@ class ModelSpec(Strict):
         "auto", description="Weights dtype; 'auto' is float32 on CPU and bfloat16 on GPU."
     )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    fsdp: bool = Field(
+        False, description="Shard the model's weights over the ranks of a torchrun launch with FSDP "
+        "(fully_shard per decoder block), for a model that does not fit one GPU.")
     trust_remote_code: bool = Field(
         False, description="Run code shipped with a hub model. Off unless you trust its authors."
     )

@@ -70,21 +70,59 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
-def shard_model(model: nn.Module, blocks: list[nn.Module]) -> nn.Module:
-    """Shard ``model`` over the ranks with FSDP2: each decoder block, then the root.
+def shard_model(model: nn.Module, blocks: list[nn.Module], device: torch.device | None = None
+                ) -> nn.Module:
+    """Shard ``model`` over the ranks with FSDP2: each decoder block, then the root, on a 1-D mesh of
+    ``device``'s type (the shards move there). In a single process the model just moves to
+    ``device``.
 
     Call after ``init_process_group`` and before building the run context; the model's forward and
     backward then gather each block's parameters only while it runs."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    if world()[1] == 1:
-        return model
+    size = world()[1]
+    device = device or next(model.parameters()).device
+    if size == 1:
+        return model.to(device)
+    mesh = init_device_mesh(device.type, (size,))
     for block in blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 
 def batches_to_run(own: int, model: nn.Module, device: torch.device) -> int:
     """Batches this rank runs: its own, or (FSDP) the most any rank has, so collectives match."""
     return all_max(own, device) if is_sharded(model) else own
+
+
+def init_from_env() -> None:
+    """Join the process group a launcher (``torchrun``) describes in the environment: NCCL on GPUs,
+    gloo on CPUs; each rank takes the GPU of its ``LOCAL_RANK``. A no-op in a single process or
+    when the group is already initialised."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def placement_error(model_gib: float, free_gib: float, device: torch.device) -> str | None:
+    """The message for a model that does not fit ``device`` (None when it fits with 10% to spare):
+    what it needs, what is free, and how to shard it with FSDP."""
+    if model_gib <= 0.9 * free_gib:
+        return None
+    gpus = max(2, int(-(-model_gib // max(0.6 * free_gib, 1e-9))) + 1)
+    return (f"the model's weights take {model_gib:.1f} GiB but {device} has {free_gib:.1f} GiB free, "
+            f"too little for them and the activations; shard it over GPUs with FSDP: set "
+            f"model.fsdp: true and launch with `torchrun --nproc_per_node {gpus} -m layerif_core.cli "
+            "run CONFIG` (or smaller: model.dtype: bfloat16, fewer modules).")

@@ -38,11 +38,15 @@ def cache_dir() -> Path:
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise ModelError(f"device '{device}' is not valid; use 'auto', 'cpu' or 'cuda[:N]'.") from None
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        from layerif_core.distributed import local_rank
+
+        dev = torch.device("cuda", local_rank())  # under torchrun, each rank its own GPU
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device '{device}' asked for but CUDA is not available; use 'cpu' or 'auto'.")
     return dev
@@ -170,9 +174,24 @@ def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
                              "add one (tokenizer.add_special_tokens({'pad_token': ...})) and save it "
                              "with the model.")
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    if not spec.fsdp:  # an FSDP model stays on the CPU until open_run shards it onto the GPUs
+        _check_fits(model, device)
+        model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _check_fits(model: torch.nn.Module, device: torch.device) -> None:
+    """A :class:`ModelError` saying how to shard the model when its weights do not fit ``device``."""
+    if device.type != "cuda":
+        return
+    from layerif_core.distributed import placement_error
+
+    need = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    free = torch.cuda.mem_get_info(device)[0] / 2**30
+    message = placement_error(need, free, device)
+    if message is not None:
+        raise ModelError(message)
 
 
 def check_finite(model: torch.nn.Module, source: str) -> None:

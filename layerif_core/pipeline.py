@@ -22,10 +22,11 @@ from layerif_core.artifacts import RunDir
 from layerif_core.config import RunConfig, TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.data import TokenizedSplit, tokenize_split
+from layerif_core.distributed import init_from_env, shard_model
 from layerif_core.errors import DataError
 from layerif_core.evaluation import evaluate_model
 from layerif_core.layers import LayerMap
-from layerif_core.models import fingerprint_model, load_model, max_context
+from layerif_core.models import fingerprint_model, load_model, max_context, resolve_device
 from layerif_core.plotting import plot_scores
 from layerif_core.protocols import Allocation, LayerScores
 from layerif_core.registry import check_components, get_registry
@@ -47,6 +48,7 @@ def open_run(config: RunConfig, force: bool = False, show_progress: bool = True,
         The :class:`RunContext` every component receives.
     """
     check_components(config)  # unknown names and options fail before the (slow) model load
+    init_from_env()  # under torchrun: join the process group (architecture §8)
     run_dir = RunDir(Path(config.output_dir) / config.name, force=force)
     logs.attach_run_log(run_dir.path)
     torch.manual_seed(config.seed)
@@ -55,6 +57,8 @@ def open_run(config: RunConfig, force: bool = False, show_progress: bool = True,
         model, tokenizer = load_model(config.model)
     load_seconds = time.perf_counter() - start
     layer_map = LayerMap(model, config.layers)
+    if config.model.fsdp:
+        shard_model(model, list(layer_map.blocks), resolve_device(config.model.device))
     fp = fingerprint_model(model, config.model.source)
     run_dir.update_manifest(
         config=config.model_dump(mode="json"), seed=config.seed,

@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import make_ctx, tiny_model
-from layerif_core.distributed import shard_model
-from layerif_core.pipeline import load_task_splits
+from conftest import char_tokenizer, make_config, tiny_model
+from layerif_core.distributed import is_sharded, placement_error
+from layerif_core.pipeline import load_task_splits, open_run
 from layerif_core.registry import get_registry
 
 # a budget of ~21 KB: several partitions on the tiny Llama, so every rank decomposes some groups
@@ -20,10 +20,11 @@ OPTIONS = {"ekfac": {"memory_budget_gb": 2e-5}, "kfac": {"memory_budget_gb": 2e-
 
 
 def _influence(tmp_path, estimator: str, fsdp: bool = False) -> torch.Tensor:
-    model = tiny_model("llama")
-    if fsdp:
-        model = shard_model(model, list(model.model.layers))
-    ctx = make_ctx(tmp_path, model=model, batch_size=2, layers={"modules": "all"})
+    """``fsdp``: the config's ``model.fsdp`` shards the tiny Llama over the ranks in ``open_run``."""
+    config = make_config(tmp_path, batch_size=2, layers={"modules": "all"},
+                         model={"device": "cpu", "fsdp": fsdp})
+    ctx = open_run(config, show_progress=False, model=tiny_model("llama"), tokenizer=char_tokenizer())
+    assert is_sharded(ctx.model) == (fsdp and dist.is_initialized())
     train, query = load_task_splits(ctx, ctx.config.tasks[0])
     est = get_registry().build("estimator", estimator, OPTIONS[estimator])
     return est.influence(ctx, train, query)
@@ -62,3 +63,10 @@ def test_an_fsdp_sharded_model_gives_the_same_influence(tmp_path):
     ranks = _two_ranks(tmp_path, "ekfac", fsdp=True)
     for got in ranks:
         torch.testing.assert_close(got, single, rtol=1e-4, atol=1e-5 * single.abs().max().item())
+
+
+def test_a_model_too_large_for_the_device_is_told_how_to_launch_with_fsdp():
+    message = placement_error(52.0, 40.0, torch.device("cuda", 0))
+    assert "52.0 GiB" in message and "40.0 GiB free" in message
+    assert "model.fsdp: true" in message and "torchrun --nproc_per_node 4 -m layerif_core.cli run" in message
+    assert placement_error(10.0, 40.0, torch.device("cuda", 0)) is None
