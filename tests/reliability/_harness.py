@@ -107,3 +107,59 @@ def half_written(run_dir: Path) -> list[str]:
 
     bad += [f"{rel} (checksum)" for rel in verify_run_dir(run_dir)]
     return bad
+
+
+PLUGIN_DISTS = {
+    "reliability-broken": ("reliability_broken", '''
+import no_such_module_for_layerif_tests  # noqa: F401
+'''),
+    "reliability-clash": ("reliability_clash", '''
+from layerif_core.hookspecs import hookimpl
+
+
+@hookimpl
+def layerif_register_estimators(register):
+    register("clash_other", "layerif_core.estimators.grad_dot:GradDot")
+    register("ekfac", "layerif_core.estimators.grad_dot:GradDot")
+'''),
+    "reliability-crash": ("reliability_crash", '''
+from layerif_core.hookspecs import hookimpl
+
+
+class Crashing:
+    """Writes a scratch file into the run directory, then fails on the second batch."""
+
+    def fit(self, ctx, train):
+        scratch = ctx.run_dir.file("crash_scratch.txt")
+        scratch.write_text("half")
+        for i, _ in enumerate(train.batches(2)):
+            if i == 1:
+                raise RuntimeError("boom at batch 1")
+
+    def influence(self, ctx, train, query):
+        raise AssertionError("not reached")
+
+
+def make(_options=None):
+    return Crashing()
+
+
+@hookimpl
+def layerif_register_estimators(register):
+    register("crashing_est", make)
+'''),
+}
+
+
+def write_plugin_dists(root: Path) -> Path:
+    """Installed-looking distributions (a module and its .dist-info with an entry point) under
+    ``root``, which a subprocess gets on its PYTHONPATH."""
+    root.mkdir(parents=True, exist_ok=True)
+    for dist, (module, code) in PLUGIN_DISTS.items():
+        (root / f"{module}.py").write_text(code)
+        info = root / f"{module}-0.1.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[layerif]\n{module} = {module}\n")
+        (info / "top_level.txt").write_text(f"{module}\n")
+    return root
