@@ -137,3 +137,56 @@ def test_kill_during_lora_moe_training_then_rerun(setup, tmp_path):
     log, ref_log = (json.loads((d / "lora_moe/train_log.json").read_text()) for d in (run, ref))
     assert log["resumed_from"] == 2 and ref_log["resumed_from"] is None
     assert log["steps"] == ref_log["steps"]  # the same losses, step by step
+
+
+def study(model: Path, out: Path) -> dict:
+    """Two cells (a uniform control and LayerIF) of Wanda pruning with perplexity, as in docs/study."""
+    train = {"source": "bundled:capitals", "limit": 6, "max_length": 96}
+    return {
+        "name": "s", "output_dir": str(out),
+        "base": {
+            "model": {"source": str(model), "dtype": "float32", "device": "cpu"}, "batch_size": 4,
+            "tasks": [{"name": "caps", "train": train,
+                       "validation": {**train, "split": "validation", "limit": 3}}],
+            "scorer": {"name": "layerif", "estimator": {"name": "grad_dot"}, "aggregator": {"name": "sum"}},
+            "allocation": {"name": "alpha_pruning", "options": {"sparsity": 0.5, "epsilon": 0.3}},
+            "application": {"name": "prune", "options": {
+                "pruner": "wanda", "save_model": False, "save_masks": False,
+                "calibration": {"source": "bundled:capitals", "text": "{question} {answer}",
+                                "samples": 4, "seqlen": 32}}},
+            "evaluation": [{"name": "perplexity", "options": {
+                "source": "bundled:capitals", "split": "test", "text": "{question} {answer}",
+                "limit": 20, "seqlen": 32, "max_windows": 2}}],
+        },
+        "arms": [{"label": "uniform", "control": True,
+                  "overrides": {"scorer.name": "uniform", "allocation.name": "uniform_sparsity",
+                                "allocation.options": {"sparsity": 0.5}}},
+                 {"label": "LayerIF", "overrides": {}}],
+        "seeds": [0],
+        "metrics": ["perplexity/capitals"],
+    }
+
+
+def test_kill_during_a_study_cell_then_rerun(setup, tmp_path):
+    import yaml
+
+    model = setup["root"] / "tiny"
+    results = {}
+    for name in ("ref", "killed"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(study(model, tmp_path / name)))
+        if name == "killed":  # the second cell, in the middle of its pruning (block 1 of 3)
+            import subprocess
+
+            kill = {"track": "wanda pruning", "at": 1, "occurrence": 2}
+            proc = subprocess.run(cli_command("study", str(path)), cwd=REPO, capture_output=True, text=True,
+                                  timeout=300, env=sub_env(setup["site"], RELIABILITY_KILL=json.dumps(kill)))
+            assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+            assert len(list((tmp_path / name / "s" / "cells").glob("*.json"))) == 1
+        out = invoke("study", str(path))
+        assert out.exit_code == 0, out.output
+        if name == "killed":
+            assert "1 cells run, 1 finished earlier (skipped)" in " ".join(out.output.split())
+        cells = sorted((tmp_path / name / "s" / "cells").glob("*.json"))
+        results[name] = {p.name: json.loads(p.read_text())["metrics"] for p in cells}
+    assert results["killed"] == results["ref"] and len(results["ref"]) == 2
