@@ -252,6 +252,11 @@ def rotate_input(tm: TrackedModule, a: torch.Tensor, qa: torch.Tensor) -> torch.
     return out
 
 
+def _same_tensor(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Views of one storage with the same layout (the hooks' ``a`` are separate ``detach()`` views)."""
+    return x.data_ptr() == y.data_ptr() and x.shape == y.shape and x.stride() == y.stride()
+
+
 def fit_corrected_eigenvalues(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions,
                               groups: list[Group], eigen: dict[str, dict[str, torch.Tensor]]
                               ) -> dict[str, torch.Tensor]:
@@ -265,18 +270,27 @@ def fit_corrected_eigenvalues(ctx: RunContext, train: TokenizedSplit, opts: Curv
     qs = {tm.name: eigen[g.key][f"{tm.name}.QS"].to(half) for g in groups for tm in g.modules}
     lam = {tm.name: torch.zeros(tm.d_out, of[tm.name].d_in, device=ctx.device) for tm in modules}
     count = torch.zeros(1, device=ctx.device, dtype=torch.float64)
+    rotated: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # group -> (a, ã Q_A) of this batch
 
     def on_batch(batch: Batch) -> None:
         count[0] += batch.input_ids.shape[0]
+        rotated.clear()
 
     def accumulate(tm: TrackedModule, a: torch.Tensor, delta: torch.Tensor) -> None:
         # rotated per-example gradient Q_Sᵀ g_b Q_A: [B, d_out, d']; padding has δ = 0
-        ra = rotate_input(tm, a, qa[of[tm.name].key])
+        key = of[tm.name].key
+        hit = rotated.get(key)
+        if hit is not None and _same_tensor(hit[0], a):  # q/k/v (gate/up): one rotation of their input
+            ra = hit[1]
+        else:
+            ra = rotate_input(tm, a, qa[key])
+            rotated[key] = (a, ra)
         rd = mm_f32(delta.flatten(0, 1), qs[tm.name]).view(*delta.shape[:2], -1)
         lam[tm.name] += rotated_sq_grads(rd, ra)
 
     run_pass(ctx, train, f"eigenvalue correction ({train.name})", on_backward=accumulate,
              on_batch=on_batch, modules=modules, sample_seed=opts.sample_seed(ctx.seed), dtype=None)
+    rotated.clear()
     all_reduce_(count)
     n = max(float(count[0]), 1.0)
     return {f"{name}.Lambda": all_reduce_(v) / n for name, v in lam.items()}
