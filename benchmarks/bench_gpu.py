@@ -12,7 +12,9 @@ Phases (``--phases``, default all; each writes ``$OUT/bench_gpu.json`` as it fin
 - ``mistral7b``: Mistral-7B shape (32 layers, hidden 4096, MLP 14336, 8 KV heads; ``--mistral-layers``),
   bfloat16, EK-FAC over every linear module, 256 train × 512 tokens and 32 queries;
 - ``datainf7b``: the same model with a LoRA r=8 adapter on all seven linears of every layer, DataInf
-  on 300 train × 50 validation sequences of 128 tokens (the paper's sizes; 402.77 s per layer there).
+  on 300 train × 50 validation sequences of 128 tokens (the paper's sizes; 402.77 s per layer there);
+- ``profile`` (not in the default set): ``torch.profiler`` of EK-FAC's two fit stages at the SmolLM2
+  shape in bf16, the top operators by device time.
 
 ``--scale tiny`` shrinks every model and size so the script runs on a CPU in a minute (a check of the
 script, not a measurement). Run: ``python -m benchmarks.bench_gpu --out $OUT [--tokenizer DIR]``.
@@ -242,6 +244,35 @@ def phase_datainf(args) -> dict:
             "finite": bool(torch.isfinite(influence).all())}
 
 
+def phase_profile(args) -> dict:
+    """Where EK-FAC's fit spends its time beyond the two passes: ``torch.profiler`` over the
+    covariance and correction stages of the SmolLM2 shape (bf16), the top operators by device time
+    (CPU time without a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from layerif_core.estimators.factors import fit_eigen, fit_lambda, module_groups, open_store
+
+    dev = torch.device(args.device)
+    tiny = args.scale == "tiny"
+    model = build_model("smollm2-135m", None, torch.bfloat16, dev, tiny)
+    tok = load_tokenizer(args.tokenizer)
+    n, seq = (8, 32) if tiny else (64, 512)
+    train = windows(tok, model.config.vocab_size, n, seq, "train")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = context(model, tok, "profile", 4 if tiny else 16, Path(tmp))
+        est = get_registry().build("estimator", "ekfac")
+        store, groups = open_store(ctx, train, est.options), module_groups(ctx, train)
+        for stage, fn in (("covariance_eigh", fit_eigen), ("correction", fit_lambda)):
+            with profile(activities=activities) as prof:
+                seconds, _, _ = measure(dev, lambda fn=fn: fn(ctx, train, est.options, store, groups))
+            table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
+            out[stage] = {"seconds": round(seconds, 2), "top_ops": table.splitlines()}
+    return out
+
+
 def load_tokenizer(path: str | None):
     if not path:
         return None
@@ -271,6 +302,7 @@ def run_phases(args) -> dict:
                                          16 if tiny else 256, 4 if tiny else 32, 32 if tiny else 512,
                                          4 if tiny else 8, args, throughput),
         "datainf7b": lambda: phase_datainf(args),
+        "profile": lambda: phase_profile(args),
     }
     for name in args.phases:
         start = time.perf_counter()
@@ -292,7 +324,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT", "bench-gpu-out"))
     p.add_argument("--phases", nargs="+", default=["throughput", "smollm2", "tinyllama", "mistral7b",
-                                                   "datainf7b"])
+                                                   "datainf7b"],
+                   help="Any of: throughput smollm2 tinyllama mistral7b datainf7b profile.")
     p.add_argument("--tokenizer", default=None, help="A local tokenizer directory (SmolLM2's); "
                    "without it, random token ids.")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
