@@ -26,9 +26,12 @@ when layers differ in cost); among the choices of group moves that meet the budg
 the ranks monotone, the one closest to the continuous ranks in parameters
 (``Σ_l c_l · |r_l − x_l|``) wins, which for equal layer costs and no ties is exactly Hamilton's
 largest-remainder rule. Only when no choice of whole groups meets the budget is a group split,
-the earlier layer taking the extra step. So equal scores get equal ranks whenever exactness allows
-it, at the price, in small cases, of a remainder that goes past a larger fractional part (e.g.
-continuous ranks [2.5, 2.5, 1] with one step left give [2, 2, 2], not Hamilton's [3, 2, 1]).
+the earlier layer taking the extra step. When layers differ in cost, the monotone order can make
+the exact budget unreachable; then the exact budget wins and the order is given up (never with
+equal layer costs, where Hamilton's rounding is monotone). So equal scores get equal ranks
+whenever exactness allows it, at the price, in small cases, of a remainder that goes past a larger
+fractional part (e.g. continuous ranks [2.5, 2.5, 1] with one step left give [2, 2, 2], not
+Hamilton's [3, 2, 1]).
 
 With ``per_module_type`` every module type (each name of ``target_modules``) has its own budget
 and allocation; otherwise one rank per layer covers all its target modules.
@@ -157,11 +160,14 @@ def exact_ranks(v: list[float], costs: list[int], rank: int, opts: RankOptions, 
     groups: dict[Fraction, list[int]] = {}
     for i in active:
         groups.setdefault(y[i], []).append(i)
-    order = sorted(active, key=lambda i: (y[i], -i))
-    tries = [(items, span) for items in ([groups[v] for v in sorted(groups)], [[i] for i in order])
-             for span in SPANS]  # whole tie groups first; singles (earlier layer first) if need be
-    for items, span in tries:
-        moves = _fill(items, base, y, step, g, top, left, span)
+    order = sorted(active, key=lambda i: (y[i], i))
+    # whole tie groups first; then single layers; then, when layers differ in cost, without the
+    # monotone order (the exact budget comes first)
+    tries = [(items, span, True) for items in ([groups[v] for v in sorted(groups)],
+                                               [[i] for i in order]) for span in SPANS]
+    tries += [([[i] for i in order], span, False) for span in SPANS]
+    for items, span, monotone in tries:
+        moves = _fill(items, base, y, step, g, top, left, span, monotone)
         if moves is not None:
             ranks = [0] * len(costs)
             for item, d in zip(items, moves, strict=True):
@@ -175,30 +181,42 @@ def exact_ranks(v: list[float], costs: list[int], rank: int, opts: RankOptions, 
 
 
 def _fill(items: list[list[int]], base: dict[int, int], y: dict[int, Fraction], step: dict[int, int],
-          g: int, top: int | None, target: int, span: tuple[int, int]) -> list[int] | None:
+          g: int, top: int | None, target: int, span: tuple[int, int], monotone: bool = True
+          ) -> list[int] | None:
     """One move per item (every layer of it the same number of steps from its floor) whose grid
     units sum to ``target``, with the least ``Σ step_l · |base_l + d − y_l|``, and ranks that never
-    fall as the continuous rank rises (``items`` come in that order); None if none exists.
+    fall as the continuous rank rises; None if none exists. ``items`` come in order of rising ``y``;
+    among equally close choices the extra steps go to the earlier layers.
 
-    A knapsack by dynamic programming over the items, on (units handed out, last item's level)."""
-    Key = tuple[int, int]
-    states: dict[Key, tuple[float, Key | None, int]] = {(0, -1): (0.0, None, 0)}
+    A knapsack by dynamic programming over the items. A state is (units handed out, the highest
+    level of the items with a smaller ``y``, the highest level among the current ``y``'s items);
+    its value is (distance, Σ layer index · move), compared in that order."""
+    Key = tuple[int, int, int]
+    Value = tuple[float, int, "Key | None", int]
+    states: dict[Key, Value] = {(0, -1, -1): (0.0, 0, None, 0)}
     history = []
+    prev_y = None
     for item in items:
         units = sum(step[i] for i in item) // g
-        level0 = base[item[0]]
-        new: dict[Key, tuple[float, Key | None, int]] = {}
+        level0, y0 = base[item[0]], y[item[0]]
+        rising = prev_y is not None and y0 > prev_y
+        prev_y = y0
+        new: dict[Key, Value] = {}
         for d in sorted(range(span[0], span[1] + 1), key=abs):
             level = level0 + d
             if level < 0 or (top is not None and level > top):
                 continue
             cost = sum(float(step[i] * abs(level - y[i])) for i in item)
-            for (net, last), (acc, _, _) in states.items():
-                if level < last:
+            order = sum(i for i in item) * d
+            for (net, floor, group), (acc, tb, _, _) in states.items():
+                below = max(floor, group) if rising else floor
+                if monotone and level < below:
                     continue
-                key, total = (net + d * units, level), acc + cost
-                if key not in new or total < new[key][0] - 1e-12:
-                    new[key] = (total, (net, last), d)
+                key = (net + d * units, below, level if rising else max(group, level))
+                total, tie = acc + cost, tb + order
+                old = new.get(key)
+                if old is None or total < old[0] - 1e-9 or (total <= old[0] + 1e-9 and tie < old[1]):
+                    new[key] = (total, tie, (net, floor, group), d)
         if len(new) > MAX_DP_STATES:
             raise DataError(f"the rank allocation needs more than {MAX_DP_STATES} states; use "
                             "multiple_of: 1 or per_module_type: true.")
@@ -207,10 +225,11 @@ def _fill(items: list[list[int]], base: dict[int, int], y: dict[int, Fraction], 
     ends = [k for k in states if k[0] == target]
     if not ends:
         return None
-    key: Key | None = min(ends, key=lambda k: states[k][0])
+    best = min(states[k][0] for k in ends)
+    key: Key | None = min((k for k in ends if states[k][0] <= best + 1e-9), key=lambda k: states[k][1])
     moves = []
     for stage in reversed(history):
-        _, key, d = stage[key]
+        _, _, key, d = stage[key]
         moves.append(d)
     return moves[::-1]
 
