@@ -175,9 +175,10 @@ def exact_ranks(v: list[float], costs: list[int], rank: int, opts: RankOptions, 
                     ranks[i] = lo + q * (base[i] + d)
             assert sum(c * r for c, r in zip(costs, ranks, strict=True)) == budget
             return ranks
-    raise ConfigError(f"no ranks in multiples of {q} within [{lo}, {hi or 'no maximum'}] meet the "
-                      f"budget of {what} ({budget} parameters) exactly with these layer sizes; set "
-                      "multiple_of: 1 or per_module_type: true.")
+    raise ConfigError(f"no ranks in multiples of {q} within [{lo}, {hi or 'no maximum'}] and "
+                      f"{SPANS[-1][1]} steps of the proportional ranks meet the budget of {what} "
+                      f"({budget} parameters) exactly with these layer sizes; set multiple_of: 1 or "
+                      "per_module_type: true.")
 
 
 def _fill(items: list[list[int]], base: dict[int, int], y: dict[int, Fraction], step: dict[int, int],
