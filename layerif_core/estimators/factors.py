@@ -42,6 +42,7 @@ from layerif_core.estimators.memory import (
     Group,
     Plan,
     correction_bytes,
+    correction_reserve,
     covariance_bytes,
     plan_partitions,
     resolve_budget,
@@ -100,10 +101,10 @@ def module_groups(ctx: RunContext, split: TokenizedSplit) -> list[Group]:
 
 
 def make_plan(ctx: RunContext, opts: CurvatureOptions, stage: str, groups: list[Group],
-              need) -> Plan:
+              need, reserve: int = 0) -> Plan:
     """Partition ``groups`` for ``stage`` within the memory budget and log the plan."""
     budget = resolve_budget(getattr(opts, "memory_budget_gb", None), ctx.device)
-    plan = plan_partitions(stage, groups, need, budget)
+    plan = plan_partitions(stage, groups, need, budget, reserve)
     if groups:
         ctx.log.info(plan.describe())
     return plan
@@ -302,8 +303,8 @@ def fit_lambda(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions, s
     start = time.perf_counter()
     done = store.done("lambda", groups)
     todo = [g for g, d in zip(groups, done, strict=True) if not d]
-    plan = make_plan(ctx, opts, "eigenvalue correction", todo,
-                     lambda g: correction_bytes(g, ctx.batch_size))
+    plan = make_plan(ctx, opts, "eigenvalue correction", todo, correction_bytes,
+                     correction_reserve(todo, ctx.batch_size))
     for p in range(plan.P):
         part = plan.partitions[p]
         eigen = {g.key: store.get("eigen", g, ctx.device) for g in part}

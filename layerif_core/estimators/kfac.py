@@ -21,7 +21,7 @@ from layerif_core.estimators.factors import (
     precondition_eigenbasis,
 )
 from layerif_core.estimators.kronecker import query_gradient, score_pass
-from layerif_core.estimators.memory import Group, eigen_bytes, influence_bytes
+from layerif_core.estimators.memory import Group, influence_bytes, influence_reserve
 from layerif_core.estimators.options import KFACOptions
 from layerif_core.layers import TrackedModule
 
@@ -86,9 +86,8 @@ class KFAC:
         if getattr(self, "_fitted", None) != (id(ctx), train.fingerprint):
             self.fit(ctx, train)
         self.dampings: dict[str, float] = {}
-        largest = max((eigen_bytes(g) for g in self.groups), default=0)
-        plan = make_plan(ctx, self.options, "query and score passes", self.groups,
-                         lambda g: influence_bytes(g) + largest)
+        plan = make_plan(ctx, self.options, "query and score passes", self.groups, influence_bytes,
+                         influence_reserve(self.groups))
         self.plan = plan
         scores = torch.zeros(len(ctx.layer_map), len(train), device=ctx.device)
         for p in range(plan.P):

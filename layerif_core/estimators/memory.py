@@ -139,16 +139,25 @@ def gradient_bytes(g: Group) -> int:
     return FLOAT32 * sum(tm.d_out * g.d_in for tm in g.modules)
 
 
-def correction_bytes(g: Group, batch: int = 1) -> int:
-    """EK-FAC's correction pass: eigenbases and ``Λ*``, plus the ``[B, d_out, d']`` rotated
-    gradients of one module at a time (the largest)."""
-    transient = max(FLOAT32 * batch * tm.d_out * g.d_in for tm in g.modules)
-    return eigen_bytes(g) + gradient_bytes(g) + transient
+def correction_bytes(g: Group) -> int:
+    """EK-FAC's correction pass: eigenbases and ``Λ*`` of the group."""
+    return eigen_bytes(g) + gradient_bytes(g)
+
+
+def correction_reserve(groups: list[Group], batch: int) -> int:
+    """The correction pass's transient: one batch of rotated gradients ``[B, d_out, d']`` of the
+    largest module (modules are processed one at a time)."""
+    return max((FLOAT32 * batch * tm.d_out * g.d_in for g in groups for tm in g.modules), default=0)
 
 
 def influence_bytes(g: Group) -> int:
     """Query and score passes: ``q`` turned into ``V = (G + λI)^{-1} q`` per module."""
     return gradient_bytes(g)
+
+
+def influence_reserve(groups: list[Group]) -> int:
+    """Preconditioning loads one group's eigenbases at a time: the largest."""
+    return max((eigen_bytes(g) for g in groups), default=0)
 
 
 def size(n: int) -> str:
@@ -188,10 +197,11 @@ class Plan:
                 f"device budget ({sizes})")
 
 
-def plan_partitions(stage: str, groups: list[Group], need: Callable[[Group], int], budget: int
-                    ) -> Plan:
-    """Pack ``groups`` into the fewest partitions whose summed ``need`` fits ``budget``
-    (first-fit decreasing); partitions and their groups keep the model's order.
+def plan_partitions(stage: str, groups: list[Group], need: Callable[[Group], int], budget: int,
+                    reserve: int = 0) -> Plan:
+    """Pack ``groups`` into the fewest partitions whose summed ``need`` fits ``budget`` less
+    ``reserve`` (a transient the stage needs once, whatever the partition holds); first-fit
+    decreasing, and partitions and their groups keep the model's order.
 
     Raises ``ConfigError`` naming the group when one alone needs more than the budget."""
     plan = Plan(stage, budget)
@@ -199,11 +209,12 @@ def plan_partitions(stage: str, groups: list[Group], need: Callable[[Group], int
         return plan
     order = {id(g): i for i, g in enumerate(groups)}
     biggest = max(groups, key=need)
-    if need(biggest) > budget:
+    if need(biggest) + reserve > budget:
         raise ConfigError(
-            f"{stage}: module {biggest.key} alone needs {size(need(biggest))} on the device, "
-            f"above the memory budget of {size(budget)}; raise memory_budget_gb (the "
+            f"{stage}: module {biggest.key} alone needs {size(need(biggest) + reserve)} on the "
+            f"device, above the memory budget of {size(budget)}; raise memory_budget_gb (the "
             "estimator's option), free device memory, or track fewer/smaller modules.")
+    budget -= reserve
     bins: list[list[Group]] = []
     loads: list[int] = []
     for g in sorted(groups, key=need, reverse=True):
@@ -218,5 +229,5 @@ def plan_partitions(stage: str, groups: list[Group], need: Callable[[Group], int
             loads.append(n)
     parts = sorted((sorted(b, key=lambda g: order[id(g)]) for b in bins), key=lambda b: order[id(b[0])])
     plan.partitions = parts
-    plan.needs = [sum(need(g) for g in b) for b in parts]
+    plan.needs = [sum(need(g) for g in b) + reserve for b in parts]
     return plan

@@ -15,9 +15,10 @@ from layerif_core.estimators.memory import (
     GB,
     Group,
     correction_bytes,
+    correction_reserve,
     covariance_bytes,
-    eigen_bytes,
     influence_bytes,
+    influence_reserve,
     plan_partitions,
 )
 from layerif_core.pipeline import load_task_splits
@@ -33,9 +34,8 @@ def _setup(tmp_path):
 def _smallest_budget_gb(ctx, train) -> float:
     """The budget that just fits the largest group in every stage (so each partition holds few)."""
     groups = module_groups(ctx, train)
-    eig = max(eigen_bytes(g) for g in groups)
-    need = max(max(covariance_bytes(g), correction_bytes(g, ctx.batch_size),
-                   influence_bytes(g) + eig) for g in groups)
+    need = max(max(covariance_bytes(g), correction_bytes(g) + correction_reserve(groups, 3),
+                   influence_bytes(g) + influence_reserve(groups)) for g in groups)
     return need * 1.0001 / GB
 
 
