@@ -299,3 +299,20 @@ def test_packing_less_text_than_one_window_is_an_error(tmp_path):
     (tmp_path / "t.txt").write_text("abc\n")
     with pytest.raises(DataError, match="packs into 4 tokens, fewer than one window of max_length 8"):
         tokenize_split(DataSpec(source=str(tmp_path / "t.txt"), pack=True, max_length=8), char_tokenizer())
+
+
+def test_the_bundled_text_and_its_licence_are_package_data():
+    """A wheel (and `pip install .`) carries every file of the wikitext2 folder: pyproject's
+    package-data patterns match each of them."""
+    import tomllib
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = setuptools["package-data"]["layerif_core.tasks"]
+    folder = root / "layerif_core" / "tasks" / "wikitext2"
+    files = sorted(f"wikitext2/{p.name}" for p in folder.iterdir())
+    assert files == ["wikitext2/LICENSE", "wikitext2/README.md", "wikitext2/test.txt.gz",
+                     "wikitext2/validation.txt.gz"]
+    assert all(any(fnmatch(f, pat) for pat in patterns) for f in files)
