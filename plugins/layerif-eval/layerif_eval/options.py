@@ -15,7 +15,8 @@ class PerplexityOptions(BaseModel):
 
     source: str = Field(
         ..., description="A text file (.txt, read whole), or any data source layerif reads (local "
-        ".jsonl/.csv/.parquet, a hub dataset, 'bundled:<task>') whose records are joined with '\\n\\n'."
+        ".jsonl/.csv/.parquet, a hub dataset, 'bundled:<task>', the WikiText-2 text "
+        "'bundled:wikitext2') whose records are joined with '\\n\\n'."
     )
     split: str = Field("test", description="Split of a dataset source (ignored for a .txt file).")
     config_name: str | None = Field(None, description="Hub dataset configuration, e.g. "
