@@ -5,21 +5,20 @@ of rank r per layer, top-2) against plain peft LoRA of the same total rank 4r, o
 batch. Goal: MoE step time within 1.5x of plain LoRA. Each variant runs in its own process so that
 the peak resident memory (CPU) or the peak allocated memory (CUDA) is its own.
 
-``python -m benchmarks.bench_lora_moe table``: the allocation study of docs/lora_moe.md: uniform vs
-LayerIF vs HT-SR expert allocations with the same total and steps, several seeds, log-likelihood
-multiple-choice accuracy on a bundled task.
+``python -m benchmarks.bench_lora_moe table``: the allocation study of docs/results/lora_moe.md as a
+study (``layerif_core.study``): uniform vs LayerIF vs HT-SR expert allocations with the same total
+and steps, several seeds, lm-eval multiple-choice accuracy on a bundled task. The paper's whole table
+is the preset ``examples/studies/lora_moe.yaml``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -106,110 +105,69 @@ def run(quick: bool) -> dict:
 
 # --- the allocation study ------------------------------------------------------------------------
 
-PROMPT = "Question: {question}\nAnswer: "
-
-
-@torch.no_grad()
-def choice_accuracy(model, tokenizer, records: list[dict]) -> float:
-    """Multiple-choice accuracy: the choice with the highest summed log-probability after the prompt."""
-    device = next(model.parameters()).device
-    model.eval()
-    correct = 0
-    for rec in records:
-        prompt = tokenizer(PROMPT.format(**rec), add_special_tokens=False)["input_ids"]
-        seqs = [prompt + tokenizer(c, add_special_tokens=False)["input_ids"] for c in rec["choices"]]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device))
-                                 .logits.float(), dim=-1).cpu()
-        scores = []
-        for i, s in enumerate(seqs):
-            pos = torch.arange(len(prompt), len(s))
-            scores.append(float(logp[i, pos - 1, torch.tensor(s)[pos]].sum()))
-        correct += int(max(range(len(scores)), key=scores.__getitem__) == rec["label"])
-    return correct / len(records)
-
-
-def table(task: str, seeds: int, steps: int, total_per_layer: int, n_eval: int, out: Path,
-          batch: int = 8, given: Path | None = None) -> dict:
-    """Uniform vs LayerIF vs HT-SR expert allocations: same total, steps, data; ``seeds`` seeds each.
-
-    ``given``: a JSON file ``{label: [experts per layer]}`` from an earlier study (skips the scoring).
-    """
-    from layerif_core.config import RunConfig
+def allocation_study(task: str, seeds: int, steps: int, total_per_layer: int, n_eval: int,
+                     directory: Path, batch: int = 8, given: dict[str, list[int]] | None = None) -> dict:
+    """Uniform vs LayerIF vs HT-SR expert allocations as a study (``layerif study``): the same
+    total, steps and data for every arm, ``seeds`` seeds; lm-eval multiple-choice accuracy on the
+    bundled task's test split and the final validation loss. ``given``: ``{label: experts per
+    layer}`` from an earlier study, run as ``given_experts`` arms (no scoring)."""
+    from layerif_core.config import ModelSpec
     from layerif_core.layers import LayerMap
-    from layerif_core.pipeline import allocate, open_run, score_task
-    from layerif_core.tasks import bundled_records
-    from layerif_lora_moe import LoraMoeOptions
-    from layerif_lora_moe.application import LoraMoeApplication
+    from layerif_core.models import load_model
 
-    base, tok = _load()
-    n_layers = len(LayerMap(base))
-    work = Path(tempfile.mkdtemp(prefix="lora-moe-table-"))
-    data = {"name": task, "train": {"source": f"bundled:{task}", "limit": 32, "max_length": 64},
-            "validation": {"source": f"bundled:{task}", "split": "validation", "limit": 8,
-                           "max_length": 64}}
-    eval_records = bundled_records(task, "test")[:n_eval]
-    results: dict = {"task": task, "steps": steps, "seeds": seeds, "n_eval": n_eval, "runs": []}
-    results["base_accuracy"] = choice_accuracy(base, tok, eval_records)
-    print("base accuracy", results["base_accuracy"], flush=True)
-    scorers = {"uniform": ("uniform", "uniform_experts"), "layerif": ("layerif", "alphalora_experts"),
-               "htsr": ("htsr_alpha", "alphalora_experts")}
-    allocations = json.loads(given.read_text()) if given is not None else {}
-    for label, (scorer, allocator) in scorers.items():
-        if label in allocations:
-            continue
-        cfg = RunConfig.model_validate({
-            "name": f"scores-{label}", "output_dir": str(work), "tasks": [data], "batch_size": 8,
-            "scorer": {"name": scorer}, "allocation": {"name": allocator, "options": {
-                "total": total_per_layer * n_layers, "beta": 3.0} if allocator == "alphalora_experts"
-                else {"total": total_per_layer * n_layers}}})
-        ctx = open_run(cfg, show_progress=False, model=base, tokenizer=tok)
-        t0 = time.perf_counter()
-        scores = {task: score_task(ctx, cfg.tasks[0])}
-        alloc = allocate(ctx, scores)[task]
-        allocations[label] = alloc.values
-        print(label, "scored in", round(time.perf_counter() - t0, 1), "s:", alloc.values, flush=True)
-    results["allocations"] = allocations
-    moe = dict(rank=4, alpha=8, dropout=0.05, lr=2e-3, max_steps=steps, batch_size=batch, top_k=2,
-               target_modules=["q_proj", "v_proj"], aux_loss_weight=0.01,
-               train={"source": f"bundled:{task}", "limit": steps * batch, "max_length": 64},
-               validation={"source": f"bundled:{task}", "split": "validation", "limit": 8,
-                           "max_length": 64})
-    from layerif_core.protocols import Allocation
+    n_layers = len(LayerMap(load_model(ModelSpec(source="embedded:smollm2-135m", dtype="float32"))[0]))
+    total = total_per_layer * n_layers
+    data = {"source": f"bundled:{task}", "limit": 32, "max_length": 64}
+    arms = {"uniform": {"scorer": {"name": "uniform"},
+                        "allocation": {"name": "uniform_experts", "options": {"total": total}}},
+            "layerif": {"scorer": {"name": "layerif"}},
+            "htsr": {"scorer": {"name": "htsr_alpha"}}}
+    for label, values in (given or {}).items():
+        arms[label] = {"scorer": {"name": "uniform"},
+                       "allocation": {"name": "given_experts", "options": {"values": values}}}
+    directory.mkdir(parents=True, exist_ok=True)
+    return {
+        "name": directory.name, "output_dir": str(directory.parent), "seeds": list(range(seeds)),
+        "base": {
+            "model": {"source": "embedded:smollm2-135m", "dtype": "auto"}, "batch_size": 8,
+            "tasks": [{"name": task, "train": data,
+                       "validation": {**data, "split": "validation", "limit": 8}}],
+            "allocation": {"name": "alphalora_experts", "options": {"total": total, "beta": 3.0}},
+            "application": {"name": "lora_moe", "options": {
+                "rank": 4, "alpha": 8, "dropout": 0.05, "lr": 2e-3, "max_steps": steps,
+                "batch_size": batch, "top_k": 2, "target_modules": ["q_proj", "v_proj"],
+                "aux_loss_weight": 0.01,
+                "train": {"source": f"bundled:{task}", "limit": steps * batch, "max_length": 64},
+                "validation": {"source": f"bundled:{task}", "split": "validation", "limit": 8,
+                               "max_length": 64}}},
+            "evaluation": [{"name": "lm_eval", "options": {"tasks": [f"layerif_{task}"],
+                                                           "limit": n_eval}}]},
+        "arms": [{"label": label, "control": label == "uniform", "overrides": overrides}
+                 for label, overrides in arms.items()],
+        "metrics": [f"lm_eval/layerif_{task}/acc", "lora_moe/validation_loss"],
+    }
 
-    for seed in range(seeds):
-        for label, values in allocations.items():
-            model = copy.deepcopy(base)
-            cfg = RunConfig.model_validate({"name": f"{label}-{seed}", "output_dir": str(work),
-                                            "tasks": [data], "seed": seed, "batch_size": 8})
-            ctx = open_run(cfg, show_progress=False, model=model, tokenizer=tok)
-            app = LoraMoeApplication(LoraMoeOptions(**moe, seed=seed))
-            t0 = time.perf_counter()
-            app.apply(ctx, model, Allocation("experts", values, label))
-            row = {"allocation": label, "seed": seed, "val_loss_start": app.log.validation[0]["loss"],
-                   "val_loss_end": app.log.validation[-1]["loss"],
-                   "accuracy": choice_accuracy(model, tok, eval_records),
-                   "seconds": round(time.perf_counter() - t0, 1)}
-            results["runs"].append(row)
-            print(row, flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=2))
-    summary = {}
-    for label in allocations:
-        acc = [r["accuracy"] for r in results["runs"] if r["allocation"] == label]
-        loss = [r["val_loss_end"] for r in results["runs"] if r["allocation"] == label]
-        summary[label] = {"accuracy_mean": statistics.mean(acc),
-                          "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                          "val_loss_mean": statistics.mean(loss),
-                          "val_loss_std": statistics.stdev(loss) if len(loss) > 1 else 0.0}
-    results["summary"] = summary
-    out.write_text(json.dumps(results, indent=2))
-    return results
+
+def table(task: str, seeds: int, steps: int, total_per_layer: int, n_eval: int, directory: Path,
+          batch: int = 8, given: Path | None = None) -> dict:
+    """Run :func:`allocation_study` (cells resume from ``directory``) and return its summary."""
+    from layerif_core.study.report import build_report
+    from layerif_core.study.runner import run_study
+
+    study = allocation_study(task, seeds, steps, total_per_layer, n_eval, directory, batch,
+                             json.loads(given.read_text()) if given is not None else None)
+    outcome = run_study(directory / "study.yaml", data=study, show_progress=False)
+    build_report(outcome.directory)
+    summary = json.loads((outcome.directory / "summary.json").read_text())
+    out: dict = {"task": task, "steps": steps, "seeds": seeds, "n_eval": n_eval,
+                 "report": str(outcome.directory / "report.html"), "summary": {}}
+    for metric in summary["metrics"]:
+        if metric["dense"] is not None:
+            out[f"base {metric['name']}"] = metric["dense"]
+        for row in metric["points"][0]["rows"]:
+            out["summary"].setdefault(row["arm"], {})[metric["name"]] = {
+                "mean": row["mean"], "ci95": row["ci95"], "paired": row.get("paired")}
+    return out
 
 
 def main() -> None:
@@ -226,14 +184,15 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--allocations", type=Path, default=None,
-                        help="JSON {label: experts per layer} from an earlier study: skip scoring.")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/_work/lora_moe_table.json")
+                        help="JSON {label: experts per layer}: extra given_experts arms.")
+    parser.add_argument("--study-dir", type=Path, default=Path("studies/bench_lora_moe"),
+                        help="The study directory (cells resumed; report.html and summary.md).")
     a = parser.parse_args()
     if a.what == "run":
         print(json.dumps(run(a.quick), indent=2))
     else:
-        res = table(a.task, a.seeds, a.steps, a.per_layer, a.n_eval, a.out, a.batch, a.allocations)
-        print(json.dumps(res["summary"], indent=2))
+        res = table(a.task, a.seeds, a.steps, a.per_layer, a.n_eval, a.study_dir, a.batch, a.allocations)
+        print(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

@@ -5,16 +5,16 @@ blocks) against the time of the calibration forward passes alone (the whole mode
 windows). Goals: Wanda ≤ 1.5×, SparseGPT ≤ 5×. Full mode uses 128 × 512 calibration tokens (the
 issue's size); quick mode 16 × 256.
 
-Quality (the docs' table): WikiText-2 test perplexity of the dense model and of magnitude, Wanda and
+Quality (the docs' table): a study (``layerif_core.study``: the one place that builds cells and
+aggregates them) of WikiText-2 test perplexity of the dense model and of magnitude, Wanda and
 SparseGPT at the given sparsities, with uniform, HT-SR (AlphaPruning) and LayerIF allocation
 (alpha_pruning, ε = 0.2). Sizes are recorded in the result; ``run(quick=True)`` evaluates fewer
-settings on fewer tokens.
+settings on fewer tokens. The paper's whole table is the preset ``examples/studies/pruning.yaml``.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -27,18 +27,6 @@ def _tokens(tokenizer, split: str, chars: int) -> torch.Tensor:
 
     text = corpus_text("wikitext2", {"valid": "validation"}.get(split, split))[:chars]
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-@torch.no_grad()
-def _perplexity(model, tokens: torch.Tensor, seqlen: int, windows: int, batch: int = 4) -> float:
-    x = tokens[: windows * seqlen].reshape(windows, seqlen).to(next(model.parameters()).device)
-    total, count = 0.0, 0
-    for start in range(0, windows, batch):
-        xb = x[start:start + batch]
-        logits = model(input_ids=xb, use_cache=False).logits[:, :-1].float()
-        nll = torch.logsumexp(logits, -1) - logits.gather(2, xb[:, 1:, None])[..., 0]
-        total, count = total + float(nll.double().sum()), count + nll.numel()
-    return math.exp(total / count)
 
 
 @torch.no_grad()
@@ -70,20 +58,6 @@ def _prune(model, pruner: str, sparsities: list[float], windows, batch: int) -> 
     return pruned, time.perf_counter() - start
 
 
-def _allocations(model, sparsity: float, scores: dict, uniform: bool = True) -> dict[str, list[float]]:
-    """Per-layer sparsity: uniform, and alpha_pruning (ε = 0.2) from each scorer's scores."""
-    from layerif_core.allocators.sparsity import AlphaPruningOptions, AlphaPruningSparsity
-    from layerif_core.layers import LayerMap
-
-    lm = LayerMap(model)
-    weights = [float(w) for w in lm.num_params()]
-    out = {"uniform": [sparsity] * len(lm)} if uniform else {}
-    alloc = AlphaPruningSparsity(AlphaPruningOptions(sparsity=sparsity, epsilon=0.2))
-    for name, s in scores.items():
-        out[name] = alloc.allocate(s, weights).values
-    return out
-
-
 def wikitext_task(tmp: Path, n_train: int = 32, n_val: int = 8, max_length: int = 128) -> dict:
     """A LayerIF task on the evaluation's text: WikiText-2 valid paragraphs (≥ 400 characters, no
     headings) written to jsonl; every 8th of the first ``8 · n_val`` is validation (the query), the
@@ -103,66 +77,66 @@ def wikitext_task(tmp: Path, n_train: int = 32, n_val: int = 8, max_length: int 
             "validation": {"source": str(tmp / "validation.jsonl"), "max_length": max_length}}
 
 
-def layer_scores(model, tokenizer, which: list[str], cache: Path | None = None,
-                 aggregator: str = "positive_sum", n_train: int = 32, n_val: int = 8) -> dict:
-    """HT-SR alpha and LayerIF (``ekfac`` + ``aggregator``; ``n_train`` / ``n_val`` paragraphs of
-    WikiText-2 valid, 128 tokens each: :func:`wikitext_task`) scores of the model. With ``cache``,
-    the runs live in ``cache/runs/<name>``: their ``scores.json`` is reused when it was made with the
-    same aggregator, and the EK-FAC factors and ``I[l, i]`` are kept (another aggregator reuses them)."""
-    import tempfile
-
-    from layerif_core.artifacts import read_scores
-    from layerif_core.config import RunConfig
-    from layerif_core.pipeline import compute_layer_scores, open_run
-
-    scorers = {"htsr": {"name": "htsr_alpha"},
-               "layerif": {"name": "layerif", "estimator": {"name": "ekfac"},
-                           "aggregator": {"name": aggregator}}}
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        task = wikitext_task(Path(tmp), n_train, n_val)  # fingerprinted by content: reuse holds
-        runs = str(cache / "runs") if cache is not None else tmp
-        for name in which:
-            saved = Path(runs) / name / "scores.json"
-            if cache is not None and saved.is_file():
-                kept = read_scores(saved).get(task["name"])
-                if kept is not None and kept.details.get("aggregator") in (None, aggregator):
-                    out[name] = kept
-                    continue
-            cfg = RunConfig.model_validate({"name": name, "output_dir": runs, "tasks": [task],
-                                            "scorer": scorers[name], "batch_size": 8})
-            ctx = open_run(cfg, show_progress=False, model=model, tokenizer=tokenizer)
-            out[name] = compute_layer_scores(ctx)[task["name"]]
-            print(f"{name} scores:", [round(float(x), 5) for x in out[name].values], flush=True)
-    return out
+def quality_study(sparsities: list[float], which: list[str], samples: int, seqlen: int,
+                  eval_windows: int, directory: Path, aggregator: str = "positive_sum") -> dict:
+    """The quality table as a study (``layerif study``): arms uniform / HT-SR (AlphaPruning) /
+    LayerIF (``ekfac`` + ``aggregator`` on :func:`wikitext_task`), all with ``alpha_pruning``
+    (ε = 0.2); grid pruner × sparsity; seed 0; WikiText-2 test perplexity."""
+    directory.mkdir(parents=True, exist_ok=True)
+    arms = {"uniform": {"scorer": {"name": "uniform"}, "allocation": {"name": "uniform_sparsity"}},
+            "htsr": {"scorer": {"name": "htsr_alpha"}},
+            "layerif": {"scorer": {"name": "layerif", "estimator": {"name": "ekfac"},
+                                   "aggregator": {"name": aggregator}}}}
+    return {
+        "name": "bench_prune", "output_dir": str(directory.parent), "seeds": [0],
+        "base": {
+            "model": {"source": "embedded:smollm2-135m", "dtype": "float32"}, "batch_size": 8,
+            "tasks": [wikitext_task(directory)],
+            "allocation": {"name": "alpha_pruning", "options": {"sparsity": 0.5, "epsilon": 0.2}},
+            "application": {"name": "prune", "options": {
+                "save_model": False, "save_masks": False, "batch_size": 8,
+                "calibration": {"source": "bundled:wikitext2", "split": "validation",
+                                "samples": samples, "seqlen": seqlen}}},
+            "evaluation": [{"name": "perplexity", "options": {
+                "source": "bundled:wikitext2", "split": "test", "seqlen": seqlen,
+                "max_windows": eval_windows}}]},
+        "arms": [{"label": name, "control": name == "uniform", "overrides": arms[name]}
+                 for name in which],
+        "grid": {"application.options.pruner": ["magnitude", "wanda", "sparsegpt"],
+                 "allocation.options.sparsity": sparsities},
+        "metrics": ["perplexity/wikitext2"],
+    }
 
 
-def quality_table(model, tokenizer, sparsities: list[float], which: list[str], windows: torch.Tensor,
-                  eval_seqlen: int, eval_windows: int, batch: int = 8, cache: Path | None = None,
-                  aggregator: str = "positive_sum") -> dict:
-    """Perplexity of dense and pruned models for every sparsity, allocation and pruner (each row
-    printed as it is measured)."""
+def quality_table(sparsities: list[float], which: list[str], samples: int, seqlen: int,
+                  eval_windows: int, directory: Path, aggregator: str = "positive_sum") -> dict:
+    """Perplexity of the dense model and of every pruner × sparsity × allocation: the rows of the
+    study's report (cells resume from ``directory``)."""
     import json
 
-    test = _tokens(tokenizer, "test", 40 * eval_seqlen * eval_windows)
-    scorers = [x for x in which if x != "uniform"]
-    scores = layer_scores(model, tokenizer, scorers, cache, aggregator) if scorers else {}
-    rows = [{"pruner": "dense", "sparsity": 0.0, "allocation": "-",
-             "ppl": round(_perplexity(model, test, eval_seqlen, eval_windows), 3)}]
-    print(json.dumps(rows[-1]), flush=True)
-    for s in sparsities:
-        for alloc_name, values in _allocations(model, s, scores, "uniform" in which).items():
-            for pruner in ("magnitude", "wanda", "sparsegpt"):
-                pruned, seconds = _prune(model, pruner, values, windows, batch)
-                rows.append({"pruner": pruner, "sparsity": s, "allocation": alloc_name,
-                             "ppl": round(_perplexity(pruned, test, eval_seqlen, eval_windows), 3),
-                             "prune_s": round(seconds, 1)})
-                print(json.dumps(rows[-1]), flush=True)
-                del pruned
-    return {"quality_sizes": f"calibration {windows.shape[0]} x {windows.shape[1]} tokens of "
-            f"WikiText-2 valid; perplexity over {eval_windows} x {eval_seqlen} tokens of WikiText-2 "
-            "test", "table": rows,
-            "scores": {k: [round(float(x), 5) for x in v.values] for k, v in scores.items()}}
+    from layerif_core.study.report import build_report
+    from layerif_core.study.runner import run_study
+
+    study = quality_study(sparsities, which if "uniform" in which else ["uniform", *which], samples,
+                          seqlen, eval_windows, directory, aggregator)
+    outcome = run_study(directory / "study.yaml", data=study, show_progress=False)
+    build_report(outcome.directory)
+    summary = json.loads((outcome.directory / "summary.json").read_text())
+    [ppl] = summary["metrics"]
+    rows = [{"pruner": "dense", "sparsity": 0.0, "allocation": "-", "ppl": round(ppl["dense"], 3)}]
+    for point in ppl["points"]:
+        for row in point["rows"]:
+            rows.append({"pruner": point["grid"]["application.options.pruner"],
+                         "sparsity": point["grid"]["allocation.options.sparsity"],
+                         "allocation": row["arm"], "ppl": round(row["mean"], 3)})
+    scores = {}
+    for cell in (json.loads(p.read_text()) for p in sorted((outcome.directory / "cells").glob("*.json"))):
+        if cell.get("scores"):
+            scores.setdefault(cell["arm"], [round(v, 5) for v in cell["scores"]["values"]])
+    return {"quality_sizes": f"calibration {samples} x {seqlen} tokens of WikiText-2 valid; perplexity "
+            f"over {eval_windows} x {seqlen} tokens of WikiText-2 test", "table": rows,
+            "scores": {k: v for k, v in scores.items() if k != "uniform"},
+            "report": str(outcome.directory / "report.html")}
 
 
 def speed(model, tokenizer, samples: int, seqlen: int, batch: int = 8) -> dict:
@@ -194,33 +168,32 @@ def speed(model, tokenizer, samples: int, seqlen: int, batch: int = 8) -> dict:
 
 
 def run(quick: bool) -> dict:
+    import tempfile
+
     from layerif_core.config import ModelSpec
     from layerif_core.models import load_model
-    from layerif_prune.calibration import calibration_windows
 
     model, tokenizer = load_model(ModelSpec(source="embedded:smollm2-135m", dtype="float32"))
     samples, seqlen = (16, 256) if quick else (128, 512)
     result = speed(model, tokenizer, samples, seqlen)
-    n = 8 if quick else 32
-    windows = calibration_windows(_tokens(tokenizer, "valid", 50 * n * seqlen), n, seqlen, seed=0)
-    if quick:
-        quality = quality_table(model, tokenizer, [0.5], ["uniform"], windows, 256, 8)
-    else:
-        # positive_sum is all zero for the pretrained model on WikiText (every I[l, i] > 0; see
-        # docs/pruning.md), so the full mode allocates by the "ALL" variant, sum
-        quality = quality_table(model, tokenizer, [0.5, 0.6, 0.7], ["uniform", "htsr", "layerif"],
-                                windows, 512, 32, aggregator="sum")
+    del model
+    with tempfile.TemporaryDirectory() as tmp:
+        if quick:
+            quality = quality_table([0.5], ["uniform"], 8, 256, 8, Path(tmp) / "bench_prune")
+        else:
+            # positive_sum is all zero for the pretrained model on WikiText (every I[l, i] > 0; see
+            # docs/results/pruning.md), so the full mode allocates by the "ALL" variant, sum
+            quality = quality_table([0.5, 0.6, 0.7], ["uniform", "htsr", "layerif"], 32, 512, 32,
+                                    Path(tmp) / "bench_prune", aggregator="sum")
+    quality.pop("report")
     return {**result, **quality}
 
 
 def main() -> None:
-    """``python -m benchmarks.bench_prune [--speed]``: the quality table (or the speed), sizes given."""
+    """``python -m benchmarks.bench_prune [--speed]``: the quality table (a study whose cells are
+    kept in --study-dir and resumed) or the speed, sizes given."""
     import argparse
     import json
-
-    from layerif_core.config import ModelSpec
-    from layerif_core.models import load_model
-    from layerif_prune.calibration import calibration_windows
 
     p = argparse.ArgumentParser()
     p.add_argument("--samples", type=int, default=16)
@@ -228,26 +201,25 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=8)
     p.add_argument("--sparsities", default="0.5,0.6,0.7")
     p.add_argument("--allocations", default="uniform,htsr,layerif",
-                   help="Comma-separated: uniform, htsr, layerif.")
+                   help="Comma-separated arms: uniform, htsr, layerif.")
     p.add_argument("--output", default="prune_table.json")
     p.add_argument("--speed", action="store_true", help="Measure pruning speed instead.")
-    p.add_argument("--scores-dir", type=Path, default=None,
-                   help="Keep the scoring runs in <dir>/runs/<scorer> and reuse their scores.json.")
+    p.add_argument("--study-dir", type=Path, default=Path("studies/bench_prune"),
+                   help="The study directory: its cells (and LayerIF's factors and influences) "
+                   "are reused by a rerun; report.html and summary.md are written there.")
     p.add_argument("--aggregator", default="positive_sum", help="LayerIF aggregator (positive_sum, "
-                   "sum, top_fraction, ...); the influences in --scores-dir are reused.")
+                   "sum, top_fraction, ...).")
     a = p.parse_args()
-    model, tokenizer = load_model(ModelSpec(source="embedded:smollm2-135m", dtype="float32"))
     if a.speed:
+        from layerif_core.config import ModelSpec
+        from layerif_core.models import load_model
+
+        model, tokenizer = load_model(ModelSpec(source="embedded:smollm2-135m", dtype="float32"))
         result = speed(model, tokenizer, a.samples, a.seqlen)
-        Path(a.output).write_text(json.dumps(result, indent=2))
-        print(json.dumps(result, indent=2))
-        return
-    windows = calibration_windows(_tokens(tokenizer, "valid", 50 * a.samples * a.seqlen), a.samples,
-                                  a.seqlen, seed=0)
-    which = [x for x in a.allocations.split(",") if x]
-    result = quality_table(model, tokenizer, [float(x) for x in a.sparsities.split(",")], which,
-                           windows, a.seqlen, a.eval_windows, cache=a.scores_dir,
-                           aggregator=a.aggregator)
+    else:
+        which = [x for x in a.allocations.split(",") if x]
+        result = quality_table([float(x) for x in a.sparsities.split(",")], which, a.samples, a.seqlen,
+                               a.eval_windows, a.study_dir, aggregator=a.aggregator)
     Path(a.output).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

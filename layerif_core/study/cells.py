@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
-import itertools
 import json
 import re
 import types
@@ -137,12 +136,6 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
 
 # --- cells -------------------------------------------------------------------------------------
 
-def grid_points(study: StudyConfig) -> list[dict[str, Any]]:
-    axes = list(study.grid)
-    return [dict(zip(axes, values, strict=True))
-            for values in itertools.product(*(study.grid[a] for a in axes))]
-
-
 def cell_config(base: dict[str, Any], study: StudyConfig, cell: Cell, output_dir: str) -> RunConfig:
     """The run config of ``cell``: base, then the arm's overrides, the grid point, the seed."""
     arm = next(a for a in study.arms if a.label == cell.arm)
@@ -160,9 +153,9 @@ def build_cells(study: StudyConfig, base: dict[str, Any], output_dir: str = "run
     for arm in study.arms:
         for path in arm.overrides:
             check_path(path)
-    for path in study.grid:
+    for path in study.axes:
         check_path(path)
-    cells = [Cell(arm.label, point, seed) for arm in study.arms for point in grid_points(study)
+    cells = [Cell(arm.label, point, seed) for arm in study.arms for point in study.points()
              for seed in study.seeds]
     for cell in cells:
         try:

@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         parsed = parse_shard(shard)
         from layerif_core.study.runner import run_study
 
-        outcome = run_study(Path(target), shard=parsed, force=force, show_progress=not STATE["quiet"])
+        outcome = run_study(Path(target), shard=parsed, force=force, show_progress=not STATE["quiet"],
+                            console=console)
         console.print(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} finished earlier "
                       f"(skipped), {len(outcome.failed)} failed; shared work computed: "
                       + ", ".join(f"{k} {v}" for k, v in outcome.shared.items()), highlight=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -40,11 +41,12 @@ class MetricSpec(StudyStrict):
 
     name: str = Field(..., description="Metric name as the evaluators report it, e.g. "
                       "'perplexity/wikitext2'.")
-    better: Literal["lower", "higher"] | None = Field(
-        None, description="Which direction wins; default: lower for names with 'perplexity', 'ppl' "
-        "or 'loss', higher otherwise.")
+    better: Literal["lower", "higher", "none"] | None = Field(
+        None, description="Which direction wins ('none': a measurement such as the achieved "
+        "sparsity, no best and no wins); default: lower for names with 'perplexity', 'ppl' or "
+        "'loss', higher otherwise.")
 
-    def goal(self) -> Literal["lower", "higher"]:
+    def goal(self) -> Literal["lower", "higher", "none"]:
         if self.better is not None:
             return self.better
         name = self.name.lower()
@@ -60,9 +62,11 @@ class StudyConfig(StudyStrict):
         ..., description="The base run config: a mapping, or a path to a run config file (relative "
         "to the study file).")
     arms: list[ArmSpec] = Field(..., min_length=1, description="The arms; one is the control.")
-    grid: dict[str, list[Any]] = Field(
+    grid: dict[str, list[Any]] | list[dict[str, Any]] = Field(
         default_factory=dict, description="Dotted config paths and the values each takes; the cells "
-        "cross every axis, e.g. {allocation.options.sparsity: [0.5, 0.7]}.")
+        "cross every axis, e.g. {allocation.options.sparsity: [0.5, 0.7]}. Or a list of grid points, "
+        "each a mapping of the same paths to values, for grids that are not a cross product (e.g. "
+        "2:4 pruning with Wanda only).")
     seeds: list[int] = Field([0], min_length=1, description="Seeds (run config `seed`) of each cell.")
     metrics: list[MetricSpec] = Field(
         default_factory=list, description="Metrics of the report (name or {name, better}); default: "
@@ -97,7 +101,18 @@ class StudyConfig(StudyStrict):
 
     @field_validator("grid")
     @classmethod
-    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def _grid(cls, grid: dict[str, list[Any]] | list[dict[str, Any]]) -> Any:
+        if isinstance(grid, list):
+            if not grid:
+                raise ValueError("grid is an empty list of points; give at least one point or remove it")
+            keys = list(grid[0])
+            for point in grid:
+                if list(point) != keys:
+                    raise ValueError(f"grid point {point} names other paths than the first point "
+                                     f"({', '.join(keys)}); give every point the same paths")
+            if len({json.dumps(p, sort_keys=True) for p in grid}) != len(grid):
+                raise ValueError("the grid repeats a point; list each point once")
+            return grid
         for path, values in grid.items():
             if not values:
                 raise ValueError(f"grid axis '{path}' is empty; give it at least one value or remove it")
@@ -110,6 +125,19 @@ class StudyConfig(StudyStrict):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds repeat a value; list each seed once")
         return self
+
+    @property
+    def axes(self) -> list[str]:
+        """The grid's config paths, in order."""
+        return list(self.grid[0]) if isinstance(self.grid, list) else list(self.grid)
+
+    def points(self) -> list[dict[str, Any]]:
+        """The grid points (path -> value); one empty point when there is no grid."""
+        if isinstance(self.grid, list):
+            return [dict(p) for p in self.grid]
+        axes = self.axes
+        return [dict(zip(axes, values, strict=True))
+                for values in itertools.product(*(self.grid[a] for a in axes))]
 
     @property
     def control(self) -> ArmSpec:

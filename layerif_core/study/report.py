@@ -54,12 +54,10 @@ class StudyData:
 
     @property
     def axes(self) -> list[str]:
-        return list(self.study.grid)
+        return self.study.axes
 
     def points(self) -> list[tuple]:
-        import itertools
-
-        return list(itertools.product(*(self.study.grid[a] for a in self.axes))) or [()]
+        return [tuple(p[a] for a in self.axes) for p in self.study.points()]
 
 
 def read_study(directory: str | Path) -> StudyData:
@@ -161,7 +159,7 @@ def summarize(data: StudyData) -> dict[str, Any]:
                     common = sorted(set(seeds) & set(ctrl))
                     a, c = [seeds[s] for s in common], [ctrl[s] for s in common]
                     diffs = [x - y for x, y in zip(a, c, strict=True)]
-                    sign = -1 if goal == "lower" else 1
+                    sign = {"lower": -1, "higher": 1, "none": 0}[goal]
                     ties = [_tie(x, y) for x, y in zip(a, c, strict=True)]
                     gains = [sign * d for d in diffs]
                     row["paired"] = {
@@ -172,7 +170,7 @@ def summarize(data: StudyData) -> dict[str, Any]:
                         "losses": sum(1 for g, t in zip(gains, ties, strict=True) if not t and g < 0)}
                 rows.append(row)
             finite = [r for r in rows if r["n"]]
-            if finite:
+            if finite and goal != "none":
                 pick = min if goal == "lower" else max
                 best = pick(r["mean"] for r in finite)
                 for r in rows:
@@ -218,9 +216,10 @@ def tables(summary: dict[str, Any], axes: list[str]) -> list[dict[str, Any]]:
             for p in points:
                 d = p["rows"][i]["paired"]
                 total = [total[0] + d["wins"], total[1] + d["ties"], total[2] + d["losses"]]
-                dcells.append(f"{fmt(d['diff_mean'])} (p={fmt(d['p'])}; "
-                              f"{d['wins']}/{d['ties']}/{d['losses']})")
-            diffs.append([arm] + dcells + [f"{total[0]}/{total[1]}/{total[2]}"])
+                wtl = f"; {d['wins']}/{d['ties']}/{d['losses']}" if m["better"] != "none" else ""
+                dcells.append(f"{fmt(d['diff_mean'])} (p={fmt(d['p'])}{wtl})")
+            overall = f"{total[0]}/{total[1]}/{total[2]}" if m["better"] != "none" else "–"
+            diffs.append([arm] + dcells + [overall])
         out.append({"metric": m["name"], "better": m["better"], "dense": m["dense"],
                     "values": (header, values), "diffs": (header + ["all W/T/L"], diffs)})
     return out
@@ -245,7 +244,8 @@ def markdown(data: StudyData, summary: dict[str, Any]) -> str:
              f"the same seed, mean over seeds, two-sided p-value of a {test}, and wins/ties/losses "
              "over the seeds (a win is better in the metric's direction).", ""]
     for t in tables(summary, data.axes):
-        lines += [f"## {t['metric']} ({t['better']} is better)", ""]
+        goal = "a measurement" if t["better"] == "none" else f"{t['better']} is better"
+        lines += [f"## {t['metric']} ({goal})", ""]
         if t["dense"] is not None:
             lines += [f"Unmodified model: {fmt(t['dense'])}.", ""]
         lines += _md_table(*t["values"]) + [""]
@@ -320,7 +320,8 @@ def plot_metrics(data: StudyData, summary: dict[str, Any], out: Path) -> list[Pa
                                            zip(others, key, strict=True)), fontsize=9)
                 ax.grid(alpha=0.3)
             axs[0][-1].legend(fontsize=7, loc="best")
-            fig.suptitle(f"{m['name']} ({m['better']} is better; mean ± 95% CI over seeds)", fontsize=10)
+            goal = "" if m["better"] == "none" else f"{m['better']} is better; "
+            fig.suptitle(f"{m['name']} ({goal}mean ± 95% CI over seeds)", fontsize=10)
             fig.tight_layout()
             path = out / f"{_slug(m['name'])}__{_slug(axis)}.png"
             fig.savefig(path, dpi=110)
@@ -347,8 +348,8 @@ def plot_allocations(data: StudyData, out: Path) -> Path | None:
     plt = _plt()
     arms = [a.label for a in data.study.arms if a.label in per_arm]
     n_rows = max(len(per_arm[a]) for a in arms)
-    fig, axs = plt.subplots(len(arms), 1, figsize=(8, 0.9 + 0.35 * n_rows * len(arms) + 0.5 * len(arms)),
-                            squeeze=False)
+    fig, axs = plt.subplots(len(arms), 1, figsize=(8, 0.8 + len(arms) * (0.7 + 0.3 * n_rows)),
+                            squeeze=False, sharex=True, constrained_layout=True)
     values = [v for a in arms for vs in per_arm[a].values() for vec in vs for v in vec]
     lo, hi = min(values), max(values)
     for ax, arm in zip(axs[:, 0], arms, strict=True):
@@ -357,7 +358,7 @@ def plot_allocations(data: StudyData, out: Path) -> Path | None:
         im = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         ax.set_title(arm, fontsize=9, loc="left")
-        ax.set_xlabel("layer", fontsize=8)
+    axs[-1, 0].set_xlabel("layer", fontsize=8)
     fig.colorbar(im, ax=axs[:, 0].tolist(), shrink=0.8, label="allocation (mean over seeds)")
     path = out / "allocation.png"
     fig.savefig(path, dpi=110)
@@ -429,7 +430,8 @@ def write_html(data: StudyData, summary: dict[str, Any], plots: list[Path], path
              "half-width; differences are arm − control on the same seed with a paired "
              f"{'t-test' if data.study.test == 't' else 'Wilcoxon signed-rank test'} and W/T/L.</p>"]
     for t in tables(summary, data.axes):
-        parts.append(f"<h2>{html.escape(t['metric'])} ({t['better']} is better)</h2>")
+        goal = "a measurement" if t["better"] == "none" else f"{t['better']} is better"
+        parts.append(f"<h2>{html.escape(t['metric'])} ({goal})</h2>")
         if t["dense"] is not None:
             parts.append(f"<p>Unmodified model: {fmt(t['dense'])}</p>")
         parts.append(_html_table(*t["values"]))
@@ -461,6 +463,17 @@ def write_html(data: StudyData, summary: dict[str, Any], plots: list[Path], path
     path.write_text(page)
 
 
+def _no_nan(value: Any) -> Any:
+    """``value`` with NaN (an undefined CI or p-value) as ``None``: strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 def build_report(directory: str | Path) -> dict[str, Path]:
@@ -476,7 +489,7 @@ def build_report(directory: str | Path) -> dict[str, Path]:
     out = {}
     for name, write in (
         ("results.csv", lambda p: write_csv(data, p, [m["name"] for m in summary["metrics"]])),
-        ("summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n")),
+        ("summary.json", lambda p: p.write_text(json.dumps(_no_nan(summary), indent=2) + "\n")),
         ("summary.md", lambda p: p.write_text(markdown(data, summary))),
         ("report.html", lambda p: write_html(data, summary, plots, p)),
     ):

@@ -76,9 +76,10 @@ def open_study_dir(study: StudyConfig, base: dict[str, Any], directory: Path, fo
         for sub in ("cells", "shared", "runs", "plots"):
             shutil.rmtree(directory / sub, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
-    if found is None or force or found.get("fingerprint") != fp:
-        write_json(meta, {"fingerprint": fp, "study": study.model_dump(mode="json"), "base": base,
-                          "created": datetime.now(UTC).isoformat(timespec="seconds")})
+    created = found.get("created") if found is not None and not force else None
+    # the same cells: the report settings (metrics, test, ...) of the latest study file apply
+    write_json(meta, {"fingerprint": fp, "study": study.model_dump(mode="json"), "base": base,
+                      "created": created or datetime.now(UTC).isoformat(timespec="seconds")})
 
 
 def cell_result(directory: Path, cell_id: str) -> dict[str, Any] | None:
@@ -289,7 +290,7 @@ class StudyOutcome:
 class Display:
     """Cells done / running / failed and the current cell's stage (rich; silent when off)."""
 
-    def __init__(self, total: int, show: bool):
+    def __init__(self, total: int, show: bool, console: Any = None):
         self.total, self.done, self.failed = total, 0, 0
         self.cell, self.stage = "", ""
         self.progress = None
@@ -298,7 +299,7 @@ class Display:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), console=Console(stderr=True))
+                                     TimeElapsedColumn(), console=console or Console(stderr=True))
             self.task = self.progress.add_task("", total=total)
 
     def __enter__(self) -> Display:
@@ -330,8 +331,13 @@ class Display:
 
 
 def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: bool = False,
-              show_progress: bool = True, data: dict[str, Any] | None = None) -> StudyOutcome:
-    """Run the cells of the study file ``path`` (those of ``shard`` ``(k, N)`` only, if given)."""
+              show_progress: bool = True, data: dict[str, Any] | None = None,
+              console: Any = None) -> StudyOutcome:
+    """Run the cells of the study file ``path`` (those of ``shard`` ``(k, N)`` only, if given).
+
+    ``data``: the study as a mapping instead of the file's content (``path`` then only names it
+    and anchors a relative ``base`` path). ``console``: the rich console of the progress display
+    (the one the log handler writes to, so that log lines do not tear the display)."""
     study, base = load_study(path, data)
     directory = Path(study.output_dir) / study.name
     cells = build_cells(study, base, output_dir=str(directory / "runs"))
@@ -349,7 +355,7 @@ def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: boo
     if outcome.skipped:
         log.info("%d of %d cells finished earlier: skipped", len(outcome.skipped), len(mine))
     versions = package_versions()
-    with Display(len(mine), show_progress) as display:
+    with Display(len(mine), show_progress, console) as display:
         display.done = len(outcome.skipped)
         if study.dense and (shard is None or shard[0] == 0) and mine:
             display.update(cell="dense model")

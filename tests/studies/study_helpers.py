@@ -52,7 +52,7 @@ def tiny_study(model_dir: Path, output_dir: Path, **changes: Any) -> dict[str, A
         ],
         "grid": {"allocation.options.sparsity": [0.3, 0.6]},
         "seeds": [0, 1],
-        "metrics": [PPL, "sparsity/achieved"],
+        "metrics": [PPL, {"name": "sparsity/achieved", "better": "none"}],
     }
     data.update(copy.deepcopy(changes))
     return data

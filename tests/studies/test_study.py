@@ -175,3 +175,24 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(tiny_dir, tmp_path):  
     assert found["uniform"]["status"] == found["LayerIF ALL"]["status"] == "ok"
     assert found["broken"]["id"] in result.output
     assert found["broken"]["id"] in (tmp_path / "out" / "tiny" / "summary.md").read_text()
+
+
+def test_the_paper_route_is_an_arm(tiny_dir, tmp_path):  # noqa: F811
+    """An arm that LoRA-fine-tunes, scores with datainf through the adapter (layers.lora_only), and
+    prunes the base model; its adapter is trained once per seed and shared by the grid's cells."""
+    data = tiny_study(tiny_dir, tmp_path / "out", seeds=[0])
+    data["arms"].append({"label": "LayerIF paper route", "overrides": {
+        "layers.lora_only": True, "scorer.estimator.name": "datainf",
+        "finetune": {"rank": 2, "alpha": 4, "epochs": 1, "batch_size": 3,
+                     "target_modules": ["q_proj", "v_proj"]}}})
+    result = invoke("study", str(write_study(tmp_path / "s.yaml", data)))
+    assert result.exit_code == 0, result.output
+    assert "scores 3, adapters 1, dense 1" in " ".join(result.output.split())
+    found = [c for c in cells(tmp_path / "out" / "tiny") if c["arm"] == "LayerIF paper route"]
+    assert len(found) == 2 and all(c["status"] == "ok" for c in found)
+    for c in found:  # pruned base weights at the target sparsity (16 inputs per row: ⌊16·s⌋)
+        s = c["grid"]["allocation.options.sparsity"]
+        assert abs(c["metrics"]["sparsity/achieved"] - s) <= 1 / 16
+        assert len(c["allocation"]["values"]) == 3
+    adapters = list((tmp_path / "out" / "tiny" / "shared" / "adapters").glob("*/adapter_config.json"))
+    assert len(adapters) == 1

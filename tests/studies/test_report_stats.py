@@ -1,0 +1,106 @@
+"""The report's statistics on cells written by hand (no model): Wilcoxon p-values, wins/ties/losses
+in the metric's direction, the best mean, a grid given as a list of points, reports of partial
+studies."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from layerif_core.study.config import StudyConfig
+from layerif_core.study.report import build_report
+
+ACC = {  # arm -> seed -> accuracy at the one grid point ("higher is better")
+    "uniform": [0.50, 0.55, 0.60, 0.52, 0.58],
+    "layerif": [0.56, 0.55, 0.66, 0.61, 0.57],
+}
+
+
+def write_dir(directory: Path, study: dict, cells: list[dict]) -> Path:
+    directory.mkdir(parents=True)
+    config = StudyConfig.model_validate(study)
+    (directory / "study.json").write_text(json.dumps({
+        "fingerprint": config.fingerprint(), "study": config.model_dump(mode="json"), "base": {}}))
+    (directory / "cells").mkdir()
+    for cell in cells:
+        (directory / "cells" / f"{cell['id']}.json").write_text(json.dumps(cell))
+    return directory
+
+
+def study(**changes) -> dict:
+    data = {"name": "s", "base": {}, "seeds": [0, 1, 2, 3, 4], "test": "wilcoxon",
+            "arms": [{"label": "uniform", "control": True}, {"label": "layerif"}],
+            "grid": {"allocation.options.total": [90]}, "metrics": ["acc"]}
+    data.update(changes)
+    return data
+
+
+def cell(arm: str, seed: int, metrics: dict, grid: dict | None = None) -> dict:
+    grid = grid if grid is not None else {"allocation.options.total": 90}
+    return {"id": f"{arm}-{seed}-{'-'.join(map(str, grid.values()))}", "arm": arm, "seed": seed,
+            "grid": grid, "status": "ok", "metrics": metrics,
+            "allocation": {"kind": "experts", "values": [1, 2, 3]},
+            "scores": {"values": [0.1, 0.3, 0.2], "higher_is_better": False, "scorer": "x"}}
+
+
+def test_wilcoxon_p_and_wins_in_the_metrics_direction(tmp_path):
+    cells = [cell(arm, s, {"acc": v}) for arm, vals in ACC.items() for s, v in enumerate(vals)]
+    directory = write_dir(tmp_path / "s", study(), cells)
+    build_report(directory)
+    summary = json.loads((directory / "summary.json").read_text())
+    rows = summary["metrics"][0]["points"][0]["rows"]
+    paired = rows[1]["paired"]
+    assert paired["p"] == pytest.approx(stats.wilcoxon(ACC["layerif"], ACC["uniform"]).pvalue, rel=1e-12)
+    # higher is better: seeds 0, 2, 3 win, seed 1 ties, seed 4 loses
+    assert (paired["wins"], paired["ties"], paired["losses"]) == (3, 1, 1)
+    assert rows[1]["best"] and not rows[0]["best"]
+    mean = statistics.mean(ACC["layerif"])
+    ci = stats.t.ppf(0.975, 4) * statistics.stdev(ACC["layerif"]) / math.sqrt(5)
+    text = (directory / "summary.md").read_text()
+    assert f"**{mean:.4g} ± {ci:.4g}**" in text
+    assert f"(p={paired['p']:.4g}; 3/1/1)" in text
+
+
+def test_a_grid_of_points_and_a_measurement_metric(tmp_path):
+    points = [{"application.options.pruner": "wanda", "application.options.pattern": "unstructured"},
+              {"application.options.pruner": "wanda", "application.options.pattern": "2:4"},
+              {"application.options.pruner": "sparsegpt", "application.options.pattern": "unstructured"}]
+    data = study(grid=points, seeds=[0, 1], test="t",
+                 metrics=["ppl", {"name": "sparsity/achieved", "better": "none"}])
+    cells = [cell(arm, s, {"ppl": 10.0 + i + s + (arm == "layerif"), "sparsity/achieved": 0.5}, p)
+             for i, p in enumerate(points) for arm in ("uniform", "layerif") for s in (0, 1)]
+    directory = write_dir(tmp_path / "s", data, cells)
+    build_report(directory)
+    rows = list(csv.DictReader((directory / "results.csv").open()))
+    assert len(rows) == 3 * 2 * 2 * 2
+    assert {(r["application.options.pruner"], r["application.options.pattern"]) for r in rows} == {
+        ("wanda", "unstructured"), ("wanda", "2:4"), ("sparsegpt", "unstructured")}
+    summary = json.loads((directory / "summary.json").read_text())
+    ppl, achieved = summary["metrics"]
+    assert [p["rows"][0]["mean"] for p in ppl["points"]] == [10.5, 11.5, 12.5]
+    # lower is better: layerif is worse by exactly 1 on every seed (p of a constant difference: 0)
+    assert all(p["rows"][1]["paired"]["losses"] == 2 for p in ppl["points"])
+    assert not any(r.get("best") for p in achieved["points"] for r in p["rows"])  # a measurement
+    plots = {p.name for p in (directory / "plots").glob("*.png")}
+    assert {"ppl__application_options_pruner.png", "ppl__application_options_pattern.png",
+            "allocation.png", "scores.png"} <= plots
+
+
+def test_the_report_of_a_partial_study_lists_failures_and_missing_cells(tmp_path):
+    cells = [cell("uniform", 0, {"acc": 0.5}), cell("layerif", 0, {"acc": 0.6})]
+    cells.append({**cell("layerif", 1, {}), "status": "failed", "metrics": {},
+                  "error": {"type": "ConfigError", "message": "owl_sparsity: out of range\nmore"}})
+    directory = write_dir(tmp_path / "s", study(seeds=[0, 1]), cells)
+    build_report(directory)
+    text = (directory / "summary.md").read_text()
+    assert "2 of 4 cells finished, 1 failed" in text
+    assert "`layerif-1-90`: ConfigError: owl_sparsity: out of range" in text
+    summary = json.loads((directory / "summary.json").read_text())
+    row = summary["metrics"][0]["points"][0]["rows"][1]
+    assert row["n"] == 1 and row["ci95"] is None and row["paired"]["p"] is None  # undefined: null
