@@ -147,12 +147,13 @@ def _lock_record() -> dict[str, Any]:
             "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)[:300]}
 
 
-def _release_all() -> None:
+def release_all_locks() -> None:
+    """Release every run-directory lock this process holds (at exit, and when a CLI command ends)."""
     for path in list(_HELD):
         release_lock(path)
 
 
-atexit.register(_release_all)
+atexit.register(release_all_locks)
 
 
 def release_lock(lock: Path) -> None:

@@ -91,6 +91,10 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
                           "(rerun with --debug for the traceback)", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        finally:  # the command is over: its run directories are free for the next one
+            artifacts = sys.modules.get("layerif_core.artifacts")
+            if artifacts is not None:
+                artifacts.release_all_locks()
 
     return wrapper
 
