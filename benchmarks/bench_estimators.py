@@ -170,11 +170,12 @@ def estimator_flop_floor(ctx, train, query, name: str, rate: float) -> float | N
     return ekfac_flops(ctx.model, groups, len(train), len(query), seq, name)["total"] / rate
 
 
-def bf16_against_float32(quick: bool, workdir: Path) -> dict:
+def bf16_against_float32(quick: bool, workdir: Path, sizes: tuple[int, int, int] | None = None
+                         ) -> dict:
     """SmolLM2-135M on WikiText-2 windows (train: test split, query: validation split), EK-FAC over
     every linear module with the model in bfloat16 and in float32: does bf16 rank the layers the
     same (Spearman of ``positive_sum`` S, goal ≥ 0.99)?"""
-    n_train, n_query, length = (8, 2, 32) if quick else (32, 8, 64)
+    n_train, n_query, length = sizes or ((8, 2, 32) if quick else (32, 8, 64))
     out: dict[str, Any] = {"n_train": n_train, "n_query": n_query, "seq_len": length}
     influences = {}
     for dtype in ("float32", "bfloat16"):

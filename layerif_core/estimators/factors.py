@@ -199,20 +199,46 @@ def _eigh(mats: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
+def decompose_groups(groups: list[Group], cov: dict[str, torch.Tensor], dtype: torch.dtype
+                     ) -> list[dict[str, torch.Tensor]]:
+    """Each group's eigen file: ``QA, LA`` and ``{m}.QS, {m}.LS`` (float32, Λ clipped at 0), with
+    one batched float64 ``eigh`` per matrix size over all of ``groups``."""
+    mats, slots = [], []  # slots: (group index, key prefix, "A" or "S")
+    for i, g in enumerate(groups):
+        check_finite_factor(cov[f"{g.key}.A"], "input covariance A", g, dtype)
+        mats.append(cov[f"{g.key}.A"])
+        slots.append((i, "", "A"))
+        for tm in g.modules:
+            check_finite_factor(cov[f"{tm.name}.S"], "output-gradient covariance S", tm, dtype)
+            mats.append(cov[f"{tm.name}.S"])
+            slots.append((i, f"{tm.name}.", "S"))
+    out: list[dict[str, torch.Tensor]] = [{} for _ in groups]
+    for (i, prefix, f), (evals, evecs) in zip(slots, _eigh(mats), strict=True):
+        out[i][f"{prefix}Q{f}"] = evecs.float().contiguous()
+        out[i][f"{prefix}L{f}"] = evals.clamp(min=0).float()
+    return out
+
+
 def decompose_group(g: Group, cov: dict[str, torch.Tensor], dtype: torch.dtype
                     ) -> dict[str, torch.Tensor]:
-    """The group's eigen file: ``QA, LA`` and ``{m}.QS, {m}.LS`` (float32, Λ clipped at 0)."""
-    check_finite_factor(cov[f"{g.key}.A"], "input covariance A", g, dtype)
-    for tm in g.modules:
-        check_finite_factor(cov[f"{tm.name}.S"], "output-gradient covariance S", tm, dtype)
-    mats = [cov[f"{g.key}.A"]] + [cov[f"{tm.name}.S"] for tm in g.modules]
-    names = ["A"] + [f"{tm.name}.S" for tm in g.modules]
-    out = {}
-    for name, (evals, evecs) in zip(names, _eigh(mats), strict=True):
-        prefix = "" if name == "A" else name[:-1]
-        out[f"{prefix}Q{name[-1]}"] = evecs.float().contiguous()
-        out[f"{prefix}L{name[-1]}"] = evals.clamp(min=0).float()
+    """One group's eigen file (:func:`decompose_groups` of one group)."""
+    return decompose_groups([g], cov, dtype)[0]
+
+
+def _chunks(groups: list[Group], cap: int) -> list[list[Group]]:
+    """Consecutive groups whose covariances sum to at most ``cap`` bytes (at least one each)."""
+    out: list[list[Group]] = []
+    load = cap + 1
+    for g in groups:
+        if load + covariance_bytes(g) > cap:
+            out.append([])
+            load = 0
+        out[-1].append(g)
+        load += covariance_bytes(g)
     return out
+
+
+EIGH_CHUNK_BYTES = 512 * 1024**2  # float32 covariances decomposed in one batch (single process)
 
 
 def fit_eigen(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions, store: FactorStore,
@@ -226,14 +252,25 @@ def fit_eigen(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptions, st
     for p in range(plan.P):
         part = plan.partitions[p]
         cov = fit_covariances(ctx, train, opts, part)
-        for j, g in enumerate(part):
+        if world()[1] == 1:  # batched eigh over equal-size covariances of several groups
+            for chunk in _chunks(part, EIGH_CHUNK_BYTES):
+                for g, found in zip(chunk, decompose_groups(chunk, cov, ctx.dtype), strict=True):
+                    store.put("eigen", g, found, device=ctx.device)
+                _drop(cov, chunk)
+            continue
+        for j, g in enumerate(part):  # module-parallel: rank r decomposes groups r, r+W, ...
             src = owner(j)
             mine = decompose_group(g, cov, ctx.dtype) if src == rank else None
             store.put("eigen", g, mine, src=src, device=ctx.device)
-            cov.pop(f"{g.key}.A")
-            for tm in g.modules:
-                cov.pop(f"{tm.name}.S")
+            _drop(cov, [g])
     _record(ctx, store, "eigen", groups, len(todo), plan, start)
+
+
+def _drop(cov: dict[str, torch.Tensor], groups: list[Group]) -> None:
+    for g in groups:
+        cov.pop(f"{g.key}.A")
+        for tm in g.modules:
+            cov.pop(f"{tm.name}.S")
 
 
 # --- stage 2: EK-FAC's corrected eigenvalues -------------------------------------------------
