@@ -18,6 +18,11 @@ Phases (``--phases``, default all; each writes ``$OUT/bench_gpu.json`` as it fin
 
 ``--scale tiny`` shrinks every model and size so the script runs on a CPU in a minute (a check of the
 script, not a measurement). Run: ``python -m benchmarks.bench_gpu --out $OUT [--tokenizer DIR]``.
+The SmolLM2 tokenizer is the ``tokenizer.json`` and ``tokenizer_config.json`` of the converted
+embedded model (``~/.cache/layerif/gguf/SmolLM2-135M-Instruct.*/``); copy the two files into a folder
+that travels with the repository. ``--budget-gb`` sets EK-FAC's ``memory_budget_gb`` (e.g. to emulate
+an 80 GB card on a larger one). The default phase set fits about 8 minutes on one H200 with
+``--mistral-layers 8``; the whole Mistral-7B (32 layers) is a run of its own.
 """
 
 from __future__ import annotations
@@ -170,7 +175,8 @@ def bench_shape(shape: str, dtype: torch.dtype, layers: int | None, n_train: int
         plain_pass(ctx, query)  # warm-up
         t_train, m_train, _ = measure(dev, lambda: plain_pass(ctx, train))
         t_query, _, _ = measure(dev, lambda: plain_pass(ctx, query))
-        ek = ekfac_phases(ctx, train, query, Path(tmp))
+        ek = ekfac_phases(ctx, train, query, Path(tmp),
+                          {"memory_budget_gb": args.budget_gb} if args.budget_gb else None)
         ctx.run_dir = RunDir(Path(tmp) / "grad_dot")
         t_gd, m_gd, _ = measure(dev, lambda: get_registry().build("estimator", "grad_dot")
                                 .influence(ctx, train, query))
@@ -331,7 +337,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--scale", choices=["full", "tiny"], default="full")
     p.add_argument("--tinyllama-layers", type=int, default=8)
-    p.add_argument("--mistral-layers", type=int, default=None, help="Blocks of Mistral-7B (default 32).")
+    p.add_argument("--mistral-layers", type=int, default=8, help="Blocks of Mistral-7B (of 32).")
+    p.add_argument("--budget-gb", type=float, default=None, help="EK-FAC's memory_budget_gb.")
     return p.parse_args(argv)
 
 

@@ -38,11 +38,17 @@ def mm_f32(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     (whose half-precision matmuls have no float32 output)."""
     if x.dtype == torch.float32 and y.dtype == torch.float32:
         return x @ y
-    if x.is_cuda and x.dtype == y.dtype and x.dim() == 2 and y.dim() == 2:
-        return torch.mm(x, y, out_dtype=torch.float32)
-    if x.is_cuda and x.dtype == y.dtype and x.dim() == 3 and y.dim() == 3:
-        return torch.bmm(x, y, out_dtype=torch.float32)
+    if x.is_cuda and x.dtype == y.dtype and x.dim() == y.dim() and x.dim() in (2, 3) \
+            and _OUT_DTYPE.get(x.dtype, True):
+        try:
+            mm = torch.mm if x.dim() == 2 else torch.bmm
+            return mm(x, y, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a torch or GPU without it: upcast from now on
+            _OUT_DTYPE[x.dtype] = False
     return x.float() @ y.float()
+
+
+_OUT_DTYPE: dict[torch.dtype, bool] = {}  # whether matmuls with out_dtype work for this input dtype
 
 
 def run_pass(ctx: RunContext, split: TokenizedSplit, description: str,
