@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import functools
 import hashlib
 import importlib.metadata as md
 import json
@@ -45,7 +46,17 @@ _VERSIONED = ("layerif", "torch", "transformers", "peft", "datasets", "safetenso
               "pydantic", "lm_eval")
 
 
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
+    return tuple(_package_versions().items())
+
+
 def package_versions() -> dict[str, str]:
+    """Versions of Python and the libraries a result depends on (read once per process)."""
+    return dict(_versions())
+
+
+def _package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
@@ -262,7 +273,9 @@ class RunDir:
             os.unlink(probe)
         except OSError as exc:
             raise _disk_error(self.path, exc) from None
-        self.lock = acquire_lock(self.path) if lock else None
+        # under torch.distributed (or a launcher that set RANK) rank 0 alone writes, so it alone locks
+        main = is_main() and os.environ.get("RANK", "0") == "0"
+        self.lock = acquire_lock(self.path) if lock and main else None
         if self.lock is not None:  # temporary files of a killed writer: never renamed, never trusted
             for stale in [p for p in self.path.rglob("*") if p.is_file() and p.name.endswith(".tmp")]:
                 stale.unlink(missing_ok=True)
@@ -471,9 +484,8 @@ class RunDir:
 def read_scores(path: str | Path, n_layers: int | None = None) -> dict[str, Any]:
     """The ``{task: LayerScores}`` of a ``scores.json``, or of a run directory holding one.
 
-    The values must be finite (and, given ``n_layers``, one per layer); each task's ``details``
-    record the file read and its SHA-256 (``scores_file``, ``scores_sha256``), so that a run that
-    uses hand-edited scores says which bytes it used."""
+    The values must be finite (and, given ``n_layers``, one per layer). A run that uses them records
+    :func:`scores_input` in its manifest, so that it says which bytes it used."""
     from layerif_core.results import LayerScores
 
     path = Path(path)
@@ -489,7 +501,6 @@ def read_scores(path: str | Path, n_layers: int | None = None) -> dict[str, Any]
                             "`layerif scores --force`.") from None
     if not scores:
         raise ArtifactError(f"'{file}' holds no task's scores; recompute it with `layerif scores`.")
-    digest = file_sha256(file)
     for task, s in scores.items():
         if s.values.dim() != 1 or s.values.numel() == 0:
             raise ArtifactError(f"scores of task '{task}' in '{file}' are not a list of one number "
@@ -501,8 +512,15 @@ def read_scores(path: str | Path, n_layers: int | None = None) -> dict[str, Any]
         if n_layers is not None and s.values.numel() != n_layers:
             raise ArtifactError(f"scores of task '{task}' in '{file}' have {s.values.numel()} layers "
                                 f"but the model has {n_layers}; use scores computed for this model.")
-        s.details = {**s.details, "scores_file": str(file), "scores_sha256": digest}
     return scores
+
+
+def scores_input(path: str | Path) -> dict[str, str]:
+    """``{"file", "sha256"}`` of the ``scores.json`` that :func:`read_scores` reads at ``path``: what a
+    run given ``--scores`` records in its manifest (``scores_input``)."""
+    path = Path(path)
+    file = path / "scores.json" if path.is_dir() else path
+    return {"file": str(file.resolve()), "sha256": file_sha256(file)}
 
 
 def verify_run_dir(path: str | Path) -> list[str]:

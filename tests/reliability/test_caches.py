@@ -177,10 +177,9 @@ def test_hand_edited_scores_are_validated_and_their_checksum_recorded(first, tmp
     run = tmp_path / "runs" / "r"
     used = json.loads((run / "scores.json").read_text())["caps"]
     assert used["values"] == [3.0, 1.0, 2.0]
-    assert used["details"]["scores_sha256"] == sha256(given)
-    assert used["details"]["scores_file"] == str(given)
-    arts = json.loads((run / "manifest.json").read_text())["artifacts"]
-    assert arts["scores.json"]["sha256"] == sha256(run / "scores.json")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["scores_input"] == {"file": str(given.resolve()), "sha256": sha256(given)}
+    assert manifest["artifacts"]["scores.json"]["sha256"] == sha256(run / "scores.json")
     edited["caps"]["values"] = [3.0, float("inf"), 2.0]
     given.write_text(json.dumps(edited))
     out = invoke("prune", str(write_config(tmp_path / "p.yaml", cfg)), "--scores", str(given))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from layerif_core.artifacts import read_scores as load_scores
+from layerif_core.artifacts import scores_input
 from layerif_core.config import ComponentSpec, RunConfig
 from layerif_core.errors import DataError
 from layerif_core.pipeline import RunResult, allocate, compute_layer_scores, open_run
@@ -47,6 +48,7 @@ def run_moe(config: RunConfig, scores_path: Path | None = None, force: bool = Fa
     ctx = open_run(config, force=force, show_progress=show_progress)
     if scores_path is not None:
         scores = read_scores(scores_path, len(ctx.layer_map))
+        ctx.run_dir.update_manifest(scores_input=scores_input(scores_path))
         ctx.run_dir.write_json("scores.json", {t: s.to_json() for t, s in scores.items()})
     else:
         scores = compute_layer_scores(ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerif_core.artifacts import read_scores
+from layerif_core.artifacts import read_scores, scores_input
 from layerif_core.config import ComponentSpec, RunConfig
 from layerif_core.errors import ConfigError
 from layerif_core.evaluation import evaluate_model
@@ -54,6 +54,7 @@ def run_lora_ranks(config: RunConfig, scores_path: Path | None = None, force: bo
     ctx = open_run(config, force=force, show_progress=show_progress)
     if scores_path is not None:
         scores = read_scores(scores_path, len(ctx.layer_map))
+        ctx.run_dir.update_manifest(scores_input=scores_input(scores_path))
         ctx.run_dir.write_json("scores.json", {t: s.to_json() for t, s in scores.items()})
     else:
         scores = compute_layer_scores(ctx)

@@ -52,7 +52,7 @@ def check_scores(scores: dict[str, LayerScores], ctx: RunContext, source: Path) 
 def run_prune(cfg: RunConfig, scores_path: Path | None = None, force: bool = False,
               show_progress: bool = True) -> dict:
     """Scores (computed or read), allocation, pruning and evaluation; returns the metrics."""
-    from layerif_core.artifacts import read_scores
+    from layerif_core.artifacts import read_scores, scores_input
     from layerif_core.pipeline import allocate, compute_layer_scores, open_run
     from layerif_core.registry import get_registry
 
@@ -63,6 +63,7 @@ def run_prune(cfg: RunConfig, scores_path: Path | None = None, force: bool = Fal
         scores = compute_layer_scores(ctx)
     else:
         check_scores(scores, ctx, scores_path)
+        ctx.run_dir.update_manifest(scores_input=scores_input(scores_path))
         ctx.run_dir.write_json("scores.json", {t: s.to_json() for t, s in scores.items()})
     allocation = allocate(ctx, scores)[cfg.application_task("layerif prune")]
     registry = get_registry()
