@@ -277,7 +277,8 @@ class RunDir:
         main = is_main() and os.environ.get("RANK", "0") == "0"
         self.lock = acquire_lock(self.path) if lock and main else None
         if self.lock is not None:  # temporary files of a killed writer: never renamed, never trusted
-            for stale in [p for p in self.path.rglob("*") if p.is_file() and p.name.endswith(".tmp")]:
+            for stale in [p for p in self.path.rglob("*") if p.is_file() and (
+                    p.name.endswith(".tmp") or p.name.startswith(".tmp-write-test-"))]:
                 stale.unlink(missing_ok=True)
         self._manifest_path = self.path / "manifest.json"
         self.manifest: dict[str, Any] = {}
