@@ -4,6 +4,9 @@ module partitions on, for DataInf, and for a model sharded with FSDP (``fully_sh
 
 from __future__ import annotations
 
+import os
+import socket
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -70,3 +73,30 @@ def test_a_model_too_large_for_the_device_is_told_how_to_launch_with_fsdp():
     assert "52.0 GiB" in message and "40.0 GiB free" in message
     assert "model.fsdp: true" in message and "torchrun --nproc_per_node 4 -m layerif_core.cli run" in message
     assert placement_error(10.0, 40.0, torch.device("cuda", 0)) is None
+
+
+def _launched_worker(rank: int, world: int, port: int, tmp_path, out: str) -> None:
+    """A rank as ``torchrun`` starts it: only environment variables, no process group yet."""
+    torch.set_num_threads(1)
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
+    try:
+        result = _influence(tmp_path / f"rank{rank}", "ekfac")  # open_run joins the group
+        assert dist.is_initialized() and dist.get_world_size() == world
+        torch.save(result, f"{out}.{rank}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_started_like_torchrun_join_the_group_in_open_run(tmp_path):
+    single = _influence(tmp_path / "single", "ekfac")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "launched.pt")
+    mp.spawn(_launched_worker, args=(2, port, tmp_path, out), nprocs=2, join=True)
+    for r in range(2):
+        got = torch.load(f"{out}.{r}", weights_only=True)
+        torch.testing.assert_close(got, single, rtol=1e-4, atol=1e-5 * single.abs().max().item())
