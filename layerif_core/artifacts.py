@@ -298,9 +298,15 @@ class RunDir:
         if self.lock is not None:
             release_lock(self.lock)
 
+    def _own_files(self) -> list[Path]:
+        """Files below this directory, except those of run directories nested in it (a task's
+        ``<run>/<task>/`` has its own manifest, checksums and lock)."""
+        nested = [m.parent for m in self.path.rglob("manifest.json") if m.parent != self.path]
+        return [p for p in sorted(self.path.rglob("*"))
+                if p.is_file() and not any(n in p.parents for n in nested)]
+
     def _present(self) -> set[str]:
-        return {p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
-                if p.is_file() and not _is_scratch(p.name)}
+        return {p.relative_to(self.path).as_posix() for p in self._own_files() if not _is_scratch(p.name)}
 
     def discard_partial(self) -> list[str]:
         """After a failure: remove temporary files, and files that appeared since the last finished
@@ -308,8 +314,8 @@ class RunDir:
         half-way had begun to write. Finished artifacts stay. Returns the removed paths."""
         arts = self.manifest.get("artifacts", {})
         removed = []
-        for path in sorted(self.path.rglob("*")):
-            if not path.is_file() or path.name == LOCK or path == self._manifest_path:
+        for path in self._own_files():
+            if path.name == LOCK or path == self._manifest_path:
                 continue
             rel = path.relative_to(self.path).as_posix()
             if _is_scratch(path.name) or (rel not in self._mark and arts.get(rel, {"external": True})
@@ -359,8 +365,8 @@ class RunDir:
         """Hash every file not written through this class (a saved model, plots) into the manifest,
         again when it changed; files written here keep the checksum of what was written."""
         arts = self.manifest.setdefault("artifacts", {})
-        for path in sorted(self.path.rglob("*")):
-            if not path.is_file() or _is_scratch(path.name) or path == self._manifest_path:
+        for path in self._own_files():
+            if _is_scratch(path.name) or path == self._manifest_path:
                 continue
             rel = path.relative_to(self.path).as_posix()
             entry = arts.get(rel)

@@ -184,3 +184,23 @@ def test_hand_edited_scores_are_validated_and_their_checksum_recorded(first, tmp
     given.write_text(json.dumps(edited))
     out = invoke("prune", str(write_config(tmp_path / "p.yaml", cfg)), "--scores", str(given))
     assert out.exit_code == 2 and "are not finite at layer(s) [1]" in " ".join(out.output.split())
+
+
+def test_after_a_crash_only_what_the_failed_step_began_is_removed(tmp_path):
+    from layerif_core.artifacts import RunDir
+
+    run = RunDir(tmp_path / "r")
+    run.write_json("finished.json", {"a": 1})
+    run.record_step("first", "fp", reused=False)
+    task = RunDir(tmp_path / "r" / "caps")  # a task's own run directory inside the run
+    task.write_json("block.json", {"b": 2})
+    (tmp_path / "r" / "caps" / "half.bin").write_bytes(b"x")  # written by hand, not finished
+    (tmp_path / "r" / "stray.bin").write_bytes(b"x")
+    assert run.discard_partial() == ["stray.bin"]
+    assert task.discard_partial() == ["half.bin"]
+    root = tmp_path / "r"
+    left = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert [p for p in left if not p.endswith((".lock", "manifest.json"))] == ["caps/block.json",
+                                                                              "finished.json"]
+    task.close()
+    run.close()
