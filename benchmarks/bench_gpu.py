@@ -151,11 +151,15 @@ def ekfac_phases(ctx, train, query, workdir: Path, options: dict | None = None) 
     est._fitted = (id(ctx), train.fingerprint)
     t_inf, m_inf, influence = measure(dev, lambda: est.influence(ctx, train, query))
     steps = ctx.run_dir.manifest["steps"]
+    stage_plans = [v["plan"] for k, v in steps.items() if k.startswith("factors/") and "plan" in v]
     plans = {k.rsplit("/", 1)[1]: v.get("plan", {}).get("P") for k, v in steps.items()
              if k.startswith("factors/")}
+    largest = max([p["gb"] for plan in stage_plans for p in plan["partitions"]]
+                  + [n / 2**30 for n in est.plan.needs], default=0.0)
     return {"seconds": round(t_eig + t_lam + t_inf, 2), "covariance_eigh_s": round(t_eig, 2),
             "correction_s": round(t_lam, 2), "query_score_s": round(t_inf, 2),
             "peak_gib": round(max(m_eig, m_lam, m_inf), 2), "partitions": plans,
+            "largest_partition_gib": round(largest, 3),
             "influence_plan_P": est.plan.P, "finite": bool(torch.isfinite(influence).all()),
             "groups": len(est.groups), "modules": sum(len(g.modules) for g in est.groups),
             "_influence": influence.cpu(), "_groups": est.groups}
@@ -191,6 +195,8 @@ def bench_shape(shape: str, dtype: torch.dtype, layers: int | None, n_train: int
         "plain_train_pass_s": round(t_train, 2), "plain_query_pass_s": round(t_query, 2),
         "plain_pass_peak_gib": round(m_train, 2),
         "ekfac": ek, "ekfac_over_plain_floor": round(ek["seconds"] / (3 * t_train + t_query), 2),
+        # goal: peak ≤ 1.5 × a plain forward+backward + the factors of the largest partition
+        "ekfac_memory_goal_gib": round(1.5 * m_train + ek["largest_partition_gib"], 2),
         "ekfac_flop_floor_s": round(fl["total"] / rate, 2),
         "ekfac_over_flop_floor": round(ek["seconds"] / (fl["total"] / rate), 2),
         "ekfac_flops_by_part": {k: float(f"{v:.4g}") for k, v in fl.items()},
