@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class RankOptions(BaseModel):
@@ -30,8 +30,9 @@ class RankOptions(BaseModel):
     normalize: bool = Field(True, description="Min-max the worse-ness to [0, 1] first (LayerIF). "
                             "Off: the raw worse-ness is used and must be >= 0.")
     per_module_type: bool = Field(
-        False, description="Allocate each module type (each name of target_modules) separately "
-        "with its own budget, so every type keeps the parameter count of its uniform adapter.")
+        False, validate_default=True, description="Allocate each module type (each name of "
+        "target_modules) separately with its own budget, so every type keeps the parameter count "
+        "of its uniform adapter.")
 
     @field_validator("rank")
     @classmethod
@@ -43,13 +44,20 @@ class RankOptions(BaseModel):
             raise ValueError("every uniform rank must be >= 1")
         return value
 
-    @model_validator(mode="after")
-    def _bounds(self) -> RankOptions:
-        if self.max_rank is not None and self.max_rank < self.min_rank:
-            raise ValueError(f"max_rank {self.max_rank} is below min_rank {self.min_rank}; raise it")
-        if isinstance(self.rank, dict) and not self.per_module_type:
+    @field_validator("max_rank")
+    @classmethod
+    def _max(cls, value: int | None, info: ValidationInfo) -> int | None:
+        low = info.data.get("min_rank")
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"max_rank {value} is below min_rank {low}; raise it")
+        return value
+
+    @field_validator("per_module_type")
+    @classmethod
+    def _per_type(cls, value: bool, info: ValidationInfo) -> bool:
+        if isinstance(info.data.get("rank"), dict) and not value:
             raise ValueError("a rank per module type needs per_module_type: true")
-        return self
+        return value
 
 
 class LoraRanksOptions(BaseModel):
