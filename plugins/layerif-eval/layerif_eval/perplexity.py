@@ -23,50 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from layerif_core.config import DataSpec
 from layerif_core.errors import ConfigError, DataError, NumericalError
 from layerif_core.models import max_context
+from layerif_eval.options import PerplexityOptions
 
 LITERATURE_SEQLEN = 2048
-
-
-class PerplexityOptions(BaseModel):
-    """Options of the ``perplexity`` evaluator."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str = Field(
-        ..., description="A text file (.txt, read whole), or any data source layerif reads (local "
-        ".jsonl/.csv/.parquet, a hub dataset, 'bundled:<task>') whose records are joined with '\\n\\n'."
-    )
-    split: str = Field("test", description="Split of a dataset source (ignored for a .txt file).")
-    config_name: str | None = Field(None, description="Hub dataset configuration, e.g. "
-                                    "'wikitext-2-raw-v1'.")
-    text: str = Field("{text}", description="Template of one record's text, fields in braces.")
-    limit: int | None = Field(None, ge=1, description="Use only the first `limit` records of a dataset.")
-    seqlen: int | None = Field(
-        None, ge=2, description="Window length in tokens; default min(model context, 2048). The "
-        "pruning literature uses 2048 (4096 for LLaMA-2 in some papers)."
-    )
-    stride: int | None = Field(
-        None, ge=1, description="Tokens between window starts; default seqlen (non-overlapping "
-        "windows). Smaller strides give every scored token more context."
-    )
-    drop_last: bool = Field(
-        True, description="Drop a trailing window shorter than seqlen, as the literature does."
-    )
-    max_windows: int | None = Field(None, ge=1, description="Score at most this many windows "
-                                    "(a quick estimate).")
-    batch_size: int = Field(1, ge=1, description="Windows per forward pass (logits are "
-                            "batch × seqlen × vocab floats).")
-    add_special_tokens: bool = Field(
-        True, description="Let the tokenizer add its special tokens (e.g. one BOS at the start of the "
-        "whole text), as the literature's `tokenizer(text)` does."
-    )
-    name: str | None = Field(None, description="Name in the metric keys (perplexity/<name>); "
-                             "default the file stem or dataset name.")
 
 
 @dataclass(frozen=True)
