@@ -145,6 +145,8 @@ def scores_of(allocation: Allocation) -> tuple[LayerScores, RankOptions]:
 class LoraRanks:
     """Per-layer LoRA ranks from an allocation: a peft LoraConfig, optionally fine-tuned."""
 
+    conformance_allocator = ("lora_ranks", {"rank": 4})
+
     def __init__(self, opts: LoraRanksOptions | None):
         self.opts = opts or LoraRanksOptions()
         self.allocation: Allocation | None = None
