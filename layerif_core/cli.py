@@ -105,13 +105,15 @@ def _plugin_in_traceback(exc: BaseException) -> tuple[str, str] | None:
     import importlib.metadata as md
     import traceback
 
+    from layerif_core.registry import FIRST_PARTY
+
     owners = md.packages_distributions()
     plugin_dists = {ep.dist.name for ep in md.entry_points(group="layerif") if ep.dist is not None}
     found = None
     for frame, _ in traceback.walk_tb(exc.__traceback__):
         module = str(frame.f_globals.get("__name__", ""))
         for dist in owners.get(module.split(".")[0], []):
-            if dist in plugin_dists and dist != "layerif":
+            if dist in plugin_dists and dist not in FIRST_PARTY:
                 found = (dist, f"{module}.{frame.f_code.co_name}")
     return found
 

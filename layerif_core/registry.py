@@ -47,6 +47,8 @@ HOOKS = {
 COMMANDS_HOOK = "layerif_register_commands"
 ALLOW_ENV = "LAYERIF_PLUGINS"
 CORE = "layerif"
+# the distributions of this repository: a failure inside them is layerif's own (an internal error)
+FIRST_PARTY = frozenset({CORE, "layerif-prune", "layerif-eval", "layerif-lora-moe", "layerif-lora-ranks"})
 
 Ref = Callable[..., Any] | str
 
