@@ -19,7 +19,7 @@ from typing import Any
 from layerif_core.artifacts import atomic_path, read_scores
 from layerif_core.errors import DataError
 from layerif_core.plotting import save_figure
-from layerif_core.protocols import LayerScores
+from layerif_core.results import LayerScores
 
 
 @dataclass

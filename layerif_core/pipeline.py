@@ -28,8 +28,8 @@ from layerif_core.evaluation import evaluate_model
 from layerif_core.layers import LayerMap
 from layerif_core.models import fingerprint_model, load_model, max_context, resolve_device
 from layerif_core.plotting import plot_scores
-from layerif_core.protocols import Allocation, LayerScores
 from layerif_core.registry import check_components, get_registry
+from layerif_core.results import Allocation, LayerScores
 
 log = logging.getLogger("layerif")
 

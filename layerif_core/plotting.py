@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from layerif_core.artifacts import atomic_path
-from layerif_core.protocols import LayerScores
+from layerif_core.results import LayerScores
 
 
 def plot_scores(scores: dict[str, LayerScores], path: Path, title: str = "Layer scores") -> Path:

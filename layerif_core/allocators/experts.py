@@ -25,7 +25,7 @@ import torch
 from layerif_core.allocators.options import AlphaLoRAOptions, ExpertOptions, GivenOptions
 from layerif_core.allocators.preprocess import minmax
 from layerif_core.errors import ConfigError, DataError
-from layerif_core.protocols import Allocation, LayerScores
+from layerif_core.results import Allocation, LayerScores
 
 DEFAULT_PER_LAYER = 4  # total = 4 · L when no total is given
 

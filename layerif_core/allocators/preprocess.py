@@ -15,7 +15,7 @@ import logging
 import torch
 
 from layerif_core.config import PostprocessSpec
-from layerif_core.protocols import LayerScores
+from layerif_core.results import LayerScores
 
 log = logging.getLogger("layerif")
 

@@ -28,7 +28,7 @@ import torch
 
 from layerif_core.allocators.options import AlphaPruningOptions, OWLSparsityOptions, UniformSparsityOptions
 from layerif_core.errors import ConfigError
-from layerif_core.protocols import Allocation, LayerScores
+from layerif_core.results import Allocation, LayerScores
 
 log = logging.getLogger("layerif")
 

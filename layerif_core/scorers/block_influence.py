@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
-from layerif_core.protocols import LayerScores
+from layerif_core.results import LayerScores
 from layerif_core.scorers.calibration import calibration_split
 from layerif_core.scorers.options import BlockInfluenceOptions
 

@@ -12,7 +12,7 @@ import torch
 
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
-from layerif_core.protocols import LayerScores
+from layerif_core.results import LayerScores
 from layerif_core.scorers.options import RandomOptions
 
 

@@ -19,7 +19,7 @@ import torch
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.losses import check_finite, sequence_losses
-from layerif_core.protocols import LayerScores
+from layerif_core.results import LayerScores
 from layerif_core.scorers.calibration import calibration_split
 from layerif_core.scorers.options import GradientNormOptions
 

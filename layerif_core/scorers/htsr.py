@@ -36,7 +36,7 @@ import torch
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.errors import NumericalError
-from layerif_core.protocols import LayerScores
+from layerif_core.results import LayerScores
 from layerif_core.scorers.options import HTSROptions
 
 _CHUNK = 256  # candidate rows per KS block: [chunk, N] float64

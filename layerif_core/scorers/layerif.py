@@ -13,8 +13,8 @@ import logging
 
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
-from layerif_core.protocols import LayerScores
 from layerif_core.registry import get_registry
+from layerif_core.results import LayerScores
 
 log = logging.getLogger("layerif")
 

@@ -25,7 +25,7 @@ from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.estimators.capture import capture
 from layerif_core.layers import TrackedModule
-from layerif_core.protocols import LayerScores
+from layerif_core.results import LayerScores
 from layerif_core.scorers.calibration import calibration_split
 from layerif_core.scorers.options import OWLOptions
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import make_config
 from layerif_core.pipeline import open_run
-from layerif_core.protocols import Allocation
+from layerif_core.results import Allocation
 from layerif_lora_moe import LoraMoeOptions, load_lora_moe
 from layerif_lora_moe.application import LoraMoeApplication
 

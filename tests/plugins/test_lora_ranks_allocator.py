@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerif_core.errors import ConfigError, DataError
-from layerif_core.protocols import LayerScores
 from layerif_core.registry import get_registry
+from layerif_core.results import LayerScores
 from layerif_lora_ranks.allocator import LoraRankAllocator, RankBudget
 from layerif_lora_ranks.options import RankOptions
 

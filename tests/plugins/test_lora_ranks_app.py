@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from conftest import char_tokenizer, make_ctx, tiny_model
 from layerif_core.cli import app
-from layerif_core.protocols import LayerScores
 from layerif_core.registry import get_registry
+from layerif_core.results import LayerScores
 from layerif_lora_ranks.allocator import LoraRankAllocator
 from layerif_lora_ranks.options import RankOptions
 

@@ -13,7 +13,7 @@ from peft import LoraConfig, get_peft_model
 
 from conftest import make_config
 from layerif_core.pipeline import open_run
-from layerif_core.protocols import LayerScores
+from layerif_core.results import LayerScores
 from layerif_lora_ranks.allocator import LoraRankAllocator
 from layerif_lora_ranks.application import LoraRanks
 from layerif_lora_ranks.options import LoraRanksOptions, RankOptions

@@ -16,8 +16,8 @@ from layerif_core.cli import app
 from layerif_core.errors import ConfigError, DataError
 from layerif_core.layers import LayerMap
 from layerif_core.pipeline import allocate, compute_layer_scores
-from layerif_core.protocols import Allocation
 from layerif_core.registry import get_registry
+from layerif_core.results import Allocation
 
 get_registry(app=app)
 CALIB = {"samples": 4, "seqlen": 32}

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerif_core.errors import ConfigError
-from layerif_core.protocols import LayerScores
 from layerif_core.registry import load_registry
+from layerif_core.results import LayerScores
 
 REG = load_registry(entry_points=False)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from layerif_core.errors import ConfigError
-from layerif_core.protocols import LayerScores
 from layerif_core.registry import load_registry
+from layerif_core.results import LayerScores
 
 
 def _alloc(name: str, scores: list[float], weights: list[float] | None = None,

@@ -10,7 +10,7 @@ from conftest import make_ctx
 from layerif_core.allocators.preprocess import minmax, postprocess, savgol_smooth, savgol_window
 from layerif_core.config import PostprocessSpec
 from layerif_core.pipeline import compute_layer_scores
-from layerif_core.protocols import LayerScores
+from layerif_core.results import LayerScores
 
 
 def local_cubic_fit(x: np.ndarray, window: int, order: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from layerif_core.data import TokenizedSplit, tokenize_split
 from layerif_core.errors import ConfigError, DataError
 from layerif_core.layers import LayerMap
 from layerif_core.models import max_context
-from layerif_core.protocols import Allocation
+from layerif_core.results import Allocation
 from layerif_core.scope import base_model
 from layerif_lora_moe.config import LoraMoeOptions
 from layerif_lora_moe.model import ADAPTER as ADAPTER_NAME

@@ -10,8 +10,8 @@ from layerif_core.artifacts import scores_input
 from layerif_core.config import ComponentSpec, RunConfig
 from layerif_core.errors import DataError
 from layerif_core.pipeline import RunResult, allocate, compute_layer_scores, open_run
-from layerif_core.protocols import LayerScores
 from layerif_core.registry import get_registry
+from layerif_core.results import LayerScores
 
 
 def with_defaults(config: RunConfig) -> RunConfig:

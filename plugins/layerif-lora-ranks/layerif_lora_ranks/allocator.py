@@ -45,7 +45,7 @@ from fractions import Fraction
 
 from layerif_core.allocators.experts import normalized_worseness
 from layerif_core.errors import ConfigError, DataError
-from layerif_core.protocols import Allocation, LayerScores
+from layerif_core.results import Allocation, LayerScores
 from layerif_lora_ranks.options import RankOptions
 
 DEFAULT_RANK = 8  # finetune.rank's default, used when neither the options nor a budget give r

@@ -32,7 +32,7 @@ from layerif_core.config import RunConfig
 from layerif_core.context import RunContext
 from layerif_core.errors import ConfigError, DataError
 from layerif_core.layers import LayerMap
-from layerif_core.protocols import Allocation, LayerScores
+from layerif_core.results import Allocation, LayerScores
 from layerif_core.scope import base_model
 from layerif_lora_ranks.allocator import LoraRankAllocator, RankBudget
 from layerif_lora_ranks.options import LoraRanksOptions, RankOptions

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from layerif_core.plotting import save_figure
-from layerif_core.protocols import Allocation, LayerScores
+from layerif_core.results import Allocation, LayerScores
 
 
 def plot_ranks(scores: LayerScores, allocation: Allocation, path: Path, title: str) -> Path:

@@ -14,7 +14,7 @@ from layerif_core.context import RunContext
 from layerif_core.errors import ConfigError, DataError
 from layerif_core.layers import LayerMap
 from layerif_core.models import max_context
-from layerif_core.protocols import Allocation
+from layerif_core.results import Allocation
 from layerif_core.scope import application_layers, base_model, has_adapter
 from layerif_prune.calibration import calibration_tokens, calibration_windows
 from layerif_prune.options import PruneOptions
