@@ -148,7 +148,7 @@ def cell_config(base: dict[str, Any], study: StudyConfig, cell: Cell, output_dir
 
 def build_cells(study: StudyConfig, base: dict[str, Any], output_dir: str = "runs") -> list[Cell]:
     """Every cell with its validated run config (components and options checked too)."""
-    from layerif_core.pipeline import check_components
+    from layerif_core.registry import check_components
 
     for arm in study.arms:
         for path in arm.overrides:

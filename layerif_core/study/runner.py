@@ -237,7 +237,8 @@ def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
     timings["scores"] = round(time.perf_counter() - start, 3)
     record: dict[str, Any] = {"scores": {"values": [float(v) for v in scores.values],
                                          "higher_is_better": scores.higher_is_better,
-                                         "scorer": scores.scorer, "reused": reused}}
+                                         "scorer": scores.scorer, "reused": reused,
+                                         "details": scores.details}}
     # the application acts on the base model: no scoring adapter, base linear modules
     app_cfg = cfg.model_copy(update={"layers": application_layers(cfg.layers),
                                      "model": cfg.model.model_copy(update={"adapter": None})})
@@ -355,6 +356,9 @@ def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: boo
     if outcome.skipped:
         log.info("%d of %d cells finished earlier: skipped", len(outcome.skipped), len(mine))
     versions = package_versions()
+    from layerif_core import logs
+
+    logs.attach_run_log(directory)  # between cells the study's log.txt (a cell's run dir may go)
     with Display(len(mine), show_progress, console) as display:
         display.done = len(outcome.skipped)
         if study.dense and (shard is None or shard[0] == 0) and mine:
@@ -381,6 +385,7 @@ def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: boo
             record["versions"] = versions
             record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
             write_json(directory / "cells" / f"{cell.id}.json", record)
+            logs.attach_run_log(directory)
             if record["status"] == "ok":
                 outcome.ran.append(cell.id)
                 if not study.keep_runs:
