@@ -70,6 +70,7 @@ def setup(debug: bool, quiet: bool) -> None:
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     console.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    logging.captureWarnings(False)  # re-route even if an earlier command in this process did
     logging.captureWarnings(True)
     for name in THIRD_PARTY:
         lg = logging.getLogger(name)

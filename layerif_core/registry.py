@@ -147,6 +147,7 @@ class PluginInfo:
     version: str
     module: str
     hooks: list[str]
+    plugin: object = field(default=None, repr=False, compare=False)
 
 
 class Register:
@@ -176,6 +177,7 @@ class Registry:
     )
     problems: list[LoadProblem] = field(default_factory=list)
     plugins: list[PluginInfo] = field(default_factory=list)
+    apps: list[Any] = field(default_factory=list)  # typer apps the command hooks have extended
     _provider: tuple[str, str] = (CORE, "0")
 
     def add(self, kind: str, name: str, factory: Ref, options: type[BaseModel] | str | None = None,
@@ -223,6 +225,27 @@ class Registry:
         """Distribution → version of every loaded plugin (recorded in each run's manifest)."""
         return {p.provider: p.version for p in self.plugins}
 
+    def add_commands(self, app: Any) -> None:
+        """Let every loaded plugin add its sub-commands to ``app`` (once per app); a plugin whose
+        command hook fails is reported and its commands withdrawn."""
+        if any(a is app for a in self.apps):
+            return
+        self.apps.append(app)
+        for info in self.plugins:
+            fn = getattr(info.plugin, COMMANDS_HOOK, None)
+            if fn is None:
+                continue
+            n_commands, n_groups = len(app.registered_commands), len(app.registered_groups)
+            try:
+                fn(**_arguments(fn, app=app))
+                _check_commands(app)
+            except Exception as exc:
+                del app.registered_commands[n_commands:]
+                del app.registered_groups[n_groups:]
+                msg = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
+                self.problems.append(LoadProblem(info.provider, f"commands skipped: {msg}"))
+                log.warning("plugin '%s': commands skipped: %s", info.provider, msg)
+
 
 def _by_name(c: Component) -> str:
     return c.name
@@ -252,12 +275,10 @@ def validate_plugin(plugin: object, provider: str) -> None:
 
 
 def _call_plugin(registry: Registry, pm: pluggy.PluginManager, plugin: object, provider: str,
-                 version: str, app: Any | None) -> None:
+                 version: str) -> None:
     """Validate one plugin and run its hooks, reverting what it added if anything fails midway."""
     registry._provider = (provider, version)
     before = {k: dict(v) for k, v in registry.components.items()}
-    n_commands = len(app.registered_commands) if app is not None else 0
-    n_groups = len(app.registered_groups) if app is not None else 0
     try:
         validate_plugin(plugin, provider)
         try:
@@ -271,17 +292,10 @@ def _call_plugin(registry: Registry, pm: pluggy.PluginManager, plugin: object, p
             if fn is not None:
                 hooks.append(hook)
                 fn(**_arguments(fn, register=Register(registry, kind)))
-        fn = getattr(plugin, COMMANDS_HOOK, None)
-        if fn is not None:
+        if getattr(plugin, COMMANDS_HOOK, None) is not None:
             hooks.append(COMMANDS_HOOK)
-            if app is not None:
-                fn(**_arguments(fn, app=app))
-                _check_commands(app)
     except Exception as exc:  # a broken third-party plugin must not stop the others
         registry.components = before
-        if app is not None:
-            del app.registered_commands[n_commands:]
-            del app.registered_groups[n_groups:]
         if pm.is_registered(plugin):
             pm.unregister(plugin)
         msg = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
@@ -289,7 +303,7 @@ def _call_plugin(registry: Registry, pm: pluggy.PluginManager, plugin: object, p
         log.warning("plugin '%s' skipped: %s", provider, msg)
     else:
         module = getattr(plugin, "__name__", type(plugin).__name__)
-        registry.plugins.append(PluginInfo(provider, version, module, hooks))
+        registry.plugins.append(PluginInfo(provider, version, module, hooks, plugin))
     finally:
         registry._provider = (CORE, "0")
 
@@ -327,9 +341,15 @@ def load_registry(app: Any | None = None, entry_points: bool = True) -> Registry
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     registry = Registry()
-    _call_plugin(registry, pm, builtins, CORE, _version(CORE), app)
-    if not entry_points:
-        return registry
+    _call_plugin(registry, pm, builtins, CORE, _version(CORE))
+    if entry_points:
+        _load_entry_points(registry, pm)
+    if app is not None:
+        registry.add_commands(app)
+    return registry
+
+
+def _load_entry_points(registry: Registry, pm: pluggy.PluginManager) -> None:
     allowed = allow_list()
     for ep in sorted(md.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
         dist = ep.dist.name if ep.dist is not None else ep.value
@@ -344,8 +364,7 @@ def load_registry(app: Any | None = None, entry_points: bool = True) -> Registry
             registry.problems.append(LoadProblem(dist, f"import failed: {type(exc).__name__}: {exc}"))
             log.warning("plugin '%s' skipped: import failed: %s", dist, exc)
             continue
-        _call_plugin(registry, pm, plugin, dist, version, app)
-    return registry
+        _call_plugin(registry, pm, plugin, dist, version)
 
 
 def _version(dist: str) -> str:
@@ -363,6 +382,8 @@ def get_registry(app: Any | None = None) -> Registry:
     global _REGISTRY
     if _REGISTRY is None:
         _REGISTRY = load_registry(app=app)
+    elif app is not None:
+        _REGISTRY.add_commands(app)
     return _REGISTRY
 
 
