@@ -13,9 +13,8 @@ import torch.
 
 from __future__ import annotations
 
-from layerif_core.lazy import lazy_exports
-
 from layerif_core.hookspecs import hookimpl as hookimpl
+from layerif_core.lazy import lazy_exports
 
 _EXPORTS = {
     "Allocation": "layerif_core.results",
