@@ -518,7 +518,8 @@ def read_scores(path: str | Path, n_layers: int | None = None) -> dict[str, Any]
                                 f"{bad}; fix or recompute them with `layerif scores`.")
         if n_layers is not None and s.values.numel() != n_layers:
             raise ArtifactError(f"scores of task '{task}' in '{file}' have {s.values.numel()} layers "
-                                f"but the model has {n_layers}; use scores computed for this model.")
+                                f"but the model has {n_layers}; use scores computed for this model "
+                                "(these come from another model).")
     return scores
 
 

@@ -18,7 +18,7 @@ import torch
 
 from layerif_core import logs
 from layerif_core.allocators.preprocess import postprocess
-from layerif_core.artifacts import RunDir
+from layerif_core.artifacts import RunDir, read_scores, scores_input
 from layerif_core.config import RunConfig, TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.data import TokenizedSplit, tokenize_split
@@ -134,6 +134,24 @@ def compute_layer_scores(ctx: RunContext) -> dict[str, LayerScores]:
     plot_scores(scores, ctx.run_dir.file("plots/scores.png"),
                 title=f"{ctx.config.model.source}: layer scores")
     ctx.run_dir.save_manifest()
+    return scores
+
+
+def layer_scores(ctx: RunContext, scores_path: str | Path | None = None) -> dict[str, LayerScores]:
+    """The layer scores of every task: computed (:func:`compute_layer_scores`), or those of an
+    earlier run (``--scores``).
+
+    Args:
+        ctx: the run.
+        scores_path: an earlier run's ``scores.json`` or run directory. Its scores must be finite and
+            have one value per layer of this model; its path and SHA-256 go to the manifest
+            (``scores_input``) and the scores are copied to this run's ``scores.json``.
+    """
+    if scores_path is None:
+        return compute_layer_scores(ctx)
+    scores = read_scores(scores_path, len(ctx.layer_map))
+    ctx.run_dir.update_manifest(scores_input=scores_input(scores_path))
+    ctx.run_dir.write_json("scores.json", {t: s.to_json() for t, s in scores.items()})
     return scores
 
 

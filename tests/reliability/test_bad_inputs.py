@@ -291,7 +291,7 @@ CASES = [
     Case("scores-garbage", "a scores.json that is not one", _scores(None, raw='{"caps": [1, 2]}'),
          r"is not a layerif scores.json; recompute it"),
     Case("scores-moe-other-model", "moe --scores of another model", _scores([1.0], cmd="moe"),
-         r"scores? 1 layers? .*the model has 3"),
+         r"have 1 layers but the model has 3; use scores computed for this model"),
     # --- model ------------------------------------------------------------------------------------
     Case("model-missing", "a model path that does not exist",
          _model_source(lambda e: str(e.tmp / "no-model")),

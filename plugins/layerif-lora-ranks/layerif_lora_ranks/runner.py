@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerif_core.artifacts import read_scores, scores_input
 from layerif_core.config import ComponentSpec, RunConfig
 from layerif_core.errors import ConfigError
 from layerif_core.evaluation import evaluate_model
-from layerif_core.pipeline import RunResult, compute_layer_scores, open_run
+from layerif_core.pipeline import RunResult, layer_scores, open_run
 from layerif_core.registry import get_registry
 from layerif_lora_ranks.allocator import check_bounds
 from layerif_lora_ranks.options import RankOptions
@@ -46,21 +45,16 @@ def check_options(config: RunConfig) -> RankOptions:
 
 def run_lora_ranks(config: RunConfig, scores_path: Path | None = None, force: bool = False,
                    show_progress: bool = True) -> RunResult:
-    """Scores → ranks → LoraConfig (→ fine-tune → evaluators); the first task's scores are used."""
+    """Scores → ranks → LoraConfig (→ fine-tune → evaluators); on the scores of the task apply_to names."""
     config = with_defaults(config)
     check_options(config)
     registry = get_registry()
     app = registry.build("application", NAME, config.application.options)
     ctx = open_run(config, force=force, show_progress=show_progress)
-    if scores_path is not None:
-        scores = read_scores(scores_path, len(ctx.layer_map))
-        ctx.run_dir.update_manifest(scores_input=scores_input(scores_path))
-        ctx.run_dir.write_json("scores.json", {t: s.to_json() for t, s in scores.items()})
-    else:
-        scores = compute_layer_scores(ctx)
+    scores = layer_scores(ctx, scores_path)
     allocator = registry.build("allocator", NAME, config.allocation.options)
-    task, first = next(iter(scores.items()))
-    model = app.apply(ctx, ctx.model, allocator.allocate(first))
+    task = config.application_task("layerif lora-ranks")
+    model = app.apply(ctx, ctx.model, allocator.allocate(scores[task]))
     metrics: dict[str, float] = dict(app.metrics)
     if app.train_enabled(config) and config.evaluation:
         metrics.update(evaluate_model(ctx, model, ctx.tokenizer).metrics)

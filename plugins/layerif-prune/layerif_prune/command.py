@@ -11,11 +11,10 @@ from rich.console import Console
 
 from layerif_core.cli import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
 from layerif_core.config import ComponentSpec, RunConfig
-from layerif_core.errors import ConfigError, DataError
+from layerif_core.errors import ConfigError
 
 if TYPE_CHECKING:  # the CLI loads this module to list the command: no torch at import
-    from layerif_core.context import RunContext
-    from layerif_core.results import LayerScores
+    pass
 
 ScoresOpt = Annotated[Path | None, typer.Option(
     "--scores", help="Use the layer scores of an earlier run (its scores.json or run directory) "
@@ -42,29 +41,15 @@ def prepare_config(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def check_scores(scores: dict[str, LayerScores], ctx: RunContext, source: Path) -> None:
-    for task, s in scores.items():
-        if len(s.values) != len(ctx.layer_map):
-            raise DataError(f"scores of task '{task}' in '{source}' have {len(s.values)} layers but "
-                            f"the model has {len(ctx.layer_map)}; use scores computed for this model.")
-
-
 def run_prune(cfg: RunConfig, scores_path: Path | None = None, force: bool = False,
               show_progress: bool = True) -> dict:
     """Scores (computed or read), allocation, pruning and evaluation; returns the metrics."""
-    from layerif_core.artifacts import read_scores, scores_input
-    from layerif_core.pipeline import allocate, compute_layer_scores, open_run
+    from layerif_core.pipeline import allocate, layer_scores, open_run
     from layerif_core.registry import get_registry
 
     cfg = prepare_config(cfg)
-    scores = read_scores(scores_path) if scores_path is not None else None
     ctx = open_run(cfg, force=force, show_progress=show_progress)
-    if scores is None:
-        scores = compute_layer_scores(ctx)
-    else:
-        check_scores(scores, ctx, scores_path)
-        ctx.run_dir.update_manifest(scores_input=scores_input(scores_path))
-        ctx.run_dir.write_json("scores.json", {t: s.to_json() for t, s in scores.items()})
+    scores = layer_scores(ctx, scores_path)
     allocation = allocate(ctx, scores)[cfg.application_task("layerif prune")]
     registry = get_registry()
     app = registry.build("application", "prune", cfg.application.options)
