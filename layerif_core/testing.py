@@ -60,3 +60,11 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides) -> torch.nn.Modu
 
 
 ARCHS = ("llama", "mistral", "gemma", "qwen2", "gpt2", "gpt_neox", "opt")
+
+
+def save_tiny_model(path, arch: str = "llama", seed: int = 0, **overrides):
+    """Save a tiny random-init model of ``arch`` and the character tokenizer to ``path`` (a model
+    directory any config can name as ``model.source``); returns ``path``."""
+    tiny_model(arch, seed=seed, **overrides).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path

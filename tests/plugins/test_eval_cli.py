@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import char_tokenizer, make_ctx, tiny_model
+from conftest import make_ctx, tiny_model
 from layerif_core.registry import get_registry
 from layerif_core.tasks import bundled_records
+from layerif_core.testing import save_tiny_model
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -26,8 +27,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture
 def workdir(tmp_path) -> Path:
     """A saved tiny model, a text file, and a config whose `evaluation:` runs both evaluators."""
-    tiny_model("llama").save_pretrained(tmp_path / "tiny")
-    char_tokenizer().save_pretrained(tmp_path / "tiny")
+    save_tiny_model(tmp_path / "tiny")
     text = "\n\n".join(f"{r['question']} {r['answer']}." for r in bundled_records("capitals", "test", n=10))
     (tmp_path / "text.txt").write_text(text)
     spec = {"source": "bundled:capitals", "limit": 4, "max_length": 96}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import char_tokenizer, tiny_model
+from layerif_core.testing import save_tiny_model
 
 PLUGIN = Path(__file__).parent / "example-plugin"
 
@@ -42,8 +42,7 @@ def test_installed_plugin_is_listed_with_its_provider(site, tmp_path):
 
 def test_installed_estimator_runs_through_the_cli(site, tmp_path):
     model_dir = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(model_dir)
-    char_tokenizer().save_pretrained(model_dir)
+    save_tiny_model(model_dir)
     spec = {"source": "bundled:capitals", "limit": 5, "max_length": 96}
     config = {"name": "p", "output_dir": str(tmp_path / "runs"), "model": {"source": str(model_dir)},
               "tasks": [{"name": "c", "train": spec, "validation": dict(spec, split="validation")}],

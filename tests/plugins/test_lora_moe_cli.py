@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import char_tokenizer, tiny_model
 from layerif_core.cli import app
 from layerif_core.registry import get_registry
+from layerif_core.testing import save_tiny_model
 
 runner = CliRunner()
 get_registry(app=app)
@@ -22,8 +22,7 @@ MOE = {"rank": 2, "max_steps": 2, "batch_size": 3, "target_modules": ["q_proj", 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(path)
-    char_tokenizer().save_pretrained(path)
+    save_tiny_model(path)
     return path
 
 

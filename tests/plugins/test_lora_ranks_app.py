@@ -17,6 +17,7 @@ from conftest import char_tokenizer, make_ctx, tiny_model
 from layerif_core.cli import app
 from layerif_core.registry import get_registry
 from layerif_core.results import LayerScores
+from layerif_core.testing import save_tiny_model
 from layerif_lora_ranks.allocator import LoraRankAllocator
 from layerif_lora_ranks.options import RankOptions
 
@@ -94,8 +95,7 @@ def test_per_module_type_ranks_keep_each_type_budget(tmp_path):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(path)
-    char_tokenizer().save_pretrained(path)
+    save_tiny_model(path)
     return path
 
 

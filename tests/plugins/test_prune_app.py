@@ -11,13 +11,14 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import char_tokenizer, make_ctx, tiny_model
+from conftest import make_ctx
 from layerif_core.cli import app
 from layerif_core.errors import ConfigError, DataError
 from layerif_core.layers import LayerMap
 from layerif_core.pipeline import allocate, compute_layer_scores
 from layerif_core.registry import get_registry
 from layerif_core.results import Allocation
+from layerif_core.testing import save_tiny_model
 
 get_registry(app=app)
 CALIB = {"samples": 4, "seqlen": 32}
@@ -110,8 +111,7 @@ def write_model_and_config(tmp_path) -> tuple[str, dict]:
     model_dir = tmp_path / "tiny"
     text = tmp_path / "eval.txt"
     text.write_text("The capital of France is Paris. " * 8)
-    tiny_model("llama").save_pretrained(model_dir)
-    char_tokenizer().save_pretrained(model_dir)
+    save_tiny_model(model_dir)
     cfg = {
         "name": "p", "output_dir": str(tmp_path / "runs"),
         "model": {"source": str(model_dir), "device": "cpu"},

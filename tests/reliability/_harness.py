@@ -14,17 +14,13 @@ from typing import Any
 import yaml
 from typer.testing import CliRunner
 
-from conftest import char_tokenizer, tiny_model
+from layerif_core.testing import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests"
 
 
-def save_tiny(path: Path, arch: str = "llama", seed: int = 0, **overrides) -> Path:
-    """A tiny random llama and the character tokenizer, saved as a transformers directory."""
-    tiny_model(arch, seed=seed, **overrides).save_pretrained(path)
-    char_tokenizer().save_pretrained(path)
-    return path
+save_tiny = save_tiny_model  # a tiny random model + the char tokenizer, as a model dir
 
 
 def base_config(out: Path, model_dir: Path, **changes: Any) -> dict[str, Any]:

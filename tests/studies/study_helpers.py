@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import char_tokenizer, tiny_model
+from layerif_core.testing import save_tiny_model
 
 PPL = "perplexity/capitals"
 
@@ -18,8 +18,7 @@ PPL = "perplexity/capitals"
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save_pretrained(path)
-    char_tokenizer().save_pretrained(path)
+    save_tiny_model(path)
     return path
 
 

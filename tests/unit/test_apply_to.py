@@ -7,17 +7,16 @@ import json
 
 import pytest
 
-from conftest import char_tokenizer, tiny_model
 from layerif_core.config import load_config
 from layerif_core.errors import ConfigError
 from layerif_core.pipeline import run
+from layerif_core.testing import save_tiny_model
 
 
 def _config(tmp_path, **extra):
     model_dir = tmp_path / "tiny"
     if not model_dir.exists():
-        tiny_model("llama").save_pretrained(model_dir)
-        char_tokenizer().save_pretrained(model_dir)
+        save_tiny_model(model_dir)
     def task(name, source):
         return {"name": name, "train": {"source": source, "limit": 4, "max_length": 96},
                 "validation": {"source": source, "split": "validation", "limit": 2, "max_length": 96}}

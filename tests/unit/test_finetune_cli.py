@@ -14,12 +14,12 @@ from layerif_core.cli import app
 from layerif_core.estimators.datainf import DataInf
 from layerif_core.finetune import finetune
 from layerif_core.pipeline import load_task_splits, open_run
+from layerif_core.testing import save_tiny_model
 
 
 def write_config(tmp_path, adapter):
     model_dir = tmp_path / "tiny"
-    tiny_model().save_pretrained(model_dir)
-    char_tokenizer().save_pretrained(model_dir)
+    save_tiny_model(model_dir)
     cfg = {
         "name": "paper", "output_dir": str(tmp_path / "runs"), "batch_size": 4,
         "model": {"source": str(model_dir), "adapter": str(adapter), "device": "cpu"},

@@ -8,6 +8,7 @@ import torch
 
 from conftest import make_ctx
 from layerif_core.pipeline import compute_layer_scores, score_task
+from layerif_core.testing import save_tiny_model
 
 
 def _random(tmp_path, **options):
@@ -50,12 +51,10 @@ def test_cli_scores_accepts_a_baseline_scorer(tmp_path):
     import yaml
     from typer.testing import CliRunner
 
-    from conftest import char_tokenizer, tiny_model
     from layerif_core.cli import app
 
     model_dir = tmp_path / "tiny"
-    tiny_model().save_pretrained(model_dir)
-    char_tokenizer().save_pretrained(model_dir)
+    save_tiny_model(model_dir)
     config = {"name": "bi", "output_dir": str(tmp_path / "runs"), "model": {"source": str(model_dir)},
               "tasks": [{"name": "capitals",
                          "train": {"source": "bundled:capitals", "limit": 4, "max_length": 96},
