@@ -30,6 +30,7 @@ from layerif_core.models import fingerprint_model, load_model, max_context, reso
 from layerif_core.plotting import plot_scores
 from layerif_core.registry import check_components, get_registry
 from layerif_core.results import Allocation, LayerScores
+from layerif_core.scope import application_layers
 
 log = logging.getLogger("layerif")
 
@@ -170,10 +171,19 @@ def allocate(ctx: RunContext, scores: dict[str, LayerScores]) -> dict[str, Alloc
     if spec is None:
         return {}
     allocator = get_registry().build("allocator", spec.name, spec.options)
-    weights = [float(w) for w in ctx.layer_map.num_params()]
+    weights = [float(w) for w in allocation_weights(ctx)]
     out = {task: allocator.allocate(s, weights) for task, s in scores.items()}
     ctx.run_dir.write_json("allocation.json", {t: a.to_json() for t, a in out.items()})
     return out
+
+
+def allocation_weights(ctx: RunContext) -> list[int]:
+    """Parameters per layer that an allocation's budget is counted in: those of the modules the
+    application acts on, the base linear modules (:func:`~layerif_core.scope.application_layers`),
+    not the LoRA tensors a ``lora_only`` run scores through."""
+    if not ctx.config.layers.lora_only:
+        return ctx.layer_map.num_params()
+    return LayerMap(ctx.model, application_layers(ctx.config.layers)).num_params()
 
 
 @dataclass

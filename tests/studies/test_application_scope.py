@@ -16,8 +16,9 @@ BASE_MODULES = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "sel
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
 
 
-def save_tiny(tmp: Path) -> tuple[Path, Path]:
-    """A tiny random Llama + tokenizer on disk, and a LoRA adapter for it made with peft."""
+def save_tiny(tmp: Path, **lora) -> tuple[Path, Path]:
+    """A tiny random Llama + tokenizer on disk, and a LoRA adapter for it made with peft (``lora``:
+    more ``LoraConfig`` fields)."""
     from peft import LoraConfig, get_peft_model
 
     model_dir, adapter_dir = tmp / "tiny", tmp / "adapter"
@@ -26,13 +27,13 @@ def save_tiny(tmp: Path) -> tuple[Path, Path]:
     char_tokenizer().save_pretrained(model_dir)
     torch.manual_seed(1)
     peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
-                                                  init_lora_weights=False))
+                                                  init_lora_weights=False, **lora))
     peft_model.save_pretrained(adapter_dir)
     return model_dir, adapter_dir
 
 
-def paper_route(tmp: Path, **fields) -> RunConfig:
-    model_dir, adapter_dir = save_tiny(tmp)
+def paper_route(tmp: Path, lora: dict | None = None, **fields) -> RunConfig:
+    model_dir, adapter_dir = save_tiny(tmp, **(lora or {}))
     data = {
         "name": "paper", "output_dir": str(tmp / "runs"), "batch_size": 4,
         "model": {"source": str(model_dir), "adapter": str(adapter_dir), "dtype": "float32",
@@ -71,6 +72,25 @@ def test_prune_through_a_scoring_adapter_prunes_the_base_weights(tmp_path):
     assert not any("lora" in k for k in saved)  # the scoring adapter is not part of the pruned model
     q = saved["model.layers.0.self_attn.q_proj.weight"]
     assert float((q == 0).float().mean()) >= target[0] - 1 / 16
+
+
+def test_the_sparsity_budget_is_counted_in_base_weights_not_lora_tensors(tmp_path):
+    from layerif_core.pipeline import allocate, open_run
+    from layerif_core.results import LayerScores
+
+    # layer 0's adapter has rank 8, the others rank 2: LoRA parameters per layer are unequal, the
+    # base linear weights equal
+    cfg = paper_route(tmp_path, lora={"rank_pattern": {"layers.0.self_attn.q_proj": 8}},
+                      allocation={"name": "alpha_pruning", "options": {"sparsity": 0.5,
+                                                                       "epsilon": 0.3}})
+    ctx = open_run(cfg, show_progress=False)
+    lora_params = ctx.layer_map.num_params()
+    assert lora_params[0] > lora_params[1]
+    n = len(ctx.layer_map)
+    scores = LayerScores(torch.linspace(1.0, 4.0, n), False, "test")
+    values = allocate(ctx, {"caps": scores})["caps"].values
+    assert max(values) - min(values) > 0.1
+    assert abs(sum(values) / n - 0.5) < 1e-6  # equal base layers: the plain mean is the budget
 
 
 def test_prune_can_merge_the_scoring_adapter_first(tmp_path):
