@@ -157,3 +157,17 @@ def test_smollm2_bundled_task_accuracy_equals_argmax_loglikelihood(tmp_path, mon
     assert got["lm_eval/layerif_capitals/acc"] == pytest.approx(acc)
     assert got["lm_eval/layerif_capitals/acc_norm"] == pytest.approx(acc_norm)
     assert report["lm_eval_version"] != "unknown"
+
+
+@pytest.mark.parametrize("show_progress", [False, True])
+def test_console_outside_a_git_checkout_has_no_git_error_and_bars_follow_the_run(
+        tmp_path, monkeypatch, capfd, show_progress):
+    monkeypatch.chdir(tmp_path)  # not a git checkout: lm-eval's `git describe` fails here
+    ctx = make_ctx(tmp_path)
+    ctx.show_progress = show_progress
+    tasks = write_task(tmp_path / "tasks", bundled_records("antonyms", "test", n=3))
+    capfd.readouterr()
+    lm_eval(ctx, tasks=["local_mc"], include_path=[str(tasks)])
+    err = capfd.readouterr().err
+    assert "fatal" not in err
+    assert ("it/s]" in err) is show_progress  # lm-eval's tqdm bars

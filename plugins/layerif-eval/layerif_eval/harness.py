@@ -98,6 +98,36 @@ def hub_offline(enabled: bool) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextmanager
+def lm_eval_console(show_progress: bool) -> Iterator[None]:
+    """lm-eval's console output while it runs: its progress bars (and datasets') only when the run
+    shows progress (``sys.stderr`` is discarded otherwise, e.g. in a study's cells), and no
+    ``fatal: not a git repository`` from the ``git describe`` it runs to record a commit (that
+    command's stderr is discarded; outside a checkout the hash is None)."""
+    import subprocess
+    from contextlib import ExitStack, redirect_stderr
+
+    import lm_eval.evaluator as evaluator
+
+    def git_hash() -> str | None:
+        try:
+            out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True,
+                                 check=False)
+        except OSError:
+            return None
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+    saved = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = git_hash
+    try:
+        with ExitStack() as stack:
+            if not show_progress:
+                stack.enter_context(redirect_stderr(stack.enter_context(open(os.devnull, "w"))))
+            yield
+    finally:
+        evaluator.get_git_commit_hash = saved
+
+
 def _hub_failure(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is a failed attempt to reach the Hugging Face hub."""
     seen: BaseException | None = exc
@@ -163,7 +193,7 @@ class LmEval:
         limit = int(opts.limit) if opts.limit is not None and opts.limit >= 1 else opts.limit
         was_training = model.training
         try:
-            with hub_offline(offline):
+            with hub_offline(offline), lm_eval_console(getattr(ctx, "show_progress", True)):
                 results = lm_eval.simple_evaluate(
                     model=lm, tasks=list(opts.tasks), num_fewshot=opts.num_fewshot, limit=limit,
                     task_manager=manager, log_samples=False, bootstrap_iters=opts.bootstrap_iters,
