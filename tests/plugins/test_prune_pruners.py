@@ -10,7 +10,7 @@ import torch
 
 from conftest import tiny_model
 from layerif_core.layers import LayerMap
-from layerif_prune.masks import magnitude_mask, wanda_mask
+from layerif_prune.masks import magnitude_mask, smallest_mask, wanda_mask
 from layerif_prune.options import PruneOptions
 from layerif_prune.sequential import prune_blocks
 from layerif_prune.sparsegpt import sparsegpt_prune
@@ -76,6 +76,19 @@ def test_magnitude_masks_equal_the_smallest_weights_of_each_matrix():
         expected[w.abs().flatten().argsort()[:k]] = True
         assert torch.equal(masks[tm.name], expected.reshape(w.shape))
         assert torch.equal(tm.module.weight, torch.where(expected.reshape(w.shape), 0.0, w))
+
+
+def test_row_masks_hold_exactly_k_of_the_smallest_even_with_ties():
+    g = torch.Generator().manual_seed(0)
+    metric = torch.rand(6, 40, generator=g)
+    metric[1, :25] = 0.0  # an already-sparse row: 25 zeros tie below k = 12 and above it (k = 30)
+    metric[2, ::2] = 0.5  # ties at the threshold
+    for k in (1, 12, 30, 40):
+        mask = smallest_mask(metric, k, dim=1)
+        assert (mask.sum(dim=1) == k).all()
+        for row in range(6):  # every kept entry is at least every pruned one
+            kept = metric[row][~mask[row]]
+            assert not len(kept) or metric[row][mask[row]].max() <= kept.min()
 
 
 def block0_error(original, pruned, ids) -> float:
