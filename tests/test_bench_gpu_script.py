@@ -1,0 +1,25 @@
+"""The GPU benchmark script runs every phase at its CPU check size (``--scale tiny``) and reports
+finite results, so a GPU machine gets a script that works (no timing is checked here)."""
+
+import math
+
+from benchmarks.bench_gpu import parse, run_phases
+
+
+def test_every_phase_runs_at_the_tiny_scale_on_a_cpu(tmp_path):
+    phases = ["throughput", "smollm2", "tinyllama", "mistral7b", "datainf7b", "profile"]
+    results = run_phases(parse(["--scale", "tiny", "--device", "cpu", "--out", str(tmp_path),
+                                "--phases", *phases]))
+    assert list(results["phases"]) == phases
+    got = {name: phase["result"] for name, phase in results["phases"].items()}
+    for name, res in got.items():
+        assert "error" not in res, (name, res)
+    assert all(v > 0 for v in got["throughput"]["matmul_flops_per_s"].values())
+    rows = got["smollm2"] + [got["tinyllama"], got["mistral7b"]]
+    assert [r["dtype"] for r in rows] == ["float32", "bfloat16", "float32", "bfloat16"]
+    for row in rows:
+        assert row["ekfac"]["finite"] and row["ekfac"]["modules"] == 14  # 7 linears × 2 blocks
+        assert math.isfinite(row["ekfac_over_flop_floor"]) and row["ekfac_flop_floor_s"] > 0
+    assert got["datainf7b"]["finite"] and got["datainf7b"]["paper_seconds_per_layer"] == 402.77
+    assert set(got["profile"]) == {"covariance_eigh", "correction"}
+    assert (tmp_path / "bench_gpu.json").is_file()
