@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from layerif_core.errors import DistributedError
+
 
 def world() -> tuple[int, int]:
     """``(rank, world_size)``; ``(0, 1)`` when torch.distributed is not initialised."""
@@ -29,10 +31,24 @@ def shard(n: int) -> list[int]:
     return list(range(rank, n, size))
 
 
-def all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over ranks in place (a no-op on one process)."""
+def lost_rank(what: str, exc: BaseException) -> DistributedError:
+    """The error of a collective that failed because another rank stopped (gloo: "Connection
+    closed by peer"; NCCL: a timeout or an abort): which rank saw it, in what, and how to resume."""
+    rank, size = world()
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return DistributedError(
+        f"rank {rank} of {size} lost the other ranks during {what} ({detail}): a rank died or was "
+        "stopped, see its log; finished stages and factor groups stay in the run directory, and "
+        "relaunching the same command resumes from them.")
+
+
+def all_reduce_(tensor: torch.Tensor, op: str = "SUM") -> torch.Tensor:
+    """Sum (or ``op``) ``tensor`` over ranks in place (a no-op on one process)."""
     if world()[1] > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        try:
+            dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
+        except RuntimeError as exc:
+            raise lost_rank("an all-reduce", exc) from exc
     return tensor
 
 
@@ -41,14 +57,16 @@ def all_max(value: int, device: torch.device) -> int:
     if world()[1] == 1:
         return value
     t = torch.tensor([value], device=device, dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return int(all_reduce_(t, "MAX").item())
 
 
 def broadcast_(tensor: torch.Tensor, src: int) -> torch.Tensor:
     """Overwrite ``tensor`` on every rank with rank ``src``'s (a no-op on one process)."""
     if world()[1] > 1:
-        dist.broadcast(tensor, src=src)
+        try:
+            dist.broadcast(tensor, src=src)
+        except RuntimeError as exc:
+            raise lost_rank(f"a broadcast from rank {src}", exc) from exc
     return tensor
 
 

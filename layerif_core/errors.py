@@ -34,6 +34,10 @@ class NumericalError(LayerifError):
     """A loss or an intermediate quantity is NaN or infinite, or an iteration diverged."""
 
 
+class DistributedError(LayerifError):
+    """Another rank of a torch.distributed run stopped (died, was killed, or lost its connection)."""
+
+
 class ArtifactError(LayerifError):
     """The run directory cannot be written or holds something unreadable."""
 

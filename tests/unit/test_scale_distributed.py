@@ -1,6 +1,7 @@
 """torch.distributed beyond data parallelism (architecture §8), with gloo on CPU: two ranks give the
 single-process influence for every Kronecker estimator with module-parallel decomposition and
-module partitions on, for DataInf, and for a model sharded with FSDP (``fully_shard``)."""
+module partitions on, for DataInf, and for a model sharded with FSDP (``fully_shard``); a rank that
+dies stops the others with one clear error, and relaunching resumes from the finished factors."""
 
 from __future__ import annotations
 
@@ -100,3 +101,67 @@ def test_ranks_started_like_torchrun_join_the_group_in_open_run(tmp_path):
     for r in range(2):
         got = torch.load(f"{out}.{r}", weights_only=True)
         torch.testing.assert_close(got, single, rtol=1e-4, atol=1e-5 * single.abs().max().item())
+
+
+def _dying_worker(rank: int, world: int, init: str, run: str, out: str, die: bool) -> None:
+    """Both ranks write one run directory (rank 0 alone writes); with ``die``, rank 1 exits at the
+    start of the eigenvalue-correction stage, after the covariance stage has finished."""
+    from pathlib import Path
+
+    from layerif_core.errors import DistributedError
+    from layerif_core.estimators import factors
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    fits = {"covariance": 0}
+    fit_covariances, correct = factors.fit_covariances, factors.fit_corrected_eigenvalues
+
+    def counted(*args, **kwargs):
+        fits["covariance"] += 1
+        return fit_covariances(*args, **kwargs)
+
+    def dying(*args, **kwargs):
+        if die and rank == 1:
+            os._exit(1)
+        return correct(*args, **kwargs)
+
+    factors.fit_covariances, factors.fit_corrected_eigenvalues = counted, dying
+    try:
+        result = _influence(Path(run), "ekfac")
+        torch.save({"influence": result, "covariance_fits": fits["covariance"]}, f"{out}.{rank}")
+    except DistributedError as exc:
+        Path(f"{out}.{rank}.error").write_text(str(exc))
+        os._exit(0)  # like a rank stopped by torchrun: no clean shutdown of the group
+    dist.destroy_process_group()
+
+
+def _launch(tmp_path, name: str, die: bool) -> list[int]:
+    procs = mp.start_processes(_dying_worker, nprocs=2, join=False, start_method="spawn", args=(
+        2, f"file://{tmp_path / f'init-{name}'}", str(tmp_path / "shared"), str(tmp_path / name), die))
+    for p in procs.processes:
+        p.join(300)
+    return [p.exitcode for p in procs.processes]
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_mid_run_stops_the_others_with_a_clear_error_and_a_rerun_resumes(tmp_path):
+    from safetensors.torch import load_file
+
+    single = _influence(tmp_path / "single", "ekfac")
+    assert _launch(tmp_path, "died", die=True) == [0, 1]
+    message = (tmp_path / "died.0.error").read_text()
+    assert message.startswith("rank 0 of 2 lost the other ranks during ")
+    assert "relaunching the same command resumes" in message
+    eigen = list((tmp_path / "shared").rglob("eigen/*.safetensors"))
+    assert eigen and not list((tmp_path / "shared").rglob("lambda/*.safetensors"))
+    before = {p: load_file(str(p)) for p in eigen}
+
+    assert _launch(tmp_path, "rerun", die=False) == [0, 0]
+    for r in range(2):
+        got = torch.load(tmp_path / f"rerun.{r}", weights_only=True)
+        assert got["covariance_fits"] == 0  # the finished stage is reused, not refitted
+        torch.testing.assert_close(got["influence"], single, rtol=1e-4,
+                                   atol=1e-5 * single.abs().max().item())
+    for p, tensors in before.items():
+        for k, v in load_file(str(p)).items():
+            assert torch.equal(v, tensors[k])
