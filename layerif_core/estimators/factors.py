@@ -37,7 +37,7 @@ from layerif_core.data import Batch, TokenizedSplit
 from layerif_core.distributed import all_reduce_, owner, world
 from layerif_core.errors import NumericalError
 from layerif_core.estimators.damping import CurvatureOptions
-from layerif_core.estimators.kronecker import mm_f32, run_pass
+from layerif_core.estimators.kronecker import add_mm_f32_, mm_f32, run_pass
 from layerif_core.estimators.memory import (
     Group,
     Plan,
@@ -141,48 +141,56 @@ def fit_covariances(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptio
         acc[f"{g.key}.A"] = torch.zeros(g.d_in, g.d_in, device=ctx.device)
         for tm in g.modules:
             acc[f"{tm.name}.S"] = torch.zeros(tm.d_out, tm.d_out, device=ctx.device)
-    # counts[0]: examples; counts[1 + j]: tokens seen by group j (padding excluded)
-    counts = torch.zeros(1 + len(groups), device=ctx.device, dtype=torch.float64)
-    column = {g.key: 1 + j for j, g in enumerate(groups)}
-    current: dict[str, Batch] = {}
+    # examples, and tokens seen by each group (padding excluded), counted on the host from the
+    # batch's mask: no device work per module
+    counts = {"examples": 0.0, **{g.key: 0.0 for g in groups}}
+    current: dict = {}
 
     def on_batch(batch: Batch) -> None:
-        current["batch"] = batch
-        counts[0] += batch.input_ids.shape[0]
+        mask = batch.attention_mask.cpu()
+        counts["examples"] += mask.shape[0]
+        current.update(batch=batch, padded=not bool(mask.all()), masks={},
+                       prefix=mask.sum(dim=0).cumsum(dim=0).tolist())  # tokens in the first n+1 positions
 
     def on_forward(tm: TrackedModule, a: torch.Tensor) -> None:
-        # a: [B, T, d_in] in the model's dtype; mask: [B, T]; A = Σ ã ãᵀ over real tokens
+        # a: [B, T, d_in] in the model's dtype; A = Σ ã ãᵀ over real tokens
         g = leader.get(tm.name)
         if g is None:
             return
-        mask = token_mask(current["batch"], a.shape[1]).to(a.dtype)
+        n, prefix = a.shape[1], current["prefix"]
+        tokens = prefix[n - 1] if n <= len(prefix) else a.shape[0] * n
         flat = a.flatten(0, 1)
-        masked = (a * mask[..., None]).flatten(0, 1)  # 0/1 mask: masked.T @ flat = masked.T @ masked
+        masked = flat  # without padding (packed text windows) no mask is applied
+        if current["padded"]:
+            mask = current["masks"].get(n)
+            if mask is None:
+                mask = current["masks"][n] = token_mask(current["batch"], n).to(a.dtype)
+            masked = (a * mask[..., None]).flatten(0, 1)  # 0/1 mask: masked.T @ flat = masked.T @ masked
         cov = acc[f"{g.key}.A"]
         d = tm.d_in
-        cov[:d, :d] += mm_f32(masked.T, flat)
+        add_mm_f32_(cov[:d, :d] if tm.has_bias else cov, masked.T, flat)
         if tm.has_bias:
             col = masked.sum(dim=0, dtype=torch.float32)
             cov[:d, d] += col
             cov[d, :d] += col
-            cov[d, d] += mask.sum(dtype=torch.float32)
-        counts[column[g.key]] += mask.sum(dtype=torch.float64)
+            cov[d, d] += tokens
+        counts[g.key] += tokens
 
     def on_backward(tm: TrackedModule, _a: torch.Tensor, delta: torch.Tensor) -> None:
         d = delta.flatten(0, 1)  # [B·T, d_out]; padding has δ = 0
-        acc[f"{tm.name}.S"] += mm_f32(d.T, d)
+        add_mm_f32_(acc[f"{tm.name}.S"], d.T, d)
 
     run_pass(ctx, train, f"covariance factors ({train.name})", on_backward=on_backward,
              on_forward=on_forward, on_batch=on_batch, modules=modules,
              sample_seed=opts.sample_seed(ctx.seed), dtype=None)
     for t in acc.values():
         all_reduce_(t)
-    all_reduce_(counts)
-    n = counts.clamp(min=1.0).tolist()
+    total = all_reduce_(torch.tensor(list(counts.values()), dtype=torch.float64, device=ctx.device))
+    n = dict(zip(counts, total.clamp(min=1.0).tolist(), strict=True))
     for g in groups:
-        acc[f"{g.key}.A"] /= n[column[g.key]]
+        acc[f"{g.key}.A"] /= n[g.key]
         for tm in g.modules:
-            acc[f"{tm.name}.S"] /= n[0]
+            acc[f"{tm.name}.S"] /= n["examples"]
     return acc
 
 

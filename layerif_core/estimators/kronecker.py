@@ -51,6 +51,14 @@ def mm_f32(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 _OUT_DTYPE: dict[torch.dtype, bool] = {}  # whether matmuls with out_dtype work for this input dtype
 
 
+def add_mm_f32_(acc: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``acc += x @ y`` into a float32 ``acc``: one ``addmm_`` for float32 operands (no product
+    tensor, one kernel instead of two), :func:`mm_f32` then an add otherwise."""
+    if x.dtype == torch.float32 and y.dtype == torch.float32:
+        return acc.addmm_(x, y)
+    return acc.add_(mm_f32(x, y))
+
+
 def run_pass(ctx: RunContext, split: TokenizedSplit, description: str,
              on_backward: BackwardFn | None = None, on_forward: ForwardFn | None = None,
              labels: LabelFn | None = None, on_batch: Callable[[Batch], None] | None = None,
@@ -123,7 +131,7 @@ def query_gradient(ctx: RunContext, query: TokenizedSplit, modules: list[Tracked
     def accumulate(tm: TrackedModule, a: torch.Tensor, delta: torch.Tensor) -> None:
         # a: [B, T, d_in]; delta: [B, T, d_out]
         w, b = _bias_split(tm, q[tm.name])
-        w += mm_f32(delta.flatten(0, 1).T, a.flatten(0, 1))
+        add_mm_f32_(w, delta.flatten(0, 1).T, a.flatten(0, 1))
         if b is not None:
             b += delta.sum(dim=(0, 1), dtype=torch.float32)
 

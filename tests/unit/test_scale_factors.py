@@ -83,7 +83,8 @@ def test_shared_inputs_are_grouped_q_k_v_and_gate_up(tmp_path):
 
 def _own_input_covariance(ctx, train, tm) -> torch.Tensor:
     """``Σ ã ãᵀ / #real tokens`` of one module's input, from a forward hook on that module alone."""
-    total = torch.zeros(tm.d_in, tm.d_in, dtype=torch.float64)
+    d = tm.d_in + int(tm.has_bias)
+    total = torch.zeros(d, d, dtype=torch.float64)
     count = 0.0
     for batch in train.batches(ctx.batch_size, ctx.pad_id):
         seen = {}
@@ -96,16 +97,25 @@ def _own_input_covariance(ctx, train, tm) -> torch.Tensor:
             ctx.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         handle.remove()
         a = seen["a"].double()[batch.attention_mask.bool()]  # [real tokens, d_in]
+        if tm.has_bias:
+            a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], dim=1)
         total += a.T @ a
         count += a.shape[0]
     return total / count
 
 
-def test_a_shared_input_group_has_each_members_own_input_covariance(tmp_path):
-    ctx, train, _ = _setup(tmp_path)
-    groups = [g for g in module_groups(ctx, train) if len(g.modules) > 1]
-    cov = fit_covariances(ctx, train, get_registry().build("estimator", "ekfac").options, groups)
-    for g in groups:
+@pytest.mark.parametrize("arch,batch_size", [("llama", 3), ("llama", 1), ("gpt2", 3), ("gpt2", 1)])
+def test_a_shared_input_group_has_each_members_own_input_covariance(tmp_path, arch, batch_size):
+    # batch size 1: no padding, the mask is skipped; gpt2: biases (ã has a 1 appended)
+    from conftest import tiny_model
+
+    ctx = make_ctx(tmp_path, model=tiny_model(arch), batch_size=batch_size, layers={"modules": "all"})
+    train, _ = load_task_splits(ctx, ctx.config.tasks[0])
+    every = module_groups(ctx, train)
+    groups = [g for g in every if len(g.modules) > 1]
+    assert bool(groups) == (arch == "llama")  # gpt2's q/k/v are one module
+    cov = fit_covariances(ctx, train, get_registry().build("estimator", "ekfac").options, every)
+    for g in every:
         for tm in g.modules:
             want = _own_input_covariance(ctx, train, tm)
             torch.testing.assert_close(cov[f"{g.key}.A"].double(), want, rtol=1e-5,
