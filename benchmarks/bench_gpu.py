@@ -13,8 +13,9 @@ Phases (``--phases``, default all; each writes ``$OUT/bench_gpu.json`` as it fin
   bfloat16, EK-FAC over every linear module, 256 train × 512 tokens and 32 queries;
 - ``datainf7b``: the same model with a LoRA r=8 adapter on all seven linears of every layer, DataInf
   on 300 train × 50 validation sequences of 128 tokens (the paper's sizes; 402.77 s per layer there);
-- ``profile`` (not in the default set): ``torch.profiler`` of EK-FAC's two fit stages at the SmolLM2
-  shape in bf16, the top operators by device time.
+- ``profile`` (not in the default set): ``torch.profiler`` of a plain training pass and EK-FAC's two
+  fit stages at the SmolLM2 shape in bf16: the top operators by device time and the kernels
+  launched per batch.
 
 ``--scale tiny`` shrinks every model and size so the script runs on a CPU in a minute (a check of the
 script, not a measurement). Run: ``python -m benchmarks.bench_gpu --out $OUT [--tokenizer DIR]``.
@@ -256,10 +257,28 @@ def phase_datainf(args) -> dict:
             "finite": bool(torch.isfinite(influence).all())}
 
 
+VIEW_OPS = {"view", "as_strided", "slice", "select", "transpose", "t", "expand", "reshape", "unsqueeze",
+            "squeeze", "permute", "detach", "alias", "empty", "empty_strided", "empty_like", "to",
+            "_unsafe_view", "unbind", "split", "narrow", "lift_fresh", "_reshape_alias", "flatten",
+            "contiguous", "resolve_conj", "resolve_neg", "item", "_local_scalar_dense"}
+
+
+def launches(prof, device: torch.device) -> int:
+    """Device kernels a profiled region launched (on a CPU: leaf aten operators that compute,
+    i.e. not views or no-op casts; a proxy for the kernels the same code launches on a GPU)."""
+    from torch.autograd import DeviceType
+
+    if device.type == "cuda":
+        return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return sum(1 for e in prof.events() if not e.cpu_children and e.name.startswith("aten::")
+               and e.name[6:] not in VIEW_OPS)
+
+
 def phase_profile(args) -> dict:
-    """Where EK-FAC's fit spends its time beyond the two passes: ``torch.profiler`` over the
-    covariance and correction stages of the SmolLM2 shape (bf16), the top operators by device time
-    (CPU time without a GPU)."""
+    """Where EK-FAC's fit spends its time beyond the two passes: ``torch.profiler`` over a plain
+    training pass and the covariance and correction stages of the SmolLM2 shape (bf16): the top
+    operators by device time (CPU time without a GPU) and the kernels launched per batch, since
+    at this shape a stage that launches many small kernels per module is bound by launches."""
     from torch.profiler import ProfilerActivity, profile
 
     from layerif_core.estimators.factors import fit_eigen, fit_lambda, module_groups, open_store
@@ -275,13 +294,19 @@ def phase_profile(args) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         ctx = context(model, tok, "profile", 4 if tiny else 16, Path(tmp))
+        batches = train.num_batches(ctx.batch_size)
         est = get_registry().build("estimator", "ekfac")
         store, groups = open_store(ctx, train, est.options), module_groups(ctx, train)
-        for stage, fn in (("covariance_eigh", fit_eigen), ("correction", fit_lambda)):
+        plain_pass(ctx, train)  # warm-up
+        for stage, fn in (("plain_training_pass", lambda: plain_pass(ctx, train)),
+                          ("covariance_eigh", lambda: fit_eigen(ctx, train, est.options, store, groups)),
+                          ("correction", lambda: fit_lambda(ctx, train, est.options, store, groups))):
             with profile(activities=activities) as prof:
-                seconds, _, _ = measure(dev, lambda fn=fn: fn(ctx, train, est.options, store, groups))
+                seconds, _, _ = measure(dev, fn)
             table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
-            out[stage] = {"seconds": round(seconds, 2), "top_ops": table.splitlines()}
+            out[stage] = {"seconds": round(seconds, 2),
+                          "launches_per_batch": launches(prof, dev) // batches,
+                          "top_ops": table.splitlines()}
     return out
 
 

@@ -21,5 +21,6 @@ def test_every_phase_runs_at_the_tiny_scale_on_a_cpu(tmp_path):
         assert row["ekfac"]["finite"] and row["ekfac"]["modules"] == 14  # 7 linears × 2 blocks
         assert math.isfinite(row["ekfac_over_flop_floor"]) and row["ekfac_flop_floor_s"] > 0
     assert got["datainf7b"]["finite"] and got["datainf7b"]["paper_seconds_per_layer"] == 402.77
-    assert set(got["profile"]) == {"covariance_eigh", "correction"}
+    assert set(got["profile"]) == {"plain_training_pass", "covariance_eigh", "correction"}
+    assert all(stage["launches_per_batch"] > 0 for stage in got["profile"].values())
     assert (tmp_path / "bench_gpu.json").is_file()
