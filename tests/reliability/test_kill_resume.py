@@ -140,31 +140,15 @@ def test_kill_during_lora_moe_training_then_rerun(setup, tmp_path):
 
 
 def study(model: Path, out: Path) -> dict:
-    """Two cells (a uniform control and LayerIF) of Wanda pruning with perplexity, as in docs/study."""
-    train = {"source": "bundled:capitals", "limit": 6, "max_length": 96}
-    return {
-        "name": "s", "output_dir": str(out),
-        "base": {
-            "model": {"source": str(model), "dtype": "float32", "device": "cpu"}, "batch_size": 4,
-            "tasks": [{"name": "caps", "train": train,
-                       "validation": {**train, "split": "validation", "limit": 3}}],
-            "scorer": {"name": "layerif", "estimator": {"name": "grad_dot"}, "aggregator": {"name": "sum"}},
-            "allocation": {"name": "alpha_pruning", "options": {"sparsity": 0.5, "epsilon": 0.3}},
-            "application": {"name": "prune", "options": {
-                "pruner": "wanda", "save_model": False, "save_masks": False,
-                "calibration": {"source": "bundled:capitals", "text": "{question} {answer}",
-                                "samples": 4, "seqlen": 32}}},
-            "evaluation": [{"name": "perplexity", "options": {
-                "source": "bundled:capitals", "split": "test", "text": "{question} {answer}",
-                "limit": 20, "seqlen": 32, "max_windows": 2}}],
-        },
-        "arms": [{"label": "uniform", "control": True,
-                  "overrides": {"scorer.name": "uniform", "allocation.name": "uniform_sparsity",
-                                "allocation.options": {"sparsity": 0.5}}},
-                 {"label": "LayerIF", "overrides": {}}],
-        "seeds": [0],
-        "metrics": ["perplexity/capitals"],
-    }
+    """Two cells (a uniform control and LayerIF) of Wanda pruning with perplexity: the tiny study of
+    ``tests/studies`` with one seed and no grid."""
+    from studies.study_helpers import tiny_study
+
+    return tiny_study(model, out, name="s", grid={}, seeds=[0], metrics=["perplexity/capitals"], arms=[
+        {"label": "uniform", "control": True,
+         "overrides": {"scorer.name": "uniform", "allocation.name": "uniform_sparsity",
+                       "allocation.options": {"sparsity": 0.5}}},
+        {"label": "LayerIF", "overrides": {}}])
 
 
 def test_kill_during_a_study_cell_then_rerun(setup, tmp_path):
