@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -46,40 +47,61 @@ def example_seed(ids: torch.Tensor, seed: int) -> int:
     return int.from_bytes(digest.digest(), "little") & ((1 << 63) - 1)
 
 
+def race_block(vocab: int) -> int:
+    """Tokens per block of :func:`sample_labels`' race: the smallest divisor of ``vocab`` in
+    ``[⌈√V⌉, 2⌈√V⌉]`` (no padding; 256 for SmolLM2's 49152, 200 for Llama's 32000), else ``⌈√V⌉``."""
+    root = math.isqrt(vocab - 1) + 1
+    return next((s for s in range(root, 2 * root + 1) if vocab % s == 0), root)
+
+
 def sample_labels(logits: torch.Tensor, batch: Batch, seed: int) -> torch.Tensor:
     """Targets drawn from ``softmax(logits)`` where the data has a label (the true Fisher's labels).
 
-    ``logits`` is ``[B, T-1, V]`` (position t predicts t+1). Inverse-CDF sampling: the k-th labelled
-    position of an example takes the first token whose cumulative probability exceeds ``u_k``, the
-    ``u`` drawn by a CPU generator seeded by :func:`example_seed`, so an example's draw depends on
-    neither the batch size, the order of the train set, nor the device. Per example one softmax,
-    cumsum and ``searchsorted`` over its positions up to the last labelled one: no copy of the
-    logits, one device synchronisation per batch, and 14× faster than a ``torch.multinomial`` per
-    example (8 × 512 tokens, 49k vocabulary, 2-core x86 CPU), which was half of a covariance pass.
-    An example with a non-finite logit at a labelled position keeps its data labels: its loss is
-    then non-finite too, and :func:`check_finite` names it. Returns ``[B, T]`` labels aligned with
-    ``input_ids``.
+    ``logits`` is ``[B, T-1, V]`` (position t predicts t+1). Each labelled position is drawn by an
+    exponential race in two levels: the vocabulary is cut into blocks of about ``√V`` tokens
+    (:func:`race_block`), a block wins with probability its mass (``argmax M_b / E_b``,
+    ``E ~ Exp(1)``), then a token of that block with probability its share (``argmax p_i / E_i``):
+    exactly ``softmax(logits)``, with about ``2√V`` random numbers per token instead of the ``V`` of
+    ``torch.multinomial``'s race (448 instead of 49152 for SmolLM2; 20× faster for 8 × 512 tokens
+    on a 2-core CPU). Like a one-level race, and unlike inverse-CDF sampling, a small
+    change of the distribution changes few draws: a bf16 model draws the same labels as its float32
+    twin wherever their predictions agree (1.8% of SmolLM2's labels differ, total-variation distance
+    1.9%; inverse-CDF sampling changes 37%), so runs in another dtype or on another device see the
+    same Fisher. The exponentials come from a CPU generator seeded by :func:`example_seed`, in the
+    order of the example's labelled positions: an example's draw depends on neither the batch size,
+    the train order, nor the device. One device synchronisation per batch. An example with a
+    non-finite logit at a labelled position keeps its data labels: its loss is then non-finite too,
+    and :func:`check_finite` names it. Returns ``[B, T]`` labels aligned with ``input_ids``.
     """
     labels = batch.labels.clone()
     keep = batch.labels[:, 1:] != IGNORE  # [B, T-1]
+    vocab = logits.shape[-1]
+    size = race_block(vocab)
+    blocks = -(-vocab // size)
     keep_cpu, ids, mask = keep.cpu(), batch.input_ids.cpu(), batch.attention_mask.cpu().bool()
-    u = torch.zeros(keep.shape)  # one uniform per labelled position, in order
+    race = torch.ones(*keep.shape, blocks + size)  # Exp(1) per block, then per token, per position
     spans = []  # positions up to an example's last labelled one
     for b in range(keep.shape[0]):
         where = keep_cpu[b].nonzero().squeeze(1)
         spans.append(int(where[-1]) + 1 if len(where) else 0)
         if len(where):
             gen = torch.Generator().manual_seed(example_seed(ids[b][mask[b]], seed))
-            u[b, where] = torch.rand(len(where), generator=gen)
-    u = u.to(logits.device)
+            u = torch.rand(len(where), blocks + size, generator=gen, dtype=torch.float64)
+            race[b, where] = torch.log1p(-u).neg_().clamp_(min=1e-30).float()
+    race = race.to(logits.device)
     for b, span in enumerate(spans):
         if not span:
             continue
-        cdf = torch.softmax(logits[b, :span], dim=-1, dtype=torch.float32).cumsum_(dim=-1)
-        total = cdf[:, -1]  # 1 up to rounding; non-finite where a logit is
-        drawn = torch.searchsorted(cdf, (u[b, :span] * total).unsqueeze(1), right=True).squeeze(1)
+        probs = torch.softmax(logits[b, :span], dim=-1, dtype=torch.float32)
+        if blocks * size != vocab:
+            probs = F.pad(probs, (0, blocks * size - vocab))
+        probs = probs.view(span, blocks, size)
+        mass = probs.sum(dim=-1)  # [span, blocks]; non-finite where a logit is
+        block = (mass / race[b, :span, :blocks]).argmax(dim=-1)
+        inner = probs.gather(1, block.view(span, 1, 1).expand(span, 1, size)).squeeze(1)
+        drawn = block * size + (inner / race[b, :span, blocks:]).argmax(dim=-1)
         k = keep[b, :span]
-        finite = (torch.isfinite(total) | ~k).all()  # a device flag: no synchronisation
+        finite = (torch.isfinite(mass).all(dim=-1) | ~k).all()  # a device flag: no synchronisation
         row = labels[b, 1:span + 1]
-        row.copy_(torch.where(k & finite, drawn.clamp_(max=logits.shape[-1] - 1), row))
+        row.copy_(torch.where(k & finite, drawn.clamp_(max=vocab - 1), row))
     return labels
