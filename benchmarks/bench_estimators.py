@@ -10,7 +10,7 @@ fitted); the plain forward+backward of one train pass is measured the same way.
 The PyPI package ``kronfluence`` (EK-FAC, true Fisher, its damping heuristic, per-module pairwise
 scores) is run as a reference on SmolLM2 when it is importable, with our loss, our true-Fisher label
 draws, the same batches and the same tracked modules: its wall time and peak memory next to ours,
-and the agreement of its ``I[l, i]`` and ``positive_sum`` ``S[l]`` with our ``ekfac``'s.
+and the agreement of its ``I[l, i]`` and ``helpful_sum`` ``S[l]`` with our ``ekfac``'s.
 Each row also gives the FLOP floor (:mod:`benchmarks.flops`: the matmul FLOPs the estimator cannot
 avoid over the measured matmul throughput in the model's dtype) and the time over it; and EK-FAC on
 SmolLM2 in bfloat16 is compared with float32 on WikiText-2 (Spearman of S, goal ≥ 0.99).
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from benchmarks.flops import ekfac_flops, matmul_flops_per_second
-from layerif_core.aggregators import HelpfulSum, PositiveSum, Sum
+from layerif_core.aggregators import HarmfulSum, HelpfulSum, NetSum
 from layerif_core.artifacts import RunDir
 from layerif_core.config import ModelSpec, RunConfig
 from layerif_core.data import Batch, pad_rows
@@ -106,8 +106,8 @@ def bench_model(label: str, model, tokenizer, n_train: int, n_query: int, estima
                 ) -> tuple[list[dict], dict | None]:
     """One row per estimator; with ``reference_query_batch`` also kronfluence's EK-FAC compared with
     ours (its query gradients are preconditioned that many at a time). The query is the capitals
-    task; a train set of another task (``train_source``) has harmful examples, so the paper's
-    ``positive_sum`` is not 0 everywhere."""
+    task; a train set of another task (``train_source``) has helpful and harmful examples, so
+    both ``helpful_sum`` and ``harmful_sum`` rank layers."""
     cfg = RunConfig.model_validate({
         "name": label, "output_dir": str(workdir), "batch_size": batch_size, "layers": layers,
         "tasks": [{"name": "capitals",
@@ -174,7 +174,7 @@ def bf16_against_float32(quick: bool, workdir: Path, sizes: tuple[int, int, int]
                          ) -> dict:
     """SmolLM2-135M on WikiText-2 windows (train: test split, query: validation split), EK-FAC over
     every linear module with the model in bfloat16 and in float32: does bf16 rank the layers the
-    same (Spearman of ``positive_sum`` S, goal ≥ 0.99)?"""
+    same (Spearman of ``helpful_sum`` S, goal ≥ 0.99)?"""
     n_train, n_query, length = sizes or ((8, 2, 32) if quick else (32, 8, 64))
     out: dict[str, Any] = {"n_train": n_train, "n_query": n_query, "seq_len": length}
     influences = {}
@@ -195,7 +195,7 @@ def bf16_against_float32(quick: bool, workdir: Path, sizes: tuple[int, int, int]
         out[f"{dtype}_seconds"] = round(time.perf_counter() - start, 1)
         del model
     out.update(agreement(influences["bfloat16"].cpu(), influences["float32"].cpu()))
-    out["goal"] = "spearman_S_positive_sum >= 0.99"
+    out["goal"] = "spearman_S_helpful_sum >= 0.99"
     return out
 
 
@@ -295,9 +295,8 @@ def kronfluence_influence(ctx, model, train, query, query_batch_size: int, workd
 def agreement(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float | None]:
     """Rank and value agreement of two ``[L, N]`` influence matrices and of their per-layer scores.
 
-    ``positive_sum`` S (the paper's) is 0 in every layer when no train example is harmful (all
-    ``I ≥ 0``); its rank correlation is then undefined (None) and ``helpful_sum``/``sum`` carry the
-    comparison of S."""
+    An S that is 0 in every layer (``harmful_sum`` when no train example is harmful) has no rank
+    correlation (None); the other aggregators carry the comparison of S."""
     from scipy.stats import pearsonr, spearmanr
 
     def rho(agg) -> float | None:
@@ -308,8 +307,8 @@ def agreement(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float | Non
 
     a, b = ours.flatten().double().numpy(), theirs.flatten().double().numpy()
     rel = (ours.double() - theirs.double()).abs().max() / theirs.double().abs().max()
-    return {"spearman_S_positive_sum": rho(PositiveSum()), "spearman_S_helpful_sum": rho(HelpfulSum()),
-            "spearman_S_sum": rho(Sum()), "harmful_share_I": round(float((ours < 0).double().mean()), 4),
+    return {"spearman_S_helpful_sum": rho(HelpfulSum()), "spearman_S_harmful_sum": rho(HarmfulSum()),
+            "spearman_S_net_sum": rho(NetSum()), "harmful_share_I": round(float((ours < 0).double().mean()), 4),
             "pearson_I": round(float(pearsonr(a, b)[0]), 6),
             "spearman_I": round(float(spearmanr(a, b)[0]), 6),
             "max_abs_diff_I_over_max_abs_I": float(f"{float(rel):.3g}")}

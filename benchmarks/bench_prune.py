@@ -78,7 +78,7 @@ def wikitext_task(tmp: Path, n_train: int = 32, n_val: int = 8, max_length: int 
 
 
 def quality_study(sparsities: list[float], which: list[str], samples: int, seqlen: int,
-                  eval_windows: int, directory: Path, aggregator: str = "positive_sum") -> dict:
+                  eval_windows: int, directory: Path, aggregator: str = "helpful_sum") -> dict:
     """The quality table as a study (``layerif study``): arms uniform / HT-SR (AlphaPruning) /
     LayerIF (``ekfac`` + ``aggregator`` on :func:`wikitext_task`), all with ``alpha_pruning``
     (ε = 0.2); grid pruner × sparsity; seed 0; WikiText-2 test perplexity."""
@@ -109,7 +109,7 @@ def quality_study(sparsities: list[float], which: list[str], samples: int, seqle
 
 
 def quality_table(sparsities: list[float], which: list[str], samples: int, seqlen: int,
-                  eval_windows: int, directory: Path, aggregator: str = "positive_sum") -> dict:
+                  eval_windows: int, directory: Path, aggregator: str = "helpful_sum") -> dict:
     """Perplexity of the dense model and of every pruner × sparsity × allocation: the rows of the
     study's report (cells resume from ``directory``)."""
     import json
@@ -181,10 +181,8 @@ def run(quick: bool) -> dict:
         if quick:
             quality = quality_table([0.5], ["uniform"], 8, 256, 8, Path(tmp) / "bench_prune")
         else:
-            # positive_sum is all zero for the pretrained model on WikiText (every I[l, i] > 0; see
-            # docs/results/pruning.md), so the full mode allocates by the "ALL" variant, sum
             quality = quality_table([0.5, 0.6, 0.7], ["uniform", "htsr", "layerif"], 32, 512, 32,
-                                    Path(tmp) / "bench_prune", aggregator="sum")
+                                    Path(tmp) / "bench_prune")
     quality.pop("report")
     return {**result, **quality}
 
@@ -207,8 +205,8 @@ def main() -> None:
     p.add_argument("--study-dir", type=Path, default=Path("studies/bench_prune"),
                    help="The study directory: its cells (and LayerIF's factors and influences) "
                    "are reused by a rerun; report.html and summary.md are written there.")
-    p.add_argument("--aggregator", default="positive_sum", help="LayerIF aggregator (positive_sum, "
-                   "sum, top_fraction, ...).")
+    p.add_argument("--aggregator", default="helpful_sum", help="LayerIF aggregator (helpful_sum, "
+                   "top_helpful, net_sum, harmful_sum, ...).")
     a = p.parse_args()
     if a.speed:
         from layerif_core.config import ModelSpec

@@ -44,7 +44,7 @@ def _config(model: Path, out: Path, i: int) -> dict:
         "model": {"source": str(model), "device": "cpu", "dtype": "float32"},
         "tasks": [{"name": "caps", "train": train,
                    "validation": {**train, "split": "validation", "limit": 4}}],
-        "scorer": {"name": "layerif", "estimator": {"name": "ekfac"}, "aggregator": {"name": "sum"}},
+        "scorer": {"name": "layerif", "estimator": {"name": "ekfac"}, "aggregator": {"name": "net_sum"}},
         "allocation": {"name": "alpha_pruning", "options": {"sparsity": 0.5, "epsilon": 0.2}},
         "batch_size": 4,
     }

@@ -120,7 +120,7 @@ def run(quick: bool) -> dict:
                      "x_floor": seconds / floors[floor] if floor else None})
         series.append(ScoreSeries(label, "", "capitals", result["s"]))
     # LayerIF with grad_dot; the second aggregator reuses the saved influence matrix
-    for aggregator in ("positive_sum", "sum"):
+    for aggregator in ("helpful_sum", "net_sum"):
         lif = ctx_for("layerif")
         lif.config.scorer.aggregator.name = aggregator
         lif_result = {}

@@ -37,17 +37,17 @@ def layerif_register_estimators(register) -> None:
 
 @hookimpl
 def layerif_register_aggregators(register) -> None:
-    register("positive_sum", f"{_AGG}:PositiveSum",
-             help="LayerIF's +VE: S[l] = Σ_i max(−I[l, i], 0), harmful influence; lower = better.")
-    register("top_fraction", f"{_AGG}:TopFraction", options=f"{_AGG}:TopFractionOptions",
-             help="LayerIF's TOP-k: per layer, the sum of the largest fraction of −I; lower = better.")
-    register("sum", f"{_AGG}:Sum", help="LayerIF's ALL: S[l] = Σ_i −I[l, i]; lower = better.")
     register("helpful_sum", f"{_AGG}:HelpfulSum",
-             help="Mirror of positive_sum: Σ_i max(I[l, i], 0), helpful influence; higher = better.")
-    register("abs_sum", f"{_AGG}:AbsSum", help="S[l] = Σ_i |I[l, i]|; lower = better.")
-    register("mean", f"{_AGG}:Mean", help="S[l] = mean_i −I[l, i]; lower = better.")
-    register("positive_fraction", f"{_AGG}:PositiveFraction",
-             help="Share of harmful examples #{i: −I[l, i] > 0} / N; lower = better.")
+             help="LayerIF's +VE: S[l] = Σ_i max(I[l, i], 0), helpful influence; higher = less mature.")
+    register("top_helpful", f"{_AGG}:TopHelpful", options=f"{_AGG}:TopOptions",
+             help="LayerIF's TOP-25%: the sum of the ⌈fraction·N⌉ largest I[l, i]; higher = less mature.")
+    register("net_sum", f"{_AGG}:NetSum",
+             help="LayerIF's ALL: S[l] = Σ_i I[l, i], net helpful influence; higher = less mature.")
+    register("harmful_sum", f"{_AGG}:HarmfulSum",
+             help="Reverse experiment: Σ_i max(−I[l, i], 0), harmful influence; higher = less mature.")
+    register("top_harmful", f"{_AGG}:TopHarmful", options=f"{_AGG}:TopOptions",
+             help="Reverse TOP-k: the sum of the ⌈fraction·N⌉ largest −I[l, i]; higher = less mature.")
+    register("abs_sum", f"{_AGG}:AbsSum", help="S[l] = Σ_i |I[l, i]|; higher = less mature.")
 
 
 @hookimpl

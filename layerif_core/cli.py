@@ -274,7 +274,8 @@ tasks:                           # each task gets its own layer scores
 scorer:
   name: layerif                  # or a baseline scorer (see `layerif plugins`)
   estimator: {name: grad_dot}    # influence estimator
-  aggregator: {name: positive_sum}  # S[l] = sum_i max(-I[l,i], 0): harmful influence, lower = better
+  aggregator: {name: helpful_sum}   # LayerIF's +VE: sum_i max(I[l,i], 0), helpful influence;
+                                    # higher = more influence flows = less mature layer
 batch_size: 8
 """
 

@@ -125,16 +125,32 @@ class ComponentSpec(Strict):
 
 
 class PostprocessSpec(Strict):
-    """Pre-processing of the layer scores before allocation (architecture §5; LayerIF smooths |S|)."""
+    """Pre-processing of the layer scores before allocation (architecture §5)."""
 
     smooth: bool = Field(
-        False, description="Savitzky-Golay smoothing over the layer index of |S| min-maxed to [0, 1] "
-        "(as LayerIF does); the window shrinks to the number of layers when there are fewer."
+        False, description="Savitzky-Golay smoothing over the layer index of S min-maxed to [0, 1] "
+        "(as the LayerIF authors do before a sparsity allocation, not before experts); the window "
+        "shrinks to the number of layers when there are fewer."
     )
     window: int = Field(7, ge=1, description="Savitzky-Golay window length (odd; LayerIF uses 7).")
     order: int = Field(3, ge=0, description="Savitzky-Golay polynomial order (LayerIF uses 3).")
     normalize: Literal["none", "minmax"] = Field(
         "none", description="'minmax' rescales the (smoothed) scores to [0, 1]."
+    )
+
+
+class LossSpec(Strict):
+    """The per-example loss whose gradients an influence scorer measures."""
+
+    tokens: Literal["completion", "all"] | None = Field(
+        None, description="Which tokens of a prompt/completion example count: 'completion' (the "
+        "answer), 'all' (prompt and answer, as the LayerIF authors' labels = input_ids); unset: each "
+        "split's loss_on. Text and packed data count every token either way."
+    )
+    reduction: Literal["sum", "mean"] = Field(
+        "sum", description="'sum' of the token cross-entropies of an example, or their 'mean' (the "
+        "Hugging Face loss of one example, as the LayerIF authors compute it: each example's gradient "
+        "scaled by 1 / its number of loss tokens)."
     )
 
 
@@ -147,14 +163,29 @@ class ScorerSpec(Strict):
         description="Influence estimator (layerif scorer only).",
     )
     aggregator: ComponentSpec = Field(
-        default_factory=lambda: ComponentSpec(name="positive_sum"),
-        description="Aggregator of I[l, i] into S[l] (layerif scorer only).",
+        default_factory=lambda: ComponentSpec(name="helpful_sum"),
+        description="Aggregator of I[l, i] into S[l] (layerif scorer only): helpful_sum (the paper's "
+        "+VE), top_helpful (TOP-25%), net_sum (ALL), harmful_sum / top_harmful (the reverse).",
+    )
+    loss: LossSpec = Field(
+        default_factory=LossSpec,
+        description="The per-example loss of the influence scorer (tokens, sum or mean).",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Options of a baseline scorer.")
     postprocess: PostprocessSpec = Field(
         default_factory=PostprocessSpec,
         description="Smoothing / normalisation of S[l] before allocation (raw values kept in details).",
     )
+
+    @field_validator("aggregator")
+    @classmethod
+    def _removed_aggregator(cls, spec: ComponentSpec) -> ComponentSpec:
+        from layerif_core.aggregators import REMOVED
+
+        if spec.name in REMOVED:
+            raise ValueError(f"aggregator '{spec.name}' was removed: it summed the harmful side, the "
+                             f"reverse of what the LayerIF authors compute; use {REMOVED[spec.name]}")
+        return spec
 
 
 class FinetuneSpec(Strict):
@@ -384,6 +415,8 @@ def describe_validation_error(exc: ValidationError, root: type[BaseModel]) -> st
         return f"missing key '{where}'; add it (see `layerif config schema`)."
     if not loc:  # a rule across keys: its message names the keys and the fix
         return str(err["msg"]).removeprefix("Value error, ") + "."
+    if err["type"] == "value_error":  # our validators' messages name the fix
+        return f"'{where}': {str(err['msg']).removeprefix('Value error, ')}."
     got = repr(err.get("input"))
     got = got if len(got) <= 40 else got[:37] + "..."
     return (f"'{where}': {err['msg']} (got {got}); fix the value (`layerif config schema` lists "

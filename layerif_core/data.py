@@ -77,6 +77,7 @@ class TokenizedSplit:
     n_truncated: int = 0
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     n_skipped: int = 0  # records with no token in the loss (blank, or too short), left out
+    reduction: str = "sum"  # an example's loss: "sum" or "mean" of its token cross-entropies
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -86,7 +87,8 @@ class TokenizedSplit:
         h = hashlib.sha256(f"{self.fingerprint}|{indices}".encode()).hexdigest()[:16]
         return TokenizedSplit(self.name, [self.input_ids[i] for i in indices],
                               [self.labels[i] for i in indices], h, 0,
-                              [self.records[i] for i in indices] if self.records else [])
+                              [self.records[i] for i in indices] if self.records else [],
+                              reduction=self.reduction)
 
     def batches(self, batch_size: int, pad_id: int = 0) -> Iterator[Batch]:
         """Right-padded batches in order; ``index`` holds positions in this split."""
@@ -214,18 +216,19 @@ def _fill(template: str, record: dict[str, Any], spec: DataSpec, index: int) -> 
 
 
 def tokenize_split(spec: DataSpec, tokenizer: Any, seed: int = 0, name: str | None = None,
-                   max_context: int | None = None) -> TokenizedSplit:
+                   max_context: int | None = None, reduction: str = "sum") -> TokenizedSplit:
     """Load ``spec`` and tokenise it: ``prompt`` tokens are masked out of the loss when
     ``loss_on='completion'``; the EOS token ends each sequence when ``add_eos``. Records with no
     token in the loss are skipped (``n_skipped``, one warning); with ``spec.pack`` the texts are
-    packed into windows of ``max_length`` tokens instead (:func:`pack_tokens`)."""
+    packed into windows of ``max_length`` tokens instead (:func:`pack_tokens`). ``reduction``
+    ("sum" or "mean" over an example's loss tokens) is part of the split and of its fingerprint."""
     if max_context is not None and spec.max_length is not None and spec.max_length > max_context:
         raise DataError(f"max_length {spec.max_length} of '{spec.source}' exceeds the model's "
                         f"context of {max_context} tokens; set max_length <= {max_context}.")
     max_length = spec.max_length or max_context or DEFAULT_MAX_LENGTH
     records = load_records(spec, seed)
     if spec.pack:
-        return _packed_split(spec, tokenizer, records, max_length, name)
+        return _packed_split(spec, tokenizer, records, max_length, name, reduction)
     prompt_t, completion_t, text_t = _templates(spec)
     eos = [tokenizer.eos_token_id] if spec.add_eos and tokenizer.eos_token_id is not None else []
     all_ids, all_labels, kept, truncated, skipped = [], [], [], 0, 0
@@ -265,8 +268,15 @@ def tokenize_split(spec: DataSpec, tokenizer: Any, seed: int = 0, name: str | No
                     len(records), max_length)
     # the content the estimators see, not where it came from: the same examples read from another
     # path (or source spelling) reuse fitted factors and influences
-    h = hashlib.sha256(json.dumps([all_ids, all_labels]).encode()).hexdigest()
-    return TokenizedSplit(name or spec.source, all_ids, all_labels, h[:16], truncated, kept, skipped)
+    h = _content_hash(all_ids, all_labels, reduction)
+    return TokenizedSplit(name or spec.source, all_ids, all_labels, h, truncated, kept, skipped,
+                          reduction)
+
+
+def _content_hash(ids: list[list[int]], labels: list[list[int]], reduction: str) -> str:
+    """The fingerprint of a split's content: its tokens, loss labels and loss reduction."""
+    key = [ids, labels] if reduction == "sum" else [ids, labels, reduction]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
 def pack_tokens(docs: list[list[int]], eos_id: int, max_length: int) -> list[list[int]]:
@@ -278,7 +288,7 @@ def pack_tokens(docs: list[list[int]], eos_id: int, max_length: int) -> list[lis
 
 
 def _packed_split(spec: DataSpec, tokenizer: Any, records: list[dict[str, Any]], max_length: int,
-                  name: str | None) -> TokenizedSplit:
+                  name: str | None, reduction: str) -> TokenizedSplit:
     _, _, text_t = _templates(spec)
     if tokenizer.eos_token_id is None:
         raise DataError(f"pack: true for '{spec.source}' needs an EOS token between documents and the "
@@ -296,5 +306,5 @@ def _packed_split(spec: DataSpec, tokenizer: Any, records: list[dict[str, Any]],
         log.warning("'%s' (split '%s'): skipped %d of %d records that are blank", spec.source,
                     spec.split, skipped, len(records))
     labels = [list(w) for w in windows]
-    h = hashlib.sha256(json.dumps([windows, labels]).encode()).hexdigest()
-    return TokenizedSplit(name or spec.source, windows, labels, h[:16], 0, [], skipped)
+    return TokenizedSplit(name or spec.source, windows, labels,
+                          _content_hash(windows, labels, reduction), 0, [], skipped, reduction)

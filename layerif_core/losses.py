@@ -13,8 +13,9 @@ from layerif_core.errors import NumericalError
 
 
 def sequence_losses(model: torch.nn.Module, batch: Batch, labels: torch.Tensor | None = None,
-                    sample_seed: int | None = None) -> torch.Tensor:
-    """Summed next-token cross-entropy of each sequence, ``[B]`` float32.
+                    sample_seed: int | None = None, reduction: str = "sum") -> torch.Tensor:
+    """Next-token cross-entropy of each sequence, ``[B]`` float32: summed over its loss tokens, or
+    (``reduction="mean"``) their mean, the Hugging Face loss of one example.
 
     ``labels`` overrides ``batch.labels`` (e.g. labels sampled from the model for the true Fisher);
     positions equal to ``-100`` are not counted. With ``sample_seed`` the targets are drawn from the
@@ -28,7 +29,10 @@ def sequence_losses(model: torch.nn.Module, batch: Batch, labels: torch.Tensor |
     target = (batch.labels if labels is None else labels)[:, 1:]
     tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                           ignore_index=IGNORE, reduction="none")
-    return tok.view(target.shape).sum(dim=1)
+    summed = tok.view(target.shape).sum(dim=1)
+    if reduction == "sum":
+        return summed
+    return summed / (target != IGNORE).sum(dim=1).clamp_min(1)
 
 
 def check_finite(losses: torch.Tensor, batch: Batch, split: str) -> None:

@@ -82,11 +82,17 @@ def load_task_splits(ctx: RunContext, task: TaskSpec) -> tuple[TokenizedSplit, T
         task: the task whose ``train`` and ``validation`` data specs are read.
 
     Returns:
-        ``(train, validation)``: the training examples ``i`` of ``I[l, i]`` and the query.
+        ``(train, validation)``: the training examples ``i`` of ``I[l, i]`` and the query, with the
+        per-example loss of ``scorer.loss`` (its ``tokens`` replace each split's ``loss_on``).
     """
     ctx_len = max_context(ctx.model)
-    train = tokenize_split(task.train, ctx.tokenizer, ctx.seed, f"{task.name}/train", ctx_len)
-    query = tokenize_split(task.validation, ctx.tokenizer, ctx.seed, f"{task.name}/validation", ctx_len)
+    loss = ctx.config.scorer.loss
+    specs = (task.train, task.validation)
+    if loss.tokens is not None:
+        specs = tuple(s.model_copy(update={"loss_on": loss.tokens}) for s in specs)
+    train, query = (tokenize_split(spec, ctx.tokenizer, ctx.seed, f"{task.name}/{part}", ctx_len,
+                                   loss.reduction)
+                    for spec, part in zip(specs, ("train", "validation"), strict=True))
     if len(train) < ctx.batch_size:
         log.warning("task '%s': %d training examples, fewer than batch_size %d", task.name,
                     len(train), ctx.batch_size)
@@ -94,8 +100,9 @@ def load_task_splits(ctx: RunContext, task: TaskSpec) -> tuple[TokenizedSplit, T
     data[task.name] = {
         split.name: {"examples": len(split), "truncated": split.n_truncated,
                      "skipped": split.n_skipped, "packed": spec.pack,
-                     "fingerprint": split.fingerprint, "source": spec.source}
-        for split, spec in ((train, task.train), (query, task.validation))
+                     "fingerprint": split.fingerprint, "source": spec.source,
+                     "loss": {"tokens": spec.loss_on, "reduction": split.reduction}}
+        for split, spec in zip((train, query), specs, strict=True)
     }
     ctx.run_dir.save_manifest()
     return train, query

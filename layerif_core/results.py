@@ -14,7 +14,7 @@ class LayerScores:
     """One score per decoder layer, with the direction that makes it comparable.
 
     ``higher_is_better`` says whether a higher score marks a *better trained* layer. LayerIF's
-    ``positive_sum`` (total harmful influence) is ``False``: a low S marks a mature layer.
+    Every LayerIF aggregator is ``False``: more influence through a layer marks a less mature one.
     """
 
     values: torch.Tensor  # [L] float32

@@ -9,11 +9,14 @@ layer and ``E`` the total::
     f_l = v_l / Σ_j v_j · (E − L·m)
     n_l = ⌊f_l⌋ + m,   then the E − Σ n_l experts left go to the largest fractional parts f_l − ⌊f_l⌋
 
-(largest-remainder / Hamilton rounding), so ``Σ n_l = E`` exactly and every layer has at least
-``m``. Sources: AlphaLoRA (Qing et al. 2024, ``v̂ = α̂^β`` with β = 2.5) and LayerIF (Askari et al.
-2025, arXiv 2505.23811, β = 3 on min-maxed harmful influence, E = 160 over 32 layers). A layer judged
-worse trained gets more experts. ``beta / temperature`` sharpens (large) or flattens (small, → uniform)
-the allocation.
+(largest-remainder / Hamilton rounding; equal fractional parts go to the higher layer index first,
+as the LayerIF authors' ``scale_values_final`` orders them), so ``Σ n_l = E`` exactly and every layer
+has at least ``m``. Sources: AlphaLoRA (Qing et al. 2024, ``v̂ = α̂^β`` with β = 2.5) and LayerIF
+(Askari et al. 2025, arXiv 2505.23811, β = 3, E = 160 over 32 layers). The authors' ``x = max(IF) −
+IF`` (their sign, IF < 0 helpful) is ``S − min S`` in layerif's, and ``x^β / Σ x^β`` does not change
+when x is divided by its range, so min-maxing first gives their shares. A layer judged worse trained
+(for LayerIF: more influence flowing through it) gets more experts. ``beta / temperature`` sharpens
+(large) or flattens (small, → uniform) the allocation.
 
 ``uniform_experts`` is the control with the same total; ``given_experts`` takes a list from the user.
 """
@@ -39,12 +42,12 @@ def _total(opts: ExpertOptions, n_layers: int) -> int:
     return total
 
 
-def largest_remainder(shares: torch.Tensor, units: int, tiebreak: torch.Tensor | None = None
-                      ) -> list[int]:
+def largest_remainder(shares: torch.Tensor, units: int, higher_index_first: bool = False) -> list[int]:
     """Split ``units`` integers in proportion to ``shares`` (>= 0) with Hamilton rounding.
 
     Each entry gets ``⌊units · share / Σ share⌋``; the units left go one each to the largest
-    fractional parts (ties: larger ``tiebreak``, then lower index). Equal shares when Σ share = 0.
+    fractional parts (ties: the lower index first, or the higher with ``higher_index_first``).
+    Equal shares when Σ share = 0.
     """
     shares = shares.double().clamp_min(0)
     n = shares.numel()
@@ -56,8 +59,7 @@ def largest_remainder(shares: torch.Tensor, units: int, tiebreak: torch.Tensor |
     base = torch.minimum(base, torch.full_like(base, units))
     left = units - int(base.sum())
     frac = (f - base).tolist()
-    tb = tiebreak.double().tolist() if tiebreak is not None else [0.0] * n
-    order = sorted(range(n), key=lambda i: (-round(frac[i], 12), -tb[i], i))
+    order = sorted(range(n), key=lambda i: (-round(frac[i], 12), -i if higher_index_first else i))
     out = [int(b) for b in base.tolist()]
     for i in order[:left]:
         out[i] += 1
@@ -93,7 +95,7 @@ class AlphaLoRAExperts:
         total = _total(o, n_layers)
         w = normalized_worseness(scores, o.normalize)
         v = w.pow(o.beta / o.temperature)
-        extra = largest_remainder(v, total - n_layers * o.min_per_layer, tiebreak=w)
+        extra = largest_remainder(v, total - n_layers * o.min_per_layer, higher_index_first=True)
         values = [o.min_per_layer + e for e in extra]
         return Allocation("experts", values, "alphalora_experts", {
             "total": total, "min_per_layer": o.min_per_layer, "beta": o.beta,

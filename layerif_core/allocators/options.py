@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -29,8 +31,11 @@ class AlphaPruningOptions(BaseModel):
     absolute: bool = Field(False, description="Read epsilon as an absolute half-width δ: sparsities "
                            "span [s − δ, s + δ] (ε = δ / s).")
     max_sparsity: float = Field(0.99, gt=0.0, le=1.0,
-                                description="Upper clip of a layer's sparsity; the others are "
-                                "re-balanced so the mean stays exact.")
+                                description="Upper clip of a layer's sparsity (see overflow).")
+    overflow: Literal["rebalance", "clip"] = Field(
+        "rebalance", description="Layers above max_sparsity: 'rebalance' clips them and re-solves η "
+        "on the others so the mean stays exactly s; 'clip' only clips them, as AlphaPruning's and "
+        "the LayerIF authors' code does (the mean then falls below s).")
     weighted: bool = Field(True, description="Keep the parameter-weighted mean at s (AlphaPruning); "
                            "false: the plain mean over layers.")
 

@@ -1,11 +1,15 @@
 """Pre-processing of layer scores before allocation (architecture §5): Savitzky–Golay smoothing over the
 layer index and min-max normalisation.
 
-LayerIF (arXiv 2505.23811) smooths its per-layer influence sums before allocating experts: the
-absolute scores are min-maxed to ``[0, 1]`` and filtered with a Savitzky–Golay filter (window 7,
-polynomial order 3; ``scipy.signal.savgol_filter``), which fits a cubic to every 7 neighbouring
+The LayerIF authors smooth their per-layer influence sums before allocating *sparsity* (not
+experts): the scores are min-maxed to ``[0, 1]`` and filtered with a Savitzky–Golay filter (window
+7, polynomial order 3; ``scipy.signal.savgol_filter``), which fits a cubic to every 7 neighbouring
 layers by least squares and keeps its value at the centre, so one noisy layer does not decide its
-own allocation. Both steps keep the direction of the scores (``higher_is_better``).
+own allocation. Their released Mistral-7B file ``IF-300-96-smoothed`` is this filter applied to
+``IF-300-96`` block by block (within 5e-5). They min-max the magnitude of their helpful mass (a
+negative number in their sign), which is layerif's ``helpful_sum`` itself; the min-max here keeps
+the sign, so a signed score (``net_sum``) keeps its order. Both steps keep the direction of the
+scores (``higher_is_better``).
 """
 
 from __future__ import annotations
@@ -36,14 +40,14 @@ def savgol_window(n_layers: int, window: int, order: int) -> tuple[int, int]:
 
 
 def savgol_smooth(values: torch.Tensor, window: int = 7, order: int = 3) -> torch.Tensor:
-    """LayerIF's smoothing: ``savgol_filter(minmax(|S|), window, order)`` over the layer index."""
+    """LayerIF's smoothing: ``savgol_filter(minmax(S), window, order)`` over the layer index."""
     from scipy.signal import savgol_filter
 
     w, p = savgol_window(len(values), window, order)
     if (w, p) != (window, order):
         log.warning("Savitzky-Golay smoothing over %d layers: window %d, order %d (asked %d, %d)",
                     len(values), w, p, window, order)
-    x = minmax(values.double().abs()).numpy()
+    x = minmax(values.double()).numpy()
     return torch.from_numpy(savgol_filter(x, w, p).copy())
 
 

@@ -8,7 +8,8 @@ Convention: the layer judged *worse trained* (``LayerScores.worseness()``) gets 
   ``s_l = η · r_l`` with ``η = s · Σ_l p_l / Σ_l p_l r_l`` (``p_l`` = prunable parameters of layer l),
   so the parameter-weighted mean sparsity is exactly ``s``. Layers above ``max_sparsity`` (or below
   0 when ``ε > 1``) are clipped and ``η`` is re-solved on the others (water-filling), which keeps the
-  mean exact; the clipped layers are reported. ``absolute=true`` reads ε as an absolute half-width
+  mean exact; the clipped layers are reported. ``overflow: clip`` only clips them, as
+  ``ww_sparsity`` does (its mean then falls below ``s``). ``absolute=true`` reads ε as an absolute half-width
   ``δ`` (range ``[s − δ, s + δ]``), i.e. ``ε = δ / s``.
 - ``owl_sparsity`` (OWL, Yin et al. 2024, ``prune_wanda_outlier`` in luuyin/OWL ``lib/prune_all.py``):
   the worse-ness min-maxed to ``[0, 2λ]`` gives ``s_l = s − mean(d) + d_l`` (unweighted mean over
@@ -82,6 +83,17 @@ def scale_to_mean(ratios: torch.Tensor, weights: torch.Tensor, target: float, ca
     return out, clipped
 
 
+def clip_once(ratios: torch.Tensor, weights: torch.Tensor, target: float, cap: float
+              ) -> tuple[torch.Tensor, list[int]]:
+    """``clip(η · ratios, 0, cap)`` with ``η = target · Σ p / Σ p r`` solved once, before clipping
+    (AlphaPruning's ``ww_sparsity``). Returns the sparsities and the indices of the clipped layers."""
+    # ratios, weights: [L] float64
+    eta = target * float(weights.sum()) / float((weights * ratios).sum())
+    raw = eta * ratios
+    out = raw.clamp(min=0.0, max=cap)
+    return out, torch.nonzero(out != raw).flatten().tolist()
+
+
 class UniformSparsity:
     """The same sparsity for every layer (the control)."""
 
@@ -112,8 +124,14 @@ class AlphaPruningSparsity:
         worse = minmax(scores.worseness())  # [L], 1 = worst trained
         ratios = (1.0 - eps) + 2.0 * eps * worse
         w = _weights(weights, len(ratios), o.weighted)
-        values, clipped = scale_to_mean(ratios, w, o.sparsity, o.max_sparsity)
-        if clipped:
+        if o.overflow == "clip":
+            values, clipped = clip_once(ratios, w, o.sparsity, o.max_sparsity)
+        else:
+            values, clipped = scale_to_mean(ratios, w, o.sparsity, o.max_sparsity)
+        if clipped and o.overflow == "clip":
+            log.warning("alpha_pruning: layers %s clipped to [0, %s] (overflow: clip), so the mean "
+                        "sparsity is below %s", clipped, o.max_sparsity, o.sparsity)
+        elif clipped:
             log.warning("alpha_pruning: layers %s clipped to [0, %s] and the others re-balanced so the "
                         "mean stays %s (epsilon %.3g is wide for this sparsity)", clipped,
                         o.max_sparsity, o.sparsity, eps)

@@ -13,7 +13,8 @@ as matmuls with float32 output (:func:`mm_f32`), so a bf16 model is never copied
 activation by activation.
 
 Per-sequence losses come from one batched backward of the summed loss: sequences do not interact,
-so ``δ`` of row b is the gradient of ``L(z_b)`` alone.
+so ``δ`` of row b is the gradient of ``L(z_b)`` alone. ``L(z)`` is the split's loss: the sum of the
+example's token cross-entropies, or their mean (``TokenizedSplit.reduction``).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def run_pass(ctx: RunContext, split: TokenizedSplit, description: str,
             if on_batch is not None and not current["muted"]:
                 on_batch(batch)
             lab = labels(batch) if labels is not None else None
-            losses = sequence_losses(ctx.model, batch, lab, sample_seed)
+            losses = sequence_losses(ctx.model, batch, lab, sample_seed, split.reduction)
             check_finite(losses, batch, split.name)
             if on_backward is not None:
                 losses.sum().backward()

@@ -1,8 +1,9 @@
 """``layerif``: per-layer influence from an estimator, aggregated into one score per layer.
 
-``I[l, i]`` (framework sign) is computed by the configured estimator plugin and saved in
-``influence.safetensors`` under the task's name; the aggregator (``positive_sum`` by default, the
-paper's "+VE" score ``S[l] = Σ_i max(−I[l, i], 0)``) turns it into ``S[l]``.
+``I[l, i]`` (framework sign, positive = helpful) is computed by the configured estimator plugin and
+saved in ``influence.safetensors`` under the task's name; the aggregator (``helpful_sum`` by default,
+the paper's "+VE" score ``S[l] = Σ_i max(I[l, i], 0)``) turns it into ``S[l]``. ``scores.json``
+records which side the aggregator summed and the share of helpful and harmful influences.
 """
 
 from __future__ import annotations
@@ -45,16 +46,25 @@ class LayerIFScorer:
 
         influence = ctx.run_dir.cached_entry("influence.safetensors", task.name, fingerprint, compute)
         values = aggregator(influence)
-        harmful = float((influence < 0).float().mean())
-        if values.numel() > 1 and bool((values == values[0]).all()):
-            why = (" (no train example is harmful through any layer: train and validation are "
-                   "probably the same distribution on a model that fits it)" if harmful == 0 else "")
-            log.warning("task '%s': %s is %g in every layer%s, so it ranks no layer and the "
-                        "allocation will be uniform; use a train set that differs from the "
-                        "validation task, or another aggregator (e.g. 'sum').", task.name,
-                        agg_spec.name, float(values[0]), why)
+        side = getattr(aggregator, "side", None)
+        helpful, harmful = (float(x.float().mean()) for x in (influence > 0, influence < 0))
+        _warn_empty_side(task.name, agg_spec.name, side, values, helpful, harmful)
         return LayerScores(values, aggregator.higher_is_better, "layerif", {
-            "estimator": est_spec.name, "aggregator": agg_spec.name,
+            "estimator": est_spec.name, "aggregator": agg_spec.name, "side": side,
+            "loss": ctx.config.scorer.loss.model_dump(),
             "n_train": len(train), "n_query": len(query), "influence_fingerprint": fingerprint,
-            "harmful_fraction": round(harmful, 4),
+            "helpful_fraction": round(helpful, 4), "harmful_fraction": round(harmful, 4),
         })
+
+
+def _warn_empty_side(task: str, aggregator: str, side: str | None, values, helpful: float,
+                     harmful: float) -> None:
+    """Warn when what the aggregator sums is empty (or the scores are constant): it ranks no layer."""
+    share = {"helpful": helpful, "harmful": harmful}.get(side or "")
+    if share == 0:
+        log.warning("task '%s': no influence is %s through any layer, so %s is 0 everywhere, ranks no "
+                    "layer and the allocation will be uniform; check the data (train and validation "
+                    "examples, loss tokens) or use another aggregator.", task, side, aggregator)
+    elif values.numel() > 1 and bool((values == values[0]).all()):
+        log.warning("task '%s': %s is %g in every layer, so it ranks no layer and the allocation "
+                    "will be uniform.", task, aggregator, float(values[0]))

@@ -31,7 +31,7 @@ def test_quickstart_writes_scores_influence_plot_and_resumes(tmp_path, smollm2):
     assert set(scores) == {"arithmetic", "capitals"}
     for task in scores.values():
         assert len(task["values"]) == 30 and task["higher_is_better"] is False
-        assert task["details"]["estimator"] == "grad_dot" and task["details"]["aggregator"] == "positive_sum"
+        assert task["details"]["estimator"] == "grad_dot" and task["details"]["aggregator"] == "helpful_sum"
     with safe_open(str(run / "influence.safetensors"), "pt") as f:
         assert {k: tuple(f.get_tensor(k).shape) for k in f.keys()} == {  # noqa: SIM118
             "arithmetic": (30, 6), "capitals": (30, 6)}

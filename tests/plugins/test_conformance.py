@@ -50,9 +50,9 @@ def test_a_broken_component_fails_with_the_reason():
 def test_plugins_check_runs_a_distribution_from_the_cli():
     from layerif_core.cli import app
 
-    out = CliRunner().invoke(app, ["plugins", "check", "top_fraction"])
+    out = CliRunner().invoke(app, ["plugins", "check", "top_helpful"])
     assert out.exit_code == 0, out.output
-    assert "aggregator" in out.output and "top_fraction" in out.output and "ok" in out.output
+    assert "aggregator" in out.output and "top_helpful" in out.output and "ok" in out.output
     assert [c.name for c in components_of("layerif-prune")] == ["prune"]
 
 

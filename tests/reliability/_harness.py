@@ -24,7 +24,7 @@ save_tiny = save_tiny_model  # a tiny random model + the char tokenizer, as a mo
 
 
 def base_config(out: Path, model_dir: Path, **changes: Any) -> dict[str, Any]:
-    """A valid config for the tiny model: one capitals task, EK-FAC + positive_sum."""
+    """A valid config for the tiny model: one capitals task, EK-FAC + helpful_sum."""
     cfg: dict[str, Any] = {
         "name": "r", "output_dir": str(out),
         "model": {"source": str(model_dir), "device": "cpu", "dtype": "float32"},
@@ -33,7 +33,7 @@ def base_config(out: Path, model_dir: Path, **changes: Any) -> dict[str, Any]:
                    "validation": {"source": "bundled:capitals", "split": "validation", "limit": 4,
                                   "max_length": 96}}],
         "scorer": {"name": "layerif", "estimator": {"name": "ekfac"},
-                   "aggregator": {"name": "positive_sum"}},
+                   "aggregator": {"name": "helpful_sum"}},
         "batch_size": 4,
     }
     cfg.update(changes)

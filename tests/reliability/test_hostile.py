@@ -214,7 +214,7 @@ def write_any(path: Path, cfg: dict) -> Path:
 
 def fuzz_base(tmp: Path, model: Path) -> dict:
     return base_config(tmp / "runs", model, scorer={"name": "layerif", "estimator": {"name": "grad_dot"},
-                                                    "aggregator": {"name": "positive_sum"}},
+                                                    "aggregator": {"name": "helpful_sum"}},
                        allocation={"name": "alpha_pruning", "options": {"sparsity": 0.5}})
 
 

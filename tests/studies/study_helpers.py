@@ -33,7 +33,7 @@ def tiny_study(model_dir: Path, output_dir: Path, **changes: Any) -> dict[str, A
                        "validation": {"source": "bundled:capitals", "split": "validation", "limit": 3,
                                       "max_length": 96}}],
             "scorer": {"name": "layerif", "estimator": {"name": "grad_dot"},
-                       "aggregator": {"name": "sum"}},
+                       "aggregator": {"name": "net_sum"}},
             "allocation": {"name": "alpha_pruning", "options": {"sparsity": 0.5, "epsilon": 0.3}},
             "application": {"name": "prune", "options": {
                 "pruner": "wanda", "save_model": False, "save_masks": False,

@@ -40,7 +40,7 @@ def paper_route(tmp: Path, lora: dict | None = None, **fields) -> RunConfig:
                   "device": "cpu"},
         "layers": {"lora_only": True},
         "scorer": {"name": "layerif", "estimator": {"name": "datainf"},
-                   "aggregator": {"name": "sum"}},
+                   "aggregator": {"name": "net_sum"}},
         "tasks": [{"name": "caps",
                    "train": {"source": "bundled:capitals", "limit": 6, "max_length": 96},
                    "validation": {"source": "bundled:capitals", "split": "validation", "limit": 3,

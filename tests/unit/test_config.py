@@ -17,7 +17,7 @@ def test_minimal_config_gets_documented_defaults():
     cfg = load_config(data={"tasks": [TASK]})
     assert cfg.model.source == "embedded:smollm2-135m"
     assert cfg.model.trust_remote_code is False
-    assert cfg.scorer.aggregator.name == "positive_sum"
+    assert cfg.scorer.aggregator.name == "helpful_sum"
 
 
 def test_unknown_key_suggests_closest_name():

@@ -120,7 +120,7 @@ def test_datainf_tracks_the_exact_solve_on_lora_parameters(tmp_path):
     dot = reg.build("estimator", "grad_dot").influence(ctx, train, query)
     rho_entries = spearman(got.flatten(), want.flatten())
     rho_dot = spearman(dot.flatten(), want.flatten())
-    agg = reg.build("aggregator", "positive_sum")
+    agg = reg.build("aggregator", "helpful_sum")
     rho_layers = spearman(agg(got), agg(want))
     print(f"Spearman vs exact: datainf I[l,i] {rho_entries:.3f} (grad_dot {rho_dot:.3f}), "
           f"datainf per-block S {rho_layers:.3f}")

@@ -1,5 +1,6 @@
 """DataInf on a hand-built case against the LayerIF authors' formulas, and the paper's score variants
-(positive_sum "+VE", top_fraction, sum "ALL") against hand-computed vectors.
+(helpful_sum "+VE", top_helpful "TOP-25%", net_sum "ALL", and the reverse harmful_sum / top_harmful)
+against hand-computed vectors.
 
 The reference below restates, with plain loops over dicts, what HadiAskari/Expert_Allocation
 ``LayerIF_Computation/influence.py`` (``IFEngineGeneration``) computes: a λ per weight tensor from the
@@ -67,30 +68,32 @@ def test_influence_is_minus_the_authors_summed_influence():
 
 def test_scores_from_the_authors_influence():
     tr, val = hand_built(n_train=8, seed=1)
-    paper = authors_influence(tr, val)  # positive = harmful
+    paper = authors_influence(tr, val)  # negative = helpful
     I = ours(tr, val)[None].float()  # framework sign, one layer
     reg = get_registry()
-    # "+VE": the sum of the positive paper-sign influences (architecture §4)
-    got = reg.build("aggregator", "positive_sum")(I)
-    torch.testing.assert_close(got, paper.clamp(min=0).sum()[None].float(), rtol=1e-5, atol=1e-6)
-    # "ALL": the plain sum
-    got = reg.build("aggregator", "sum")(I)
-    torch.testing.assert_close(got, paper.sum()[None].float(), rtol=1e-5, atol=1e-5)
-    # the notebook's cell that deletes the positive entries keeps the helpful side: −helpful_sum
-    notebook_nonpositive = paper[paper <= 0].sum()
+    # "+VE" (the notebook's cell "Only positive IF Values"): delete the entries > 0, sum the rest;
+    # in layerif's sign (and magnitude) that is Σ max(I, 0)
     got = reg.build("aggregator", "helpful_sum")(I)
-    torch.testing.assert_close(got, -notebook_nonpositive[None].float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, -paper[paper <= 0].sum()[None].float(), rtol=1e-5, atol=1e-6)
+    # "ALL": the plain sum
+    got = reg.build("aggregator", "net_sum")(I)
+    torch.testing.assert_close(got, -paper.sum()[None].float(), rtol=1e-5, atol=1e-5)
+    # the reverse experiment sums the entries the notebook deletes
+    got = reg.build("aggregator", "harmful_sum")(I)
+    torch.testing.assert_close(got, paper[paper > 0].sum()[None].float(), rtol=1e-5, atol=1e-6)
 
 
-def test_positive_sum_sum_top_fraction_by_hand():
-    # framework sign: -I is the paper's (harmful-positive) influence
+def test_helpful_harmful_net_and_top_by_hand():
+    # framework sign: I > 0 helpful
     I = torch.tensor([[1.0, -2.0, 3.0, -4.0, 0.5, -0.5, 2.0, -1.0],
                       [-3.0, -3.0, 1.0, 1.0, 1.0, 1.0, -6.0, 0.0]])
     reg = get_registry()
-    torch.testing.assert_close(reg.build("aggregator", "positive_sum")(I), torch.tensor([7.5, 12.0]))
-    torch.testing.assert_close(reg.build("aggregator", "sum")(I), torch.tensor([1.0, 8.0]))
-    # top 25% of 8 = the 2 largest harmful values: {4, 2} and {6, 3}
-    torch.testing.assert_close(reg.build("aggregator", "top_fraction")(I), torch.tensor([6.0, 9.0]))
-    # fraction 0.5: the 4 largest: {4, 2, 1, 0.5} and {6, 3, 3, 0}
-    top_half = reg.build("aggregator", "top_fraction", {"fraction": 0.5})
-    torch.testing.assert_close(top_half(I), torch.tensor([7.5, 12.0]))
+    torch.testing.assert_close(reg.build("aggregator", "helpful_sum")(I), torch.tensor([6.5, 4.0]))
+    torch.testing.assert_close(reg.build("aggregator", "harmful_sum")(I), torch.tensor([7.5, 12.0]))
+    torch.testing.assert_close(reg.build("aggregator", "net_sum")(I), torch.tensor([-1.0, -8.0]))
+    # top 25% of 8 = the 2 largest: {3, 2} and {1, 1}; harmful side {4, 2} and {6, 3}
+    torch.testing.assert_close(reg.build("aggregator", "top_helpful")(I), torch.tensor([5.0, 2.0]))
+    torch.testing.assert_close(reg.build("aggregator", "top_harmful")(I), torch.tensor([6.0, 9.0]))
+    # fraction 0.5: the 4 largest: {3, 2, 1, 0.5} and {1, 1, 1, 1}
+    top_half = reg.build("aggregator", "top_helpful", {"fraction": 0.5})
+    torch.testing.assert_close(top_half(I), torch.tensor([6.5, 4.0]))

@@ -26,7 +26,7 @@ def test_finetune_then_datainf_on_smollm2(tmp_path):
                                   "max_length": 48}}],
         "finetune": {"epochs": 1, "batch_size": 8, "rank": 4, "learning_rate": 1e-3,
                      "target_modules": ["q_proj", "v_proj"]},
-        "scorer": {"estimator": {"name": "datainf"}, "aggregator": {"name": "positive_sum"}},
+        "scorer": {"estimator": {"name": "datainf"}, "aggregator": {"name": "helpful_sum"}},
     })
     tuned = finetune(cfg, model=model, tokenizer=tokenizer, show_progress=False)
     assert tuned.steps == 1 and all(torch.isfinite(torch.tensor(tuned.losses)))
@@ -39,5 +39,5 @@ def test_finetune_then_datainf_on_smollm2(tmp_path):
     scores = compute_layer_scores(ctx)["capitals"]
     influence = ctx.run_dir.read_tensors("influence.safetensors")[0]["capitals"]
     assert influence.shape == (30, 8) and torch.isfinite(influence).all()
-    torch.testing.assert_close(scores.values, get_registry().build("aggregator", "positive_sum")(influence))
+    torch.testing.assert_close(scores.values, get_registry().build("aggregator", "helpful_sum")(influence))
     assert scores.higher_is_better is False and scores.values.gt(0).any()

@@ -1,5 +1,5 @@
 """The paper's route through the CLI on a tiny model saved to disk: `layerif finetune`, then
-`layerif scores` with datainf on the adapter's LoRA parameters, positive_sum and smoothing."""
+`layerif scores` with datainf on the adapter's LoRA parameters, helpful_sum and smoothing."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def write_config(tmp_path, adapter):
                    "validation": {"source": "bundled:capitals", "split": "validation", "limit": 3,
                                   "max_length": 64}}],
         "finetune": {"epochs": 1, "batch_size": 4, "rank": 2, "learning_rate": 1e-2},
-        "scorer": {"estimator": {"name": "datainf"}, "aggregator": {"name": "positive_sum"},
+        "scorer": {"estimator": {"name": "datainf"}, "aggregator": {"name": "helpful_sum"},
                    "postprocess": {"smooth": True}},
     }
     path = tmp_path / "paper.yaml"

@@ -30,7 +30,7 @@ def _emit() -> None:
     warnings.warn_explicit("Could not find a config file", UserWarning, "peft/utils/save.py", 1,
                            module="peft.utils.save")
     logging.getLogger("transformers.modeling_utils").warning("is_gradient_checkpointing is deprecated")
-    logging.getLogger("layerif").warning("positive_sum is 0 in every layer; use another aggregator")
+    logging.getLogger("layerif").warning("helpful_sum is 0 in every layer; use another aggregator")
 
 
 def test_third_party_warnings_are_kept_in_the_run_log(cli_logging, tmp_path, capsys):
@@ -38,10 +38,10 @@ def test_third_party_warnings_are_kept_in_the_run_log(cli_logging, tmp_path, cap
     _emit()
     logs.attach_run_log(tmp_path)
     err = capsys.readouterr().err
-    assert "positive_sum is 0 in every layer" in err
+    assert "helpful_sum is 0 in every layer" in err
     assert "Could not find a config file" not in err and "is_gradient_checkpointing" not in err
     text = (tmp_path / "log.txt").read_text()
-    for message in ("Could not find a config file", "is_gradient_checkpointing", "positive_sum is 0"):
+    for message in ("Could not find a config file", "is_gradient_checkpointing", "helpful_sum is 0"):
         assert message in text
 
 

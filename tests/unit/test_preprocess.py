@@ -35,9 +35,9 @@ def test_minmax_of_constant_scores_is_zero():
     assert minmax(torch.full((5,), 3.0)).eq(0).all()
 
 
-def test_savgol_equals_local_least_squares_on_abs_minmaxed():
+def test_savgol_equals_local_least_squares_on_minmaxed_signed_scores():
     raw = torch.tensor([-5.0, 1.0, 4.0, -2.0, 8.0, 3.0, -7.0, 2.0, 6.0, 0.5, -1.0])
-    x = np.abs(raw.numpy().astype(np.float64))
+    x = raw.numpy().astype(np.float64)  # signed (net_sum): min-max keeps the order
     x = (x - x.min()) / (x.max() - x.min())
     want = local_cubic_fit(x, 7, 3)
     np.testing.assert_allclose(savgol_smooth(raw, 7, 3).numpy(), want, rtol=1e-10, atol=1e-12)
@@ -47,9 +47,9 @@ def test_savgol_window_shrinks_to_the_number_of_layers():
     assert savgol_window(3, 7, 3) == (3, 2)
     assert savgol_window(6, 7, 3) == (5, 3)
     assert savgol_window(32, 7, 3) == (7, 3)
-    # a quadratic through 3 points is exact: smoothing 3 layers only takes |S| and min-maxes it
+    # a quadratic through 3 points is exact: smoothing 3 layers only min-maxes S
     raw = torch.tensor([3.0, -1.0, 2.0])
-    torch.testing.assert_close(savgol_smooth(raw, 7, 3), torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(savgol_smooth(raw, 7, 3), torch.tensor([1.0, 0.0, 0.75], dtype=torch.float64))
 
 
 def test_postprocess_keeps_direction_and_raw_values():

@@ -16,9 +16,10 @@ from layerif_core.registry import load_registry
 def test_builtins_register_through_the_hooks():
     reg = load_registry(entry_points=False)
     assert {"grad_dot"} <= set(reg.names("estimator"))
-    assert {"positive_sum", "sum", "top_fraction"} <= set(reg.names("aggregator"))
+    assert {"helpful_sum", "top_helpful", "net_sum", "harmful_sum", "top_harmful"} <= set(
+        reg.names("aggregator"))
     assert isinstance(reg.build("estimator", "grad_dot"), Estimator)
-    assert isinstance(reg.build("aggregator", "positive_sum"), Aggregator)
+    assert isinstance(reg.build("aggregator", "helpful_sum"), Aggregator)
     assert isinstance(reg.build("scorer", "layerif"), Scorer)
     assert all(c.provider == "layerif" for c in reg.all())
 
@@ -32,9 +33,9 @@ def test_unknown_name_lists_registered_ones_and_suggests():
 
 def test_options_are_validated_by_the_component():
     reg = load_registry(entry_points=False)
-    assert reg.build("aggregator", "top_fraction", {"fraction": 0.5}).fraction == 0.5
+    assert reg.build("aggregator", "top_helpful", {"fraction": 0.5}).fraction == 0.5
     with pytest.raises(ConfigError, match=r"has no option 'fracton' \(did you mean 'fraction'\?\)"):
-        reg.build("aggregator", "top_fraction", {"fracton": 0.5})
+        reg.build("aggregator", "top_helpful", {"fracton": 0.5})
     with pytest.raises(ConfigError, match="takes no options"):
         reg.build("estimator", "grad_dot", {"damping": 1})
 

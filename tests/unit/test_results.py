@@ -17,7 +17,7 @@ def test_equal_scores_share_the_best_rank_of_their_group():
 def test_score_table_shows_the_direction_and_the_tie_rule(capsys):
     from layerif_core.cli import _print_scores
 
-    scores = LayerScores(torch.tensor([0.0, 0.0, 2.0]), higher_is_better=False, scorer="positive_sum")
+    scores = LayerScores(torch.tensor([0.0, 0.0, 2.0]), higher_is_better=False, scorer="layerif")
     _print_scores({"capitals": scores})
     text = capsys.readouterr().out
     out = " ".join(text.split())
