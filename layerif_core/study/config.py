@@ -45,6 +45,18 @@ class MetricSpec(StudyStrict):
         None, description="Which direction wins ('none': a measurement such as the achieved "
         "sparsity, no best and no wins); default: lower for names with 'perplexity', 'ppl' or "
         "'loss', higher otherwise.")
+    target_effect: float | None = Field(
+        None, gt=0, description="The smallest paired difference to the control worth detecting, in "
+        "the metric's units (e.g. 0.0023 for the paper's +0.23 accuracy points); the report then "
+        "gives, per comparison, how many seeds detect it with 80% power at the spread the study "
+        "observed (the 'seeds for target' column). Must be > 0.")
+
+    @model_validator(mode="after")
+    def _target_needs_a_direction(self) -> MetricSpec:
+        if self.target_effect is not None and self.better == "none":
+            raise ValueError(f"metric '{self.name}' is a measurement (better: none) and has no "
+                             "target effect; remove target_effect or set better: lower or higher")
+        return self
 
     def goal(self) -> Literal["lower", "higher", "none"]:
         if self.better is not None:
@@ -69,8 +81,8 @@ class StudyConfig(StudyStrict):
         "2:4 pruning with Wanda only).")
     seeds: list[int] = Field([0], min_length=1, description="Seeds (run config `seed`) of each cell.")
     metrics: list[MetricSpec] = Field(
-        default_factory=list, description="Metrics of the report (name or {name, better}); default: "
-        "every metric the cells report.")
+        default_factory=list, description="Metrics of the report (name or {name, better, "
+        "target_effect}); default: every metric the cells report.")
     test: Literal["t", "wilcoxon"] = Field(
         "t", description="Paired test of an arm against the control over seeds: paired t "
         "(scipy.stats.ttest_rel) or Wilcoxon signed-rank (scipy.stats.wilcoxon).")

@@ -6,7 +6,9 @@
   deviation, n the seeds); the paired difference to the control arm on the same seed (arm − control)
   with the p-value of a paired test (paired t, ``scipy.stats.ttest_rel``, or Wilcoxon signed-rank,
   ``scipy.stats.wilcoxon``; two-sided); wins / ties / losses over the seeds; the best mean of every
-  column in bold;
+  column in bold; the power of each comparison: the minimum detectable effect at 80% power from the
+  observed spread of the paired differences, and the seeds a metric's ``target_effect`` needs
+  (:mod:`layerif_core.study.power`);
 - ``plots/``: each metric against each grid axis (one line per arm, 95% CI band), the per-layer
   allocation of every arm (heat map), the arms' layer score profiles;
 - ``report.html``: one self-contained page (plots embedded as PNG) with the tables, the study
@@ -32,6 +34,7 @@ from typing import Any
 
 from layerif_core.errors import closest
 from layerif_core.study.config import MetricSpec, StudyConfig, StudyError
+from layerif_core.study.power import MAX_SEEDS, paired_power
 
 
 @dataclass
@@ -145,7 +148,7 @@ def summarize(data: StudyData) -> dict[str, Any]:
     for spec in metric_specs(data):
         goal = spec.goal()
         entry: dict[str, Any] = {"name": spec.name, "better": goal, "dense": data.dense.get(spec.name),
-                                 "points": []}
+                                 "target_effect": spec.target_effect, "points": []}
         for values in data.points():
             point = tuple(json.dumps(v, sort_keys=True) for v in values)
             rows = []
@@ -167,7 +170,8 @@ def summarize(data: StudyData) -> dict[str, Any]:
                         "p": paired_p(a, c, data.study.test),
                         "wins": sum(1 for g, t in zip(gains, ties, strict=True) if not t and g > 0),
                         "ties": sum(ties),
-                        "losses": sum(1 for g, t in zip(gains, ties, strict=True) if not t and g < 0)}
+                        "losses": sum(1 for g, t in zip(gains, ties, strict=True) if not t and g < 0),
+                        "power": paired_power(diffs, data.study.test, spec.target_effect).to_json()}
                 rows.append(row)
             finite = [r for r in rows if r["n"]]
             if finite and goal != "none":
@@ -220,9 +224,63 @@ def tables(summary: dict[str, Any], axes: list[str]) -> list[dict[str, Any]]:
                 dcells.append(f"{fmt(d['diff_mean'])} (p={fmt(d['p'])}{wtl})")
             overall = f"{total[0]}/{total[1]}/{total[2]}" if m["better"] != "none" else "–"
             diffs.append([arm] + dcells + [overall])
+        power = power_table(m, summary, axes) if m["better"] != "none" else None
         out.append({"metric": m["name"], "better": m["better"], "dense": m["dense"],
-                    "values": (header, values), "diffs": (header + ["all W/T/L"], diffs)})
+                    "values": (header, values), "diffs": (header + ["all W/T/L"], diffs),
+                    "power": power})
     return out
+
+
+FOOTNOTE_MARKS = "¹²³⁴"
+
+
+def power_table(m: dict[str, Any], summary: dict[str, Any], axes: list[str]) -> dict[str, Any] | None:
+    """The power of every comparison with the control of metric ``m``: one row per arm and grid
+    point, with its MDE at 80% power and, when the metric has a target effect, the seeds it needs;
+    a missing figure is "n/a" with a footnote saying why."""
+    target = m.get("target_effect")
+    header = (["arm"] + (["grid point"] if axes else []) + ["pairs", "SD of differences", "MDE (80%)"]
+              + (["seeds for target"] if target else []))
+    notes: list[str] = []
+
+    def missing(note: str) -> str:
+        if note not in notes:
+            notes.append(note)
+        return "n/a" + FOOTNOTE_MARKS[notes.index(note)]
+
+    rows = []
+    for p in m["points"]:
+        for r in p["rows"]:
+            if r["arm"] == summary["control"]:
+                continue
+            pw = r["paired"]["power"]
+            row = [r["arm"]] + ([point_label(p["grid"], axes)] if axes else [])
+            row += [str(pw["n"]), fmt(pw["sd"]),
+                    fmt(pw["mde"]) if pw["mde"] is not None else missing(pw["note"])]
+            if target:
+                row.append(str(pw["seeds_for_target"]) if pw["seeds_for_target"] is not None
+                           else f"> {MAX_SEEDS}" if pw["seeds_over_cap"] else missing(pw["note"]))
+            rows.append(row)
+    if not rows:
+        return None
+    return {"header": header, "rows": rows, "explain": power_sentence(summary["test"], target),
+            "notes": [f"{FOOTNOTE_MARKS[i]} {note}." for i, note in enumerate(notes)]}
+
+
+def power_sentence(test: str, target: float | None) -> str:
+    """What the power columns mean, in plain words."""
+    name = "paired t-test" if test == "t" else "Wilcoxon signed-rank test"
+    text = (f"MDE (80%) is the smallest true difference to the control, either way, that a {name} "
+            "over this many paired seeds would find significant (two-sided p < 0.05) in 80% of "
+            "repeats of the study, given the spread of the paired differences seen here (SD), so a "
+            "smaller difference that came out non-significant may be real but needs more seeds")
+    if test == "wilcoxon":
+        text += (" (for the Wilcoxon test an approximation through its efficiency relative to the "
+                 "t-test, optimistic below about 10 pairs)")
+    if target:
+        text += (f"; seeds for target is how many seeds the same test needs to detect a difference "
+                 f"of {fmt(target)} with 80% power at that spread")
+    return text + "."
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -251,6 +309,10 @@ def markdown(data: StudyData, summary: dict[str, Any]) -> str:
         lines += _md_table(*t["values"]) + [""]
         if t["diffs"][1]:
             lines += ["Paired difference to the control:", ""] + _md_table(*t["diffs"]) + [""]
+        if t["power"]:
+            pw = t["power"]
+            lines += ["Power of the paired comparison:", ""] + _md_table(pw["header"], pw["rows"])
+            lines += ["", pw["explain"], ""] + [f"{n}  " for n in pw["notes"]] + ([""] if pw["notes"] else [])
     if data.failed:
         lines += ["## Failed cells", ""]
         lines += [f"- `{c['id']}`: {c['error']['type']}: {c['error']['message'].splitlines()[0]}"
@@ -437,6 +499,11 @@ def write_html(data: StudyData, summary: dict[str, Any], plots: list[Path], path
         parts.append(_html_table(*t["values"]))
         if t["diffs"][1]:
             parts.append("<p>Paired difference to the control:</p>" + _html_table(*t["diffs"]))
+        if t["power"]:
+            pw = t["power"]
+            parts.append("<p>Power of the paired comparison:</p>" + _html_table(pw["header"], pw["rows"])
+                         + f"<p>{html.escape(pw['explain'])}</p>"
+                         + "".join(f"<p><small>{html.escape(n)}</small></p>" for n in pw["notes"]))
     parts.append("<h2>Plots</h2>")
     for p in plots:
         b64 = base64.b64encode(p.read_bytes()).decode()
