@@ -22,13 +22,15 @@ def _alloc(name: str, scores: list[float], higher_is_better: bool = False, **opt
     return REG.build("allocator", name, options).allocate(s)
 
 
-def _hamilton(shares: list[Fraction], units: int) -> list[int]:
-    """Largest-remainder rounding in exact rational arithmetic (ties: lower index)."""
+def _hamilton(shares: list[Fraction], units: int, higher_first: bool = True) -> list[int]:
+    """Largest-remainder rounding in exact rational arithmetic (ties: the higher index first, as the
+    LayerIF authors' scale_values_final; or the lower)."""
     total = sum(shares)
     quotas = [s / total * units for s in shares]
     base = [q.numerator // q.denominator for q in quotas]
     left = units - sum(base)
-    order = sorted(range(len(shares)), key=lambda i: (-(quotas[i] - base[i]), i))
+    order = sorted(range(len(shares)), key=lambda i: (-(quotas[i] - base[i]),
+                                                      -i if higher_first else i))
     for i in order[:left]:
         base[i] += 1
     return base
@@ -63,13 +65,23 @@ def test_a_worse_layer_never_gets_fewer_experts(scores, higher):
 
 
 def test_matches_the_formula_with_hamilton_rounding():
-    scores = [0.3, 2.0, 1.1, 0.0, 0.7, 1.6, 0.2]  # higher = worse (harmful influence)
+    scores = [0.3, 2.0, 1.1, 0.0, 0.7, 1.6, 0.2]  # higher = worse (more influence flows)
     total, m, beta = 30, 2, 3.0
     a = _alloc("alphalora_experts", scores, total=total, min_per_layer=m, beta=beta)
     lo, hi = Fraction(min(scores)), Fraction(max(scores))
     w = [(Fraction(s) - lo) / (hi - lo) for s in scores]
     expected = [m + e for e in _hamilton([x ** 3 for x in w], total - len(scores) * m)]
     assert a.values == expected
+
+
+def test_remainder_ties_go_to_the_higher_layer_index():
+    # layers 1 and 2 tie: 3 experts beyond the minimum split 1.5 / 1.5, the one left goes to layer 2
+    scores = [0.0, 1.0, 1.0]
+    a = _alloc("alphalora_experts", scores, total=6, beta=3.0)
+    assert a.values == [1, 2, 3]
+    w = [Fraction(0), Fraction(1), Fraction(1)]
+    assert a.values == [1 + e for e in _hamilton(w, 3)]
+    assert a.values != [1 + e for e in _hamilton(w, 3, higher_first=False)]
 
 
 def test_higher_is_better_flips_the_direction():

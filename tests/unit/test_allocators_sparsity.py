@@ -89,6 +89,22 @@ def test_wide_epsilon_is_clipped_and_rebalanced_with_the_mean_exact(caplog):
     assert torch.allclose(v[free] / r[free], (v[free] / r[free])[0].expand(len(free)), rtol=1e-12)
 
 
+def test_overflow_clip_only_clips_as_ww_sparsity_does(caplog):
+    """AlphaPruning's ww_sparsity: η = s·Σp / Σ p·r once, then every ratio above 0.99 set to 0.99
+    (no re-balancing: the mean falls below s)."""
+    scores, weights = _random_case(11)
+    a = _alloc("alpha_pruning", scores, weights, sparsity=0.8, epsilon=0.5, overflow="clip")
+    x = torch.tensor(scores, dtype=torch.float64)
+    w = torch.tensor(weights, dtype=torch.float64)
+    r = (x - x.min()) / (x.max() - x.min()) * 1.0 + 0.5  # [1 − ε, 1 + ε]
+    want = (r * 0.8 * w.sum() / (w * r).sum()).clamp(max=0.99)
+    assert a.details["clipped"] and "overflow: clip" in caplog.text
+    torch.testing.assert_close(torch.tensor(a.values, dtype=torch.float64), want, rtol=1e-12, atol=0)
+    assert float((want * w).sum() / w.sum()) < 0.8
+    rebalanced = _alloc("alpha_pruning", scores, weights, sparsity=0.8, epsilon=0.5)
+    assert rebalanced.values != a.values
+
+
 def test_epsilon_above_one_pins_the_best_layers_at_zero():
     a = _alloc("alpha_pruning", [0.0, 1.0, 2.0, 3.0], [1, 1, 1, 1], sparsity=0.4, epsilon=1.5)
     assert a.values[0] == 0.0 and 0 in a.details["clipped"]

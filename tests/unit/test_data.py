@@ -316,3 +316,22 @@ def test_the_bundled_text_and_its_licence_are_package_data():
     assert files == ["wikitext2/LICENSE", "wikitext2/README.md", "wikitext2/test.txt.gz",
                      "wikitext2/validation.txt.gz"]
     assert all(any(fnmatch(f, pat) for pat in patterns) for f in files)
+
+
+def test_scorer_loss_sets_the_tokens_and_reduction_of_both_splits(tmp_path):
+    """scorer.loss: tokens 'all' puts the prompt in the loss of train and validation (the LayerIF
+    authors' labels = input_ids), and the reduction is part of the splits' fingerprints."""
+    from conftest import make_ctx
+    from layerif_core.pipeline import load_task_splits
+
+    def splits(loss):
+        ctx = make_ctx(tmp_path / str(len(loss)), scorer={"loss": loss})
+        return load_task_splits(ctx, ctx.config.tasks[0])
+
+    answer_only, _ = splits({})
+    everything, query = splits({"tokens": "all"})
+    mean, _ = splits({"tokens": "all", "reduction": "mean"})
+    assert all(IGNORE in lab for lab in answer_only.labels)
+    assert everything.labels == everything.input_ids and query.labels == query.input_ids
+    assert mean.reduction == "mean" and everything.reduction == "sum"
+    assert len({answer_only.fingerprint, everything.fingerprint, mean.fingerprint}) == 3

@@ -69,3 +69,22 @@ def test_a_small_change_of_the_distribution_changes_few_draws():
     changed = float((sample_labels(logits, batch, 0) != sample_labels(near, batch, 0)).float().mean())
     assert 0.005 < tv < 0.05
     assert changed <= 3 * tv, (changed, tv)
+
+
+def test_mean_reduction_is_the_hugging_face_loss_of_each_example():
+    """labels = input_ids, one example per forward: the HF loss is the mean over its T − 1 predicted
+    tokens; batched and right-padded, each row still gets its own example's mean."""
+    from conftest import tiny_model
+    from layerif_core.losses import sequence_losses
+
+    model = tiny_model("llama").eval()
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 50, (n,), generator=gen) for n in (7, 12, 4)]
+    batch = batch_of(rows, [r.clone() for r in rows])
+    with torch.no_grad():
+        got = sequence_losses(model, batch, reduction="mean")
+        summed = sequence_losses(model, batch)
+        for b, row in enumerate(rows):
+            hf = model(input_ids=row[None], labels=row[None]).loss
+            torch.testing.assert_close(got[b], hf, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(summed[b], hf * (len(row) - 1), rtol=1e-5, atol=1e-5)
