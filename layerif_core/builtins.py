@@ -68,6 +68,8 @@ def layerif_register_scorers(register) -> None:
              help="Control: every layer equal (uniform allocation).")
     register("random", f"{_SCO}.controls:RandomScorer", options=f"{_SCO_OPTS}:RandomOptions",
              help="Control: seeded U(0, 1) score per layer.")
+    register("depth", f"{_SCO}.controls:DepthScorer",
+             help="Control: the layer index (deeper = more sparsity / experts), a depth ramp.")
 
 
 @hookimpl

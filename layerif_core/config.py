@@ -71,7 +71,10 @@ class DataSpec(Strict):
     loss_on: Literal["completion", "all"] = Field(
         "completion", description="Which tokens count in the loss when a completion is given."
     )
-    limit: int | None = Field(None, ge=1, description="Use only the first `limit` examples.")
+    skip: int = Field(0, ge=0, description="Leave out the first `skip` records (before `limit`), e.g. "
+                      "to take validation windows from another part of a text than the training ones.")
+    limit: int | None = Field(None, ge=1, description="Use only the first `limit` examples (after "
+                              "`skip`).")
     max_length: int | None = Field(
         None, ge=2, description="Truncate sequences to this many tokens (default: the model's context)."
     )

@@ -102,7 +102,8 @@ class TokenizedSplit:
 
 
 def load_records(spec: DataSpec, seed: int = 0) -> list[dict[str, Any]]:
-    """The raw records of ``spec`` (before templating), at most ``spec.limit`` of them."""
+    """The raw records of ``spec`` (before templating): after the first ``spec.skip``, at most
+    ``spec.limit`` of them."""
     if spec.source.startswith("bundled:"):
         records = _bundled(spec, seed)
     else:
@@ -111,6 +112,10 @@ def load_records(spec: DataSpec, seed: int = 0) -> list[dict[str, Any]]:
             records = _local(spec, path)
         else:
             records = _hub(spec)
+    if spec.skip and spec.skip >= len(records):
+        raise DataError(f"dataset '{spec.source}' (split '{spec.split}') has {len(records)} records, "
+                        f"no more than skip {spec.skip}; lower skip.")
+    records = records[spec.skip:]
     if spec.limit is not None:
         records = records[: spec.limit]
     if not records:
@@ -135,8 +140,8 @@ def _bundled(spec: DataSpec, seed: int) -> list[dict[str, Any]]:
 
 
 def bundled_text(spec: DataSpec) -> str | None:
-    """The text of a bundled corpus as its file reads (lines joined by newlines; the first
-    ``spec.limit`` lines with a limit), or None when ``spec`` names no bundled corpus. For readers of
+    """The text of a bundled corpus as its file reads (lines joined by newlines; ``spec.skip`` and
+    ``spec.limit`` select lines), or None when ``spec`` names no bundled corpus. For readers of
     whole texts (perplexity, calibration)."""
     from layerif_core.tasks import TEXTS
 

@@ -1,9 +1,11 @@
-"""The controls of every layer-score comparison: ``uniform`` (every layer equal) and ``random``
-(independent U(0, 1) scores from a seeded generator).
+"""The controls of every layer-score comparison: ``uniform`` (every layer equal), ``random``
+(independent U(0, 1) scores from a seeded generator) and ``depth`` (the layer index).
 
 Under any allocator, ``uniform`` reproduces the uniform allocation (equal sparsity, equal experts);
-``random`` is the chance level a data-driven or model-only score has to beat. Neither carries a
-direction, so both state ``higher_is_better=False`` (a higher random score is treated as worse).
+``random`` is the chance level a data-driven or model-only score has to beat; ``depth`` is the plain
+rule "deeper layers get more" (through ``alpha_pruning``: sparsity rising linearly with depth), so a
+gain that only reflects where in the stack the budget goes shows as such. None is measured from the
+model, so all state ``higher_is_better=False`` (a higher score is treated as worse).
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ class UniformScorer:
 
     def score(self, ctx: RunContext, task: TaskSpec) -> LayerScores:
         return LayerScores(torch.ones(len(ctx.layer_map)), False, "uniform")
+
+
+class DepthScorer:
+    """The layer index ``l`` as the score: deeper layers are treated as worse trained."""
+
+    def score(self, ctx: RunContext, task: TaskSpec) -> LayerScores:
+        return LayerScores(torch.arange(len(ctx.layer_map), dtype=torch.float32), False, "depth")
 
 
 class RandomScorer:

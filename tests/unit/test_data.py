@@ -335,3 +335,11 @@ def test_scorer_loss_sets_the_tokens_and_reduction_of_both_splits(tmp_path):
     assert everything.labels == everything.input_ids and query.labels == query.input_ids
     assert mean.reduction == "mean" and everything.reduction == "sum"
     assert len({answer_only.fingerprint, everything.fingerprint, mean.fingerprint}) == 3
+
+
+def test_skip_leaves_out_the_first_records_before_limit(tmp_path):
+    every = load_records(DataSpec(source="bundled:wikitext2", split="validation", limit=30))
+    part = load_records(DataSpec(source="bundled:wikitext2", split="validation", skip=10, limit=5))
+    assert part == every[10:15]
+    with pytest.raises(DataError, match="no more than skip"):
+        load_records(DataSpec(source="bundled:capitals", skip=10_000))

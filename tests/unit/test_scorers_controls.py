@@ -1,13 +1,14 @@
-"""The uniform and random controls, and that `layerif scores` records whichever scorer ran."""
+"""The uniform, random and depth controls, and that `layerif scores` records whichever scorer ran."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import make_ctx
-from layerif_core.pipeline import compute_layer_scores, score_task
+from layerif_core.pipeline import allocate, compute_layer_scores, score_task
 from layerif_core.testing import save_tiny_model
 
 
@@ -21,6 +22,18 @@ def test_uniform_scores_every_layer_equally(tmp_path):
     scores = score_task(ctx, ctx.config.tasks[0])
     assert scores.values.tolist() == [1.0] * len(ctx.layer_map)
     assert scores.scorer == "uniform"
+
+
+def test_depth_ramps_the_sparsity_linearly_with_the_layer_index(tmp_path):
+    ctx = make_ctx(tmp_path, scorer={"name": "depth"},
+                   allocation={"name": "alpha_pruning", "options": {"sparsity": 0.5, "epsilon": 0.2}})
+    scores = score_task(ctx, ctx.config.tasks[0])
+    n = len(ctx.layer_map)
+    assert scores.values.tolist() == list(range(n)) and scores.higher_is_better is False
+    sparsity = allocate(ctx, {"arith": scores})["arith"].values
+    steps = [b - a for a, b in zip(sparsity, sparsity[1:], strict=False)]
+    assert all(s > 0 for s in steps) and max(steps) - min(steps) < 1e-12
+    assert sparsity[0] * 1.2 == pytest.approx(sparsity[-1] * 0.8)  # the ends of [1 − ε, 1 + ε]
 
 
 def test_random_is_deterministic_for_a_seed(tmp_path):
