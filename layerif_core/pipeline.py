@@ -186,11 +186,12 @@ def allocate(ctx: RunContext, scores: dict[str, LayerScores]) -> dict[str, Alloc
 
 def allocation_weights(ctx: RunContext) -> list[int]:
     """Parameters per layer that an allocation's budget is counted in: those of the modules the
-    application acts on, the base linear modules (:func:`~layerif_core.scope.application_layers`),
-    not the LoRA tensors a ``lora_only`` run scores through."""
-    if not ctx.config.layers.lora_only:
+    application acts on, every base linear module (:func:`~layerif_core.scope.application_layers`),
+    not the subset or the LoRA tensors a run scores through."""
+    spec = application_layers(ctx.config.layers)
+    if spec is ctx.config.layers:
         return ctx.layer_map.num_params()
-    return LayerMap(ctx.model, application_layers(ctx.config.layers)).num_params()
+    return LayerMap(ctx.model, spec).num_params()
 
 
 @dataclass

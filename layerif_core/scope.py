@@ -43,11 +43,11 @@ def base_model(model: nn.Module, merge: bool = False) -> nn.Module:
 
 
 def application_layers(spec: LayerSpec) -> LayerSpec:
-    """The layer selection an application acts on: the base linear modules of every block.
+    """The layer selection an application acts on: every base linear module of every block.
 
-    ``layers.modules`` (all / attention / mlp) carries over; with ``lora_only`` the regex describes
-    LoRA tensor names, so it is dropped and every base linear module of the chosen kind is used.
+    Scoring may look through a few modules (the LayerIF authors score the self-attention q, k, v, o
+    weights; ``layers.lora_only`` scores LoRA tensors) while the allocation is applied to the whole
+    block, as every pruning paper prunes all of a block's linear layers and LoRA-MoE picks its own
+    target modules. A selection of the scored modules therefore does not carry over.
     """
-    if not spec.lora_only:
-        return spec
-    return LayerSpec(modules=spec.modules, regex=None, lora_only=False)
+    return spec if spec == LayerSpec() else LayerSpec()

@@ -121,3 +121,26 @@ def test_lora_moe_through_a_scoring_adapter_builds_experts_on_the_base_model(tmp
     assert spec["experts"] == experts
     assert spec["targets"] == [f"model.layers.{layer}.self_attn.{m}" for layer in range(3)
                                for m in ("q_proj", "v_proj")]
+
+
+def test_scoring_attention_only_prunes_every_linear_module(tmp_path):
+    """The LayerIF authors score the attention weights and prune whole blocks: a `layers.modules`
+    selection is the scoring scope, not the pruning scope."""
+    from layerif_prune.command import run_prune
+
+    model_dir, _ = save_tiny(tmp_path)
+    cfg = RunConfig.model_validate({
+        "name": "attn", "output_dir": str(tmp_path / "runs"), "batch_size": 4,
+        "model": {"source": str(model_dir), "dtype": "float32", "device": "cpu"},
+        "layers": {"modules": "attention"},
+        "scorer": {"name": "layerif", "estimator": {"name": "grad_dot"}},
+        "tasks": [{"name": "caps", "train": {"source": "bundled:capitals", "limit": 4, "max_length": 96},
+                   "validation": {"source": "bundled:capitals", "split": "validation", "limit": 2,
+                                  "max_length": 96}}],
+        "allocation": {"name": "alpha_pruning", "options": {"sparsity": 0.5, "epsilon": 0.2}},
+        "application": {"name": "prune", "options": {
+            "pruner": "magnitude", "save_model": False, "save_masks": True}}})
+    run_prune(cfg, show_progress=False)
+    masks = load_file(str(tmp_path / "runs" / "attn" / "masks.safetensors"))
+    pruned = {name.split(".", 3)[-1].removesuffix(".weight") for name in masks}
+    assert BASE_MODULES <= pruned
