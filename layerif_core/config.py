@@ -89,12 +89,18 @@ class DataSpec(Strict):
         "partial window is dropped. Every token is in the loss. For language-model text (e.g. "
         "'bundled:wikitext2'); needs `text` templates, not prompt/completion. `limit` counts records."
     )
+    windows: int | None = Field(
+        None, ge=1, description="With pack: keep only the first `windows` windows (e.g. 300 training "
+        "windows of max_length tokens; `limit` and `skip` count records before packing)."
+    )
 
     @model_validator(mode="after")
     def _pack_needs_text(self) -> DataSpec:
         if self.pack and (self.prompt is not None or self.completion is not None):
             raise ValueError("pack: true concatenates whole texts; give a `text` template instead of "
                              "prompt/completion, or set pack: false")
+        if self.windows is not None and not self.pack:
+            raise ValueError("windows counts packed windows; set pack: true, or use limit")
         return self
 
 

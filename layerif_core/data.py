@@ -303,6 +303,12 @@ def _packed_split(spec: DataSpec, tokenizer: Any, records: list[dict[str, Any]],
     skipped = len(records) - len(texts)
     docs = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     windows = pack_tokens(docs, tokenizer.eos_token_id, max_length)
+    if spec.windows is not None:
+        if len(windows) < spec.windows:
+            raise DataError(f"'{spec.source}' (split '{spec.split}') packs into {len(windows)} windows "
+                            f"of {max_length} tokens, fewer than windows: {spec.windows}; give more "
+                            "text (limit) or ask for fewer windows.")
+        windows = windows[: spec.windows]
     if not windows:
         n = sum(len(d) + 1 for d in docs)
         raise DataError(f"'{spec.source}' (split '{spec.split}') packs into {n} tokens, fewer than "

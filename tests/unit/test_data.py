@@ -343,3 +343,15 @@ def test_skip_leaves_out_the_first_records_before_limit(tmp_path):
     assert part == every[10:15]
     with pytest.raises(DataError, match="no more than skip"):
         load_records(DataSpec(source="bundled:capitals", skip=10_000))
+
+
+def test_windows_keeps_the_first_packed_windows(tmp_path):
+    spec = {"source": "bundled:wikitext2", "split": "validation", "pack": True, "max_length": 16,
+            "limit": 40}
+    every = tokenize_split(DataSpec(**spec), char_tokenizer())
+    first = tokenize_split(DataSpec(**spec, windows=3), char_tokenizer())
+    assert len(every) > 3 and first.input_ids == every.input_ids[:3]
+    with pytest.raises(DataError, match="fewer than windows"):
+        tokenize_split(DataSpec(**spec, windows=len(every) + 1), char_tokenizer())
+    with pytest.raises(ValueError, match="set pack: true"):
+        DataSpec(source="bundled:wikitext2", windows=3)
