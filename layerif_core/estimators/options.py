@@ -81,7 +81,7 @@ class ExactOptions(CurvatureOptions):
 
 
 class DataInfOptions(BaseModel):
-    """Options of ``datainf`` (the LayerIF paper's estimator on LoRA gradients)."""
+    """Options of ``datainf`` (the LayerIF paper's estimator, on LoRA tensors or full weights)."""
 
     model_config = ConfigDict(extra="forbid")
     lambda_scale: float = Field(
@@ -90,16 +90,19 @@ class DataInfOptions(BaseModel):
     damping: float | None = Field(
         None, gt=0, description="A fixed λ for every tensor instead of the data-dependent one."
     )
-    memory_gb: float = Field(
-        4.0, ge=0, description="Per-example gradients up to this size stay in memory; beyond, they go "
-        "to memory-mapped files in the run directory."
+    mode: Literal["auto", "stored", "streaming"] = Field(
+        "auto", description="'stored': keep every per-example gradient (two passes; for LoRA "
+        "tensors); 'streaming': keep none, Kronecker form in one validation and three training "
+        "passes, memory O(weights) (for full weights); 'auto': stored when the per-example gradients "
+        "of all tracked modules fit memory_gb, else streaming."
     )
-    max_gradient_gb: float = Field(
-        16.0, gt=0, description="Refuse when the per-example gradients would exceed this size (e.g. "
-        "on full weights of a large model: track LoRA parameters with layers.lora_only)."
+    memory_gb: float = Field(
+        4.0, ge=0, description="mode auto: per-example gradients up to this size (all tracked "
+        "modules, float32) are stored; beyond, datainf streams."
     )
     memory_budget_gb: float | None = Field(
-        None, gt=0, description="Device memory one module partition's per-example gradients may "
-        "take; above it the train pass runs once per partition (unset: half the free GPU memory, a "
-        "quarter of the available RAM on a CPU)."
+        None, gt=0, description="Device memory one module partition may take (stored: its "
+        "per-example gradients; streaming: q and u, twice its weights); above it the passes run "
+        "once per partition (unset: half the free GPU memory, a quarter of the available RAM on a "
+        "CPU)."
     )
