@@ -1,7 +1,8 @@
 """torch.distributed beyond data parallelism (architecture §8), with gloo on CPU: two ranks give the
 single-process influence for every Kronecker estimator with module-parallel decomposition and
-module partitions on, for DataInf, and for a model sharded with FSDP (``fully_shard``); a rank that
-dies stops the others with one clear error, and relaunching resumes from the finished factors."""
+module partitions on, for DataInf stored and streamed (with partitions), and for a model sharded
+with FSDP (``fully_shard``); a rank that dies stops the others with one clear error, and relaunching
+resumes from the finished factors."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from layerif_core.registry import get_registry
 
 # a budget of ~21 KB: several partitions on the tiny Llama, so every rank decomposes some groups
 OPTIONS = {"ekfac": {"memory_budget_gb": 2e-5}, "kfac": {"memory_budget_gb": 2e-5},
-           "grad_dot": None, "datainf": None}
+           "grad_dot": None, "datainf": {"mode": "stored"},
+           "datainf_streaming": {"mode": "streaming", "memory_budget_gb": 2e-5}}
+NAMES = {"datainf_streaming": "datainf"}
 
 
 def _influence(tmp_path, estimator: str, fsdp: bool = False) -> torch.Tensor:
@@ -30,7 +33,7 @@ def _influence(tmp_path, estimator: str, fsdp: bool = False) -> torch.Tensor:
     ctx = open_run(config, show_progress=False, model=tiny_model("llama"), tokenizer=char_tokenizer())
     assert is_sharded(ctx.model) == (fsdp and dist.is_initialized())
     train, query = load_task_splits(ctx, ctx.config.tasks[0])
-    est = get_registry().build("estimator", estimator, OPTIONS[estimator])
+    est = get_registry().build("estimator", NAMES.get(estimator, estimator), OPTIONS[estimator])
     return est.influence(ctx, train, query)
 
 
@@ -52,7 +55,7 @@ def _two_ranks(tmp_path, estimator: str, fsdp: bool = False) -> list[torch.Tenso
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("estimator", ["ekfac", "kfac", "grad_dot", "datainf"])
+@pytest.mark.parametrize("estimator", ["ekfac", "kfac", "grad_dot", "datainf", "datainf_streaming"])
 def test_two_gloo_ranks_with_module_parallel_decomposition_match_one_process(tmp_path, estimator):
     single = _influence(tmp_path / "single", estimator)
     ranks = _two_ranks(tmp_path, estimator)
