@@ -1,0 +1,97 @@
+"""Fixtures of the reference tests: the tiny model and its examples, the authors' procedure computed
+once on them (``authors.py``), and layerif's runs on the same examples (``layerif_side.py``), each
+computed once per session and shared by the tests that compare them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from layerif_core.tasks import bundled_records
+from layerif_core.testing import char_tokenizer, tiny_model
+from reference import authors
+from reference.layerif_side import LayerifResult, qa_task, run_layerif, text_task
+
+TINY_TOTAL = 12  # experts over the tiny model's 3 blocks (4 per block on average)
+TINY_SEED = 2  # a random init under which the three cells give three different expert vectors
+TINY_SOURCE = f"tiny-llama (layerif_core.testing.tiny_model, seed {TINY_SEED})"
+
+
+def _qa(task: str, split: str, n: int) -> list[dict[str, str]]:
+    return [{"question": r["question"], "answer": r["answer"]} for r in bundled_records(task, split)[:n]]
+
+
+# 8 training examples of varied lengths (42-78 characters) and 4 validation examples, from the
+# bundled tasks; the last two training examples are off-task strings so that some influences are
+# harmful (positive in the authors' sign) and the "+VE" cell's "delete the entries > 0" step matters.
+TRAIN_QA = (_qa("capitals", "train", 3) + _qa("antonyms", "train", 2) + _qa("arithmetic", "train", 1)
+            + [{"question": "QQQQQQQQQQQQQQQQQQ", "answer": "QQ"},
+               {"question": "ZXJZXJZXJZXJZXJZXJZXJ", "answer": "ZXJ"}])
+VAL_QA = _qa("capitals", "validation", 2) + _qa("arithmetic", "validation", 2)
+
+
+def as_text(record: dict[str, str]) -> str:
+    """The authors' example text: the instruction, then " Answer: " and the answer."""
+    return f"{record['question']} Answer: {record['answer']}"
+
+
+def tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's own tokens, no special tokens (the input both sides are given: the authors'
+    Mistral tokenizer adds a BOS, but tokenisation is not the method under test)."""
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+@dataclass
+class Reference:
+    tables: dict[int, torch.Tensor]  # block → IF[v, i], the authors' sign
+
+    def cell(self, name: str) -> torch.Tensor:
+        """One value per block of the notebook cell ``name`` ("+VE", "TOP-25%", "ALL", "harmful")."""
+        fn = {"+VE": authors.positive_cell, "TOP-25%": authors.top_cell, "ALL": authors.all_cell,
+              "harmful": authors.harmful_cell}[name]
+        return torch.tensor([fn(t) for t in self.tables.values()], dtype=torch.float64)
+
+    def per_example(self) -> torch.Tensor:
+        """``[L, N]``: the IF table of each block summed over the validation examples."""
+        return torch.tensor([authors.per_example_influence(t) for t in self.tables.values()],
+                            dtype=torch.float64)
+
+
+def reference_of(model: torch.nn.Module, tokenizer, train: list[str], val: list[str]) -> Reference:
+    grads_train = authors.example_gradients(model, tokenize(tokenizer, train))
+    grads_val = authors.example_gradients(model, tokenize(tokenizer, val))
+    return Reference(authors.datainf_if_tables(grads_train, grads_val))
+
+
+@pytest.fixture(scope="session")
+def tiny_reference() -> Reference:
+    """The authors' procedure on the tiny model and the tiny examples."""
+    return reference_of(tiny_model(seed=TINY_SEED), char_tokenizer(), [as_text(r) for r in TRAIN_QA],
+                        [as_text(r) for r in VAL_QA])
+
+
+@pytest.fixture(scope="session")
+def tiny_layerif(tmp_path_factory) -> Callable[..., LayerifResult]:
+    """``tiny_layerif(aggregator, mode=None, data="text", tokens="all", reduction="mean")``: layerif on
+    the tiny model and the tiny examples, as whole texts (``data="text"``) or as prompt/completion
+    records (``data="qa"``). Runs that differ only in the aggregator share a run directory, so
+    layerif computes their influence matrix once."""
+    cache: dict[tuple, LayerifResult] = {}
+
+    def run(aggregator: str, mode: str | None = None, data: str = "text", tokens: str = "all",
+            reduction: str = "mean", **options) -> LayerifResult:
+        key = (aggregator, mode, data, tokens, reduction, tuple(sorted(options.items())))
+        if key not in cache:
+            directory = tmp_path_factory.getbasetemp() / f"tiny-{data}-{mode}-{tokens}-{reduction}"
+            task = (text_task(directory, [as_text(r) for r in TRAIN_QA], [as_text(r) for r in VAL_QA])
+                    if data == "text" else qa_task(directory, TRAIN_QA, VAL_QA))
+            cache[key] = run_layerif(directory / "runs", tiny_model(seed=TINY_SEED), char_tokenizer(), task,
+                                     source=TINY_SOURCE, aggregator=aggregator, total=TINY_TOTAL,
+                                     mode=mode, tokens=tokens, reduction=reduction,
+                                     aggregator_options=options)
+        return cache[key]
+
+    return run
