@@ -1,4 +1,5 @@
-"""``layerif study STUDY.yaml [--shard k/N] [--force]`` and ``layerif study report DIR``.
+"""``layerif study STUDY.yaml [--shard k/N] [--force] [--executor inline|local|slurm ...]`` and
+``layerif study report DIR``.
 
 (No torch at module level: the CLI lists its commands without importing it. No ``from __future__
 import annotations``: typer reads the annotations of the nested command.)
@@ -29,6 +30,30 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option(
             "--force", help="Start over: delete the study directory's cells and shared results "
             "(also when it was made by a different study config).")] = False,
+        executor: Annotated[str, typer.Option(
+            "--executor", help="inline: the cells one after the other in this process (default). "
+            "slurm: one Slurm job per unfinished cell (a job array, through submitit), the shared "
+            "stages computed here first; local: the same path in local processes.")] = "inline",
+        wait: Annotated[bool | None, typer.Option(
+            "--wait/--no-wait", help="Wait for the jobs, then write the report (default); --no-wait "
+            "(slurm only) prints the job ids and returns.")] = None,
+        time_min: Annotated[int | None, typer.Option(
+            "--time", help="Wall-clock limit of one cell's job, in minutes (required with slurm).")]
+        = None,
+        partition: Annotated[str | None, typer.Option("--partition", help="Slurm partition.")] = None,
+        gpus_per_cell: Annotated[int | None, typer.Option(
+            "--gpus-per-cell", help="GPUs of each job (local: each job sees GPUs 0..N-1; none "
+            "by default).")] = None,
+        cpus_per_cell: Annotated[int | None, typer.Option(
+            "--cpus-per-cell", help="CPUs of each Slurm job.")] = None,
+        mem_gb: Annotated[float | None, typer.Option("--mem-gb", help="Memory of each Slurm job, GB.")]
+        = None,
+        array_parallelism: Annotated[int | None, typer.Option(
+            "--array-parallelism", help="Jobs running at once (slurm: the array's %limit; local: "
+            "default 1).")] = None,
+        slurm_arg: Annotated[list[str] | None, typer.Option(
+            "--slurm-arg", metavar="KEY=VALUE", help="Any other sbatch option, e.g. account=proj or "
+            "qos=high (repeatable).")] = None,
     ) -> None:
         """Run a comparative study: cells = arms × grid × seeds of a base run config, shared scores,
         factors and dense evaluation done once, one result JSON per cell (a rerun skips finished
@@ -46,24 +71,77 @@ def register(app: typer.Typer) -> None:
         if directory is not None:
             raise ConfigError(f"unexpected argument '{directory}'; run a study with `layerif study "
                               "STUDY.yaml`, or rebuild a report with `layerif study report DIR`.")
+        from layerif_core.study.executor import ExecutorOptions, parse_slurm_args
+
         parsed = parse_shard(shard)
+        options = ExecutorOptions(executor, time_min=time_min, partition=partition,
+                                  gpus_per_cell=gpus_per_cell, cpus_per_cell=cpus_per_cell,
+                                  mem_gb=mem_gb, array_parallelism=array_parallelism,
+                                  slurm_args=parse_slurm_args(slurm_arg), wait=wait)
+        options.check(parsed)
+        if options.name != "inline":
+            _submit(Path(target), options, force, console, show_progress=not STATE["quiet"])
+            return
         from layerif_core.study.runner import run_study
 
         outcome = run_study(Path(target), shard=parsed, force=force, show_progress=not STATE["quiet"],
                             console=console)
         console.print(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} finished earlier "
                       f"(skipped), {len(outcome.failed)} failed; shared work computed: "
-                      + ", ".join(f"{k} {v}" for k, v in outcome.shared.items()), highlight=False)
+                      + _counts(outcome.shared), highlight=False)
         if parsed is None:
             _report(outcome.directory, console)
         else:
             console.print(f"shard {parsed[0]}/{parsed[1]} done; when every shard is done: "
                           f"layerif study report {outcome.directory}", highlight=False)
-        if outcome.failed:
-            console.print("[bold red]failed cells[/] (details in cells/<id>.json):", highlight=False)
-            for cell_id in outcome.failed:
-                console.print(f"  {cell_id}", highlight=False)
-            raise typer.Exit(1)
+        _exit_on_failures(outcome, console)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def _submit(path: Path, options, force: bool, console, show_progress: bool) -> None:
+    """--executor local|slurm: shared stages here, one job per unfinished cell, wait (or not)."""
+    from layerif_core.study.executor import submit_study
+    from layerif_core.study.runner import Display
+
+    submission = submit_study(path, options, force=force, show_progress=show_progress, console=console)
+    outcome = submission.outcome
+    console.print(f"shared work computed before the jobs: {_counts(outcome.shared)}; "
+                  f"{len(submission.pending) + len(submission.jobs)} cells to run as {options.name} jobs, "
+                  f"{len(outcome.skipped)} finished earlier (skipped); job logs in {submission.folder}",
+                  highlight=False)
+    if not options.waits:
+        ids = sorted({job_id.split("_")[0] for job_id in outcome.jobs.values()})
+        console.print(f"submitted job{'s' if len(ids) > 1 else ''} {', '.join(ids) or '(none)'}; when "
+                      f"they end: layerif study report {outcome.directory}", highlight=False)
+        _exit_on_failures(outcome, console)
+        return
+    with Display(outcome.total, show_progress, console) as display:
+        submission.wait(display)
+    console.print(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} finished earlier (skipped), "
+                  f"{len(outcome.failed)} failed, {len(outcome.lost)} lost (job ended without a "
+                  f"result); shared work computed by the jobs: {_counts(outcome.jobs_shared)}",
+                  highlight=False)
+    if outcome.ran or outcome.skipped or outcome.failed:
+        _report(outcome.directory, console)
+    if outcome.lost:
+        console.print("[bold red]cells whose job ended without a result[/] (killed, timed out or "
+                      "cancelled); rerun the same command to run them:", highlight=False)
+        for cell_id in outcome.lost:
+            console.print(f"  {cell_id} (job {outcome.jobs[cell_id]})", highlight=False)
+    submission.jobs.clear()  # submitit's job objects go now, not at interpreter exit
+    _exit_on_failures(outcome, console, lost=bool(outcome.lost))
+
+
+def _exit_on_failures(outcome, console, lost: bool = False) -> None:
+    if outcome.failed:
+        console.print("[bold red]failed cells[/] (details in cells/<id>.json):", highlight=False)
+        for cell_id in outcome.failed:
+            console.print(f"  {cell_id}", highlight=False)
+    if outcome.failed or lost:
+        raise typer.Exit(1)
 
 
 def _report(directory: Path, console) -> None:

@@ -42,7 +42,7 @@ from layerif_core.study.config import StudyConfig, StudyError, load_study
 
 log = logging.getLogger("layerif")
 
-SEED_FREE_SCORERS = frozenset({"uniform", "htsr_alpha"})  # scores that do not depend on the seed
+SEED_FREE_SCORERS = frozenset({"uniform", "depth", "htsr_alpha"})  # scores that do not depend on the seed
 Stage = Callable[[str], None]
 
 
@@ -150,13 +150,17 @@ class Shared:
             self.computed["adapters"] += 1
         return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(out)})})
 
+    def scores_path(self, cfg: RunConfig) -> Path:
+        """Where the layer scores of ``cfg`` are kept (one file per distinct scoring config)."""
+        return self.directory / "shared" / "scores" / f"{_key(self.scoring_config(cfg))}.json"
+
     def scores(self, cfg: RunConfig, stage: Stage) -> tuple[Any, bool]:
         """The first task's :class:`LayerScores` of ``cfg``'s scorer, and whether they were reused."""
         from layerif_core.artifacts import read_scores
         from layerif_core.pipeline import compute_layer_scores, open_run
 
         scoring = self.scoring_config(cfg)
-        path = self.directory / "shared" / "scores" / f"{_key(scoring)}.json"
+        path = self.scores_path(cfg)
         task = cfg.tasks[0].name
         if path.is_file():
             return read_scores(path)[task], True
@@ -286,6 +290,9 @@ class StudyOutcome:
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     shared: dict[str, int] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)  # jobs that ended without a result (--executor)
+    jobs: dict[str, str] = field(default_factory=dict)  # cell id -> job id (--executor)
+    jobs_shared: dict[str, int] = field(default_factory=dict)  # shared work the jobs computed
 
 
 class Display:
@@ -312,10 +319,10 @@ class Display:
         if self.progress is not None:
             self.progress.stop()
 
-    def update(self, stage: str | None = None, cell: str | None = None) -> None:
+    def update(self, stage: str | None = None, cell: str | None = None, running: int | None = None) -> None:
         self.stage = stage if stage is not None else self.stage
         self.cell = cell if cell is not None else self.cell
-        running = 1 if self.cell else 0
+        running = running if running is not None else 1 if self.cell else 0
         text = (f"{self.done} done, {running} running, {self.failed} failed"
                 + (f" | {self.cell}: {self.stage}" if self.cell else ""))
         if self.progress is not None:
@@ -331,34 +338,93 @@ class Display:
         self.update(stage="", cell="")
 
 
-def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: bool = False,
-              show_progress: bool = True, data: dict[str, Any] | None = None,
-              console: Any = None) -> StudyOutcome:
-    """Run the cells of the study file ``path`` (those of ``shard`` ``(k, N)`` only, if given).
-
-    ``data``: the study as a mapping instead of the file's content (``path`` then only names it
-    and anchors a relative ``base`` path). ``console``: the rich console of the progress display
-    (the one the log handler writes to, so that log lines do not tear the display)."""
+def prepare_study(path: str | Path, force: bool = False,
+                  data: dict[str, Any] | None = None) -> tuple[StudyConfig, Path, list[Cell]]:
+    """Read and check the study (every cell's config) and open its directory: nothing is written
+    before every cell validates."""
     study, base = load_study(path, data)
     directory = Path(study.output_dir) / study.name
     cells = build_cells(study, base, output_dir=str(directory / "runs"))
     open_study_dir(study, base, directory, force)
+    return study, directory, cells
+
+
+def unfinished(directory: Path, cells: list[Cell]) -> tuple[list[Cell], list[str]]:
+    """The cells to run (never run, failed or interrupted) and the ids of those finished earlier."""
+    todo, skipped = [], []
+    for cell in cells:
+        found = cell_result(directory, cell.id)
+        if found is not None and found.get("status") == "ok":
+            skipped.append(cell.id)
+        else:
+            todo.append(cell)
+    return todo, skipped
+
+
+def new_record(cell: Cell, study: StudyConfig) -> dict[str, Any]:
+    return {"id": cell.id, "arm": cell.arm, "grid": cell.point, "seed": cell.seed,
+            "control": cell.arm == study.control.label}
+
+
+def record_failure(record: dict[str, Any], exc: Exception) -> None:
+    record.update(status="failed", error={
+        "type": type(exc).__name__, "message": str(exc), "user_error": isinstance(exc, LayerifError),
+        "traceback": traceback.format_exc(limit=20)})
+    log.warning("cell %s failed: %s: %s", record["id"], type(exc).__name__, exc)
+
+
+def finish_record(directory: Path, study: StudyConfig, record: dict[str, Any], seconds: float,
+                  versions: dict[str, str]) -> None:
+    """Write ``cells/<id>.json`` atomically (a killed process leaves no half cell) and remove the
+    cell's run directory unless ``keep_runs``."""
+    from layerif_core import logs
+
+    record["seconds"] = round(seconds, 3)
+    record["versions"] = versions
+    record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    write_json(directory / "cells" / f"{record['id']}.json", record)
+    logs.attach_run_log(directory)  # between cells the study's log.txt (a cell's run dir may go)
+    if record["status"] == "ok" and not study.keep_runs:
+        shutil.rmtree(directory / "runs" / record["id"], ignore_errors=True)
+
+
+def execute_cell(cell: Cell, study: StudyConfig, shared: Shared, directory: Path,
+                 versions: dict[str, str], stage: Stage) -> dict[str, Any]:
+    """Run one cell and record it: its result, or its error (a failed cell does not stop a study)."""
+    record = new_record(cell, study)
+    start = time.perf_counter()
+    try:
+        record.update(run_cell(cell, shared, stage))
+        record["status"] = "ok"
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a failed cell is recorded; the others go on
+        record_failure(record, exc)
+    finish_record(directory, study, record, time.perf_counter() - start, versions)
+    return record
+
+
+def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: bool = False,
+              show_progress: bool = True, data: dict[str, Any] | None = None,
+              console: Any = None) -> StudyOutcome:
+    """Run the cells of the study file ``path`` (those of ``shard`` ``(k, N)`` only, if given), one
+    after the other in this process (``--executor inline``; :mod:`layerif_core.study.executor`
+    submits them as jobs instead).
+
+    ``data``: the study as a mapping instead of the file's content (``path`` then only names it
+    and anchors a relative ``base`` path). ``console``: the rich console of the progress display
+    (the one the log handler writes to, so that log lines do not tear the display)."""
+    from layerif_core import logs
+
+    study, directory, cells = prepare_study(path, force, data)
     mine = [c for c in cells if shard is None or c.in_shard(*shard)]
     outcome = StudyOutcome(directory, len(mine))
     shared = Shared(directory)
-    todo = []
-    for cell in mine:
-        found = cell_result(directory, cell.id)
-        if found is not None and found.get("status") == "ok":
-            outcome.skipped.append(cell.id)
-        else:
-            todo.append(cell)
+    todo, outcome.skipped = unfinished(directory, mine)
     if outcome.skipped:
         log.info("%d of %d cells finished earlier: skipped", len(outcome.skipped), len(mine))
     versions = package_versions()
-    from layerif_core import logs
-
-    logs.attach_run_log(directory)  # between cells the study's log.txt (a cell's run dir may go)
+    logs.attach_run_log(directory)
     with Display(len(mine), show_progress, console) as display:
         display.done = len(outcome.skipped)
         if study.dense and (shard is None or shard[0] == 0) and mine:
@@ -367,31 +433,9 @@ def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: boo
             display.update(cell="", stage="")
         for cell in todo:
             display.update(stage="starting", cell=cell.id)
-            record: dict[str, Any] = {"id": cell.id, "arm": cell.arm, "grid": cell.point,
-                                      "seed": cell.seed, "control": cell.arm == study.control.label}
-            start = time.perf_counter()
-            try:
-                record.update(run_cell(cell, shared, lambda s: display.update(stage=s)))
-                record["status"] = "ok"
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # a failed cell is recorded; the others go on
-                record.update(status="failed", error={
-                    "type": type(exc).__name__, "message": str(exc),
-                    "user_error": isinstance(exc, LayerifError),
-                    "traceback": traceback.format_exc(limit=20)})
-                log.warning("cell %s failed: %s: %s", cell.id, type(exc).__name__, exc)
-            record["seconds"] = round(time.perf_counter() - start, 3)
-            record["versions"] = versions
-            record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-            write_json(directory / "cells" / f"{cell.id}.json", record)
-            logs.attach_run_log(directory)
-            if record["status"] == "ok":
-                outcome.ran.append(cell.id)
-                if not study.keep_runs:
-                    shutil.rmtree(directory / "runs" / cell.id, ignore_errors=True)
-            else:
-                outcome.failed.append(cell.id)
+            record = execute_cell(cell, study, shared, directory, versions,
+                                  lambda s: display.update(stage=s))
+            (outcome.ran if record["status"] == "ok" else outcome.failed).append(cell.id)
             display.finish(record["status"] == "ok")
     outcome.shared = dict(shared.computed)
     return outcome

@@ -3,6 +3,7 @@ loads: the model path of these studies does not even exist, except where a cell 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,44 @@ def test_a_metric_no_cell_reported_exits_2_without_a_report(tiny_dir, tmp_path):
 def test_report_of_a_directory_that_is_no_study(tmp_path):
     result = CliRunner().invoke(app, ["--quiet", "study", "report", str(tmp_path)])
     assert "is not a study directory" in one_error_line(result)
+
+
+EXECUTOR_CASES = {
+    "a Slurm option without --executor slurm": (
+        ["--partition", "gpu"], "--partition applies to --executor slurm only; add --executor slurm"),
+    "a job option without an executor": (
+        ["--time", "10"], "--time applies to --executor local or slurm"),
+    "an unknown executor": (
+        ["--executor", "slrum"],
+        "--executor 'slrum' is not one of inline, local, slurm (did you mean 'slurm'?)"),
+    "shards with an executor": (
+        ["--executor", "local", "--shard", "0/2"], "--shard runs a share of the cells in this process"),
+    "--no-wait with the local executor": (
+        ["--executor", "local", "--no-wait"], "--no-wait needs --executor slurm"),
+    "Slurm without --time": (
+        ["--executor", "slurm"], "--executor slurm needs --time MINUTES"),
+    "an sbatch option the study sets": (
+        ["--executor", "slurm", "--time", "9", "--slurm-arg", "array=0-3"],
+        "--slurm-arg array=... is set by the study"),
+    "a --slurm-arg without a value": (
+        ["--executor", "slurm", "--time", "9", "--slurm-arg", "account"], "must look like KEY=VALUE"),
+    "Slurm on a machine without sbatch": (
+        ["--executor", "slurm", "--time", "9"],
+        "no `sbatch` on this machine's PATH; run from a Slurm login node"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXECUTOR_CASES))
+def test_bad_executor_options_exit_2_before_anything_is_written(case, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch, even on a Slurm login node
+    options, message = EXECUTOR_CASES[case]
+    result = run(tmp_path, tiny_study(NO_MODEL, tmp_path / "out"), *options)
+    assert message in one_error_line(result)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_executor_without_submitit_names_the_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError
+    result = run(tmp_path, tiny_study(NO_MODEL, tmp_path / "out"), "--executor", "local")
+    assert "needs submitit: pip install submitit" in one_error_line(result)
+    assert not (tmp_path / "out").exists()
