@@ -57,8 +57,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a comparative study: cells = arms × grid × seeds of a base run config, shared scores,
         factors and dense evaluation done once, one result JSON per cell (a rerun skips finished
-        cells), then results.csv, summary.md, plots/ and report.html in the study directory. Exit
-        code 1 when a cell failed (the others finish), 2 on bad input."""
+        cells), then results.csv, summary.md, plots/ and report.html in the study directory. With
+        --executor slurm (or local) each unfinished cell is a submitit job, the shared stages
+        computed here first. Exit code 1 when a cell failed or its job ended without a result (the
+        others finish), 2 on bad input."""
         from layerif_core.errors import ConfigError
         from layerif_core.study.cells import parse_shard
 
