@@ -26,10 +26,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerif_core.errors import closest
-from layerif_core.study.config import StudyError
+from layerif_core.study.config import StudyConfig, StudyError
+
+if TYPE_CHECKING:  # the runner imports torch; the CLI checks options without it
+    from layerif_core.study.cells import Cell
+    from layerif_core.study.runner import Display, Shared, Stage, StudyOutcome
 
 log = logging.getLogger("layerif")
 
@@ -183,11 +187,10 @@ def run_job(directory: str, fingerprint: str, cell_id: str) -> dict[str, Any]:
     return {"cell": cell.id, "status": record["status"], "computed": dict(shared.computed)}
 
 
-def job_cell(directory: Path, fingerprint: str, cell_id: str) -> tuple[Any, Any]:
+def job_cell(directory: Path, fingerprint: str, cell_id: str) -> tuple[StudyConfig, Cell]:
     """The study config and the cell ``cell_id`` (with its run config) from ``directory/study.json``,
     checked to be the study the job was submitted for."""
     from layerif_core.study.cells import Cell, cell_config
-    from layerif_core.study.config import StudyConfig
     from layerif_core.study.runner import read_json
 
     meta = read_json(directory / "study.json")
@@ -207,8 +210,8 @@ def job_cell(directory: Path, fingerprint: str, cell_id: str) -> tuple[Any, Any]
 
 # --- in the submitting process -------------------------------------------------------------------
 
-def prepare_shared(study: Any, cells: list[Any], todo: list[Any], shared: Any, directory: Path,
-                   versions: dict[str, str], stage: Any) -> list[str]:
+def prepare_shared(study: StudyConfig, cells: list[Cell], todo: list[Cell], shared: Shared,
+                   directory: Path, versions: dict[str, str], stage: Stage) -> list[str]:
     """Compute the shared stages of the unfinished cells ``todo`` once each: the dense evaluation,
     and the scores of every distinct scoring config. A scoring config that fails fails its cells
     (recorded, not submitted), as in the inline loop; returns their ids."""
@@ -217,7 +220,7 @@ def prepare_shared(study: Any, cells: list[Any], todo: list[Any], shared: Any, d
     if study.dense and cells:
         stage("dense evaluation")
         shared.dense(cells[0].config, stage)
-    by_scores: dict[Path, list[Any]] = {}
+    by_scores: dict[Path, list[Cell]] = {}
     for cell in todo:
         by_scores.setdefault(shared.scores_path(cell.config), []).append(cell)
     failed = []
@@ -243,10 +246,10 @@ class Submission:
     ``array_parallelism``, the others as those end, by :meth:`wait`)."""
 
     options: ExecutorOptions
-    executor: Any
+    executor: Any  # submitit's
     folder: Path
     fingerprint: str
-    outcome: Any
+    outcome: StudyOutcome
     pending: list[str]
     jobs: dict[str, Any] = field(default_factory=dict)  # cell id -> submitit job
 
@@ -278,7 +281,7 @@ class Submission:
             todo, self.pending = self.pending[:max(free, 0)], self.pending[max(free, 0):]
         self.submit(todo)
 
-    def wait(self, display: Any = None) -> Any:
+    def wait(self, display: Display | None = None) -> StudyOutcome:
         """Wait for every job (submitting the rest locally as others end), then sort the cells into
         ran / failed / lost (a job that ended without writing its cell: killed, timed out)."""
         try:
@@ -302,7 +305,7 @@ class Submission:
             raise
         return self.collect()
 
-    def collect(self) -> Any:
+    def collect(self) -> StudyOutcome:
         from layerif_core.study.runner import cell_result
 
         outcome = self.outcome
