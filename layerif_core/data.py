@@ -151,7 +151,8 @@ def bundled_text(spec: DataSpec) -> str | None:
     return "\n".join(r["text"] for r in load_records(spec)) + "\n"
 
 
-def _is_generated_task(source: str) -> bool:
+def is_generated_task(source: str) -> bool:
+    """Whether ``source`` is a bundled task generated from the run's seed."""
     from layerif_core.tasks import BUNDLED
 
     return source.startswith("bundled:") and source.split(":", 1)[1] in BUNDLED
@@ -198,7 +199,7 @@ def _hub(spec: DataSpec) -> list[dict[str, Any]]:
 
 def _templates(spec: DataSpec) -> tuple[str | None, str | None, str | None]:
     prompt, completion, text = spec.prompt, spec.completion, spec.text
-    if _is_generated_task(spec.source) and not (prompt or completion or text):
+    if is_generated_task(spec.source) and not (prompt or completion or text):
         if spec.pack:
             return None, None, BUNDLED_PROMPT + BUNDLED_COMPLETION
         prompt, completion = BUNDLED_PROMPT, BUNDLED_COMPLETION

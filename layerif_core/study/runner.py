@@ -43,6 +43,8 @@ from layerif_core.study.config import StudyConfig, StudyError, load_study
 log = logging.getLogger("layerif")
 
 SEED_FREE_SCORERS = frozenset({"uniform", "depth", "htsr_alpha"})  # scores that do not depend on the seed
+SEED_FREE_ESTIMATORS = frozenset({"datainf", "grad_dot", "grad_cosine"})  # no sampling inside
+FISHER_ESTIMATORS = frozenset({"kfac", "ekfac", "exact"})  # seeded only through the true Fisher's labels
 Stage = Callable[[str], None]
 
 
@@ -124,14 +126,32 @@ class Shared:
         return cfg.layers.lora_only and not cfg.model.adapter
 
     def scoring_config(self, cfg: RunConfig) -> dict[str, Any]:
-        """What the layer scores depend on."""
+        """What the layer scores depend on (the seed only where the scores can depend on it)."""
         keep = {"model", "layers", "tasks", "scorer", "batch_size", "seed"}
         if self._needs_finetune(cfg):
             keep.add("finetune")
         data = cfg.model_dump(mode="json", include=keep)
-        if cfg.scorer.name in SEED_FREE_SCORERS:
+        if not self.scores_use_seed(cfg):
             data["seed"] = 0
         return data
+
+    def scores_use_seed(self, cfg: RunConfig) -> bool:
+        """Whether the layer scores of ``cfg`` can change with the run's seed. They cannot for the
+        seed-free scorers, and for ``layerif`` with an estimator that samples nothing (DataInf,
+        gradient products, K-FAC/EK-FAC on the empirical Fisher) on data no seed generates, through
+        no adapter fine-tuned with the run's seed: such scores are computed once for every seed."""
+        from layerif_core.data import is_generated_task
+
+        if cfg.scorer.name in SEED_FREE_SCORERS:
+            return False
+        if cfg.scorer.name != "layerif":
+            return True
+        est = cfg.scorer.estimator
+        sampled = not (est.name in SEED_FREE_ESTIMATORS or (
+            est.name in FISHER_ESTIMATORS and est.options.get("fisher") == "empirical"))
+        generated = any(is_generated_task(spec.source) for t in cfg.tasks for spec in (t.train, t.validation))
+        seeded_adapter = self._needs_finetune(cfg) and cfg.finetune.seed is None
+        return sampled or generated or seeded_adapter
 
     def adapter(self, cfg: RunConfig, stage: Stage) -> RunConfig:
         """The paper's route: LoRA-fine-tune once, then score through the adapter."""
@@ -165,7 +185,7 @@ class Shared:
         if path.is_file():
             return read_scores(path)[task], True
         stage("scores")
-        scored = self.adapter(cfg, stage)
+        scored = self.adapter(cfg.model_copy(update={"seed": scoring["seed"]}), stage)
         run_part = copy.deepcopy(scoring)
         run_part["scorer"].pop("aggregator", None)
         run_part["scorer"].pop("postprocess", None)  # I[l, i] and factors are shared across these
