@@ -3,7 +3,8 @@
 ``I[l, i]`` (framework sign, positive = helpful) is computed by the configured estimator plugin and
 saved in ``influence.safetensors`` under the task's name; the aggregator (``helpful_sum`` by default,
 the paper's "+VE" score ``S[l] = Σ_i max(I[l, i], 0)``) turns it into ``S[l]``. ``scores.json``
-records which side the aggregator summed and the share of helpful and harmful influences.
+records which side the aggregator summed, the share of helpful and harmful influences, and the
+helpful and harmful mass of every layer (``Σ_i max(±I[l, i], 0)``), whatever the aggregator.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import logging
 
+from layerif_core.aggregators import HarmfulSum, HelpfulSum
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.registry import get_registry
@@ -49,11 +51,13 @@ class LayerIFScorer:
         side = getattr(aggregator, "side", None)
         helpful, harmful = (float(x.float().mean()) for x in (influence > 0, influence < 0))
         _warn_empty_side(task.name, agg_spec.name, side, values, helpful, harmful)
+        masses = {f"{name}_mass": [float(x) for x in agg(influence).tolist()]
+                  for name, agg in (("helpful", HelpfulSum()), ("harmful", HarmfulSum()))}
         return LayerScores(values, aggregator.higher_is_better, "layerif", {
             "estimator": est_spec.name, "aggregator": agg_spec.name, "side": side,
             "loss": ctx.config.scorer.loss.model_dump(),
             "n_train": len(train), "n_query": len(query), "influence_fingerprint": fingerprint,
-            "helpful_fraction": round(helpful, 4), "harmful_fraction": round(harmful, 4),
+            "helpful_fraction": round(helpful, 4), "harmful_fraction": round(harmful, 4), **masses,
         })
 
 

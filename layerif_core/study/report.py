@@ -461,6 +461,52 @@ def plot_scores(data: StudyData, out: Path) -> Path | None:
     return path
 
 
+def influence_mass(data: StudyData) -> list[dict[str, Any]]:
+    """Per influence matrix the LayerIF arms scored with (arms that share one, e.g. +VE, TOP-25% and
+    ALL, share an entry): the arms, and the helpful and harmful mass per layer
+    ``Σ_i max(±I[l, i], 0)`` as the mean over its seeds' matrices."""
+    by_arm: dict[str, dict[str, tuple[list[float], list[float]]]] = {}  # arm -> matrix -> masses
+    for c in data.ok:
+        details = (c.get("scores") or {}).get("details") or {}
+        if "helpful_mass" in details:
+            matrix = details.get("influence_fingerprint") or f"seed {c['seed']}"
+            by_arm.setdefault(c["arm"], {})[matrix] = (details["helpful_mass"], details["harmful_mass"])
+    panels: dict[frozenset, dict[str, Any]] = {}
+    for arm, matrices in by_arm.items():
+        runs = list(matrices.values())
+        panel = panels.setdefault(frozenset(matrices), {
+            "arms": [], "matrices": len(runs),
+            "helpful": [sum(col) / len(col) for col in zip(*(r[0] for r in runs), strict=True)],
+            "harmful": [sum(col) / len(col) for col in zip(*(r[1] for r in runs), strict=True)]})
+        panel["arms"].append(arm)
+    return list(panels.values())
+
+
+def plot_influence_mass(data: StudyData, out: Path) -> Path | None:
+    """:func:`influence_mass` as bars per layer: helpful up, harmful down, one panel per matrix."""
+    panels = influence_mass(data)
+    if not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.4 * len(panels)), squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels, strict=True):
+        layers = range(len(panel["helpful"]))
+        ax.bar(layers, panel["helpful"], color="tab:green", label="helpful Σ max(I, 0)")
+        ax.bar(layers, [-h for h in panel["harmful"]], color="tab:red", label="harmful Σ max(−I, 0)")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_title(f"{', '.join(panel['arms'])} (mean of {panel['matrices']} influence matrices)",
+                     fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel("layer")
+    fig.suptitle("influence mass per layer (helpful up, harmful down)", fontsize=10)
+    fig.tight_layout()
+    path = out / "influence_mass.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # --- html --------------------------------------------------------------------------------------
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -552,7 +598,8 @@ def build_report(directory: str | Path) -> dict[str, Path]:
     plots_dir = data.directory / "plots"
     plots_dir.mkdir(exist_ok=True)
     plots = plot_metrics(data, summary, plots_dir) if data.ok else []
-    plots += [p for p in (plot_allocations(data, plots_dir), plot_scores(data, plots_dir)) if p]
+    plots += [p for p in (plot_allocations(data, plots_dir), plot_scores(data, plots_dir),
+                          plot_influence_mass(data, plots_dir)) if p]
     out = {}
     for name, write in (
         ("results.csv", lambda p: write_csv(data, p, [m["name"] for m in summary["metrics"]])),

@@ -104,3 +104,28 @@ def test_the_report_of_a_partial_study_lists_failures_and_missing_cells(tmp_path
     summary = json.loads((directory / "summary.json").read_text())
     row = summary["metrics"][0]["points"][0]["rows"][1]
     assert row["n"] == 1 and row["ci95"] is None and row["paired"]["p"] is None  # undefined: null
+
+
+def test_influence_mass_groups_arms_that_share_their_influences(tmp_path):
+    """+VE and ALL score from the same influence matrices: one entry for both, the mean over the two
+    seeds; a second estimator gets its own; an arm without influences (uniform) none."""
+    from layerif_core.study.report import influence_mass, read_study
+
+    def scored(arm, seed, matrix, helpful, harmful):
+        c = cell(arm, seed, {"acc": 0.5})
+        c["scores"]["details"] = {"influence_fingerprint": matrix, "helpful_mass": helpful,
+                                  "harmful_mass": harmful}
+        return c
+
+    cells = [cell("uniform", s, {"acc": 0.5}) for s in (0, 1)]
+    cells += [scored(arm, s, f"dinf{s}", [1.0 + s, 2.0, 3.0], [0.1, 0.0, 0.2 * s])
+              for arm in ("+VE", "ALL") for s in (0, 1)]
+    cells += [scored("EK-FAC", s, f"ekfac{s}", [3.0, 2.0, 1.0], [0.0, 0.5, 0.0]) for s in (0, 1)]
+    arms = [{"label": "uniform", "control": True}, {"label": "+VE"}, {"label": "ALL"}, {"label": "EK-FAC"}]
+    directory = write_dir(tmp_path / "s", study(seeds=[0, 1], arms=arms), cells)
+    panels = sorted(influence_mass(read_study(directory)), key=lambda p: p["arms"])
+    assert panels == [
+        {"arms": ["+VE", "ALL"], "matrices": 2, "helpful": [1.5, 2.0, 3.0], "harmful": [0.1, 0.0, 0.1]},
+        {"arms": ["EK-FAC"], "matrices": 2, "helpful": [3.0, 2.0, 1.0], "harmful": [0.0, 0.5, 0.0]}]
+    build_report(directory)
+    assert (directory / "plots" / "influence_mass.png").stat().st_size > 5_000
