@@ -58,7 +58,9 @@ def layerif_register_estimators(register) -> None:
 @hookspec
 def layerif_register_aggregators(register) -> None:
     """Add aggregators: callables mapping ``I[L, N]`` to layer scores ``S[L]`` that state
-    ``higher_is_better`` (:class:`~layerif_core.protocols.Aggregator`)."""
+    ``higher_is_better`` and, optionally, ``side`` (``"helpful"``, ``"harmful"``, ``"net"`` or
+    ``"both"``: which influences they sum; the ``layerif`` scorer records it and warns when that side
+    is empty) (:class:`~layerif_core.protocols.Aggregator`)."""
 
 
 @hookspec

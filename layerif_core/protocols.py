@@ -48,7 +48,8 @@ class Estimator(Protocol):
 @runtime_checkable
 class Aggregator(Protocol):
     """Influence matrix ``[L, N]`` to layer scores ``[L]``; ``higher_is_better`` states whether a
-    larger score marks a better-trained layer."""
+    larger score marks a better-trained layer. An optional ``side`` attribute says which influences
+    are summed (``"helpful"``, ``"harmful"``, ``"net"``, ``"both"``)."""
 
     higher_is_better: bool
 
