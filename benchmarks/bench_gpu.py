@@ -13,6 +13,12 @@ Phases (``--phases``, default all; each writes ``$OUT/bench_gpu.json`` as it fin
   bfloat16, EK-FAC over every linear module, 256 train × 512 tokens and 32 queries;
 - ``datainf7b``: the same model with a LoRA r=8 adapter on all seven linears of every layer, DataInf
   on 300 train × 50 validation sequences of 128 tokens (the paper's sizes; 402.77 s per layer there);
+- ``datainf_stream7b``: the LayerIF authors' own setting at the Mistral-7B shape: no adapter, DataInf
+  streamed in Kronecker form over the full q/k/v/o weights of every block (``--datainf-layers`` of
+  32), bfloat16, 300 train × 50 validation sequences of 128 tokens (``--datainf-train``,
+  ``--datainf-val``; fewer are extrapolated); seconds per block and for the whole model against the
+  paper's 402.77 s per block (goal: the whole model in under 10 minutes on one H200), over a plain
+  training pass over the same examples, and peak device memory;
 - ``profile`` (not in the default set): ``torch.profiler`` of a plain training pass and EK-FAC's two
   fit stages at the SmolLM2 shape in bf16: the top operators by device time and the kernels
   launched per batch.
@@ -23,7 +29,8 @@ The SmolLM2 tokenizer is the ``tokenizer.json`` and ``tokenizer_config.json`` of
 embedded model (``~/.cache/layerif/gguf/SmolLM2-135M-Instruct.*/``); copy the two files into a folder
 that travels with the repository. ``--budget-gb`` sets EK-FAC's ``memory_budget_gb`` (e.g. to emulate
 an 80 GB card on a larger one). The default phase set fits about 8 minutes on one H200 with
-``--mistral-layers 8``; the whole Mistral-7B (32 layers) is a run of its own.
+``--mistral-layers 8`` (``datainf_stream7b`` runs all 32 blocks: its goal is the whole model);
+the whole Mistral-7B (32 layers) for EK-FAC is a run of its own.
 """
 
 from __future__ import annotations
@@ -257,6 +264,42 @@ def phase_datainf(args) -> dict:
             "finite": bool(torch.isfinite(influence).all())}
 
 
+def phase_datainf_stream(args) -> dict:
+    """Mistral-7B shape (bf16), no adapter: streamed DataInf on the q/k/v/o weights of every block,
+    the LayerIF authors' computation (their code: one gradient pass per block, 402.77 s each)."""
+    dev = torch.device(args.device)
+    tiny = args.scale == "tiny"
+    model = build_model("mistral-7b", args.datainf_layers, torch.bfloat16, dev, tiny)
+    tok = load_tokenizer(args.tokenizer)
+    vocab = model.config.vocab_size
+    n_train, n_val, seq = (12, 4, 32) if tiny else (args.datainf_train, args.datainf_val, 128)
+    train = windows(tok, vocab, n_train, seq, "train")
+    val = windows(tok, vocab, n_val, seq, "validation", offset=n_train)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = context(model, tok, "datainf-stream7b", 4 if tiny else 16, Path(tmp),
+                      {"modules": "attention"})
+        plain_pass(ctx, val.subset([0]))  # warm-up
+        t_plain, m_plain, _ = measure(dev, lambda: (plain_pass(ctx, train), plain_pass(ctx, val)))
+        est = get_registry().build("estimator", "datainf", {"mode": "streaming"})
+        seconds, peak, influence = measure(dev, lambda: est.influence(ctx, train, val))
+        record = ctx.run_dir.manifest["datainf"]["train"]
+    layers = model.config.num_hidden_layers
+    full_layers = SHAPES["mistral-7b"]["num_hidden_layers"]
+    # extrapolated: time ∝ blocks, and ∝ the sequences the passes read (validation once, train 3×)
+    projected = seconds * full_layers / layers * (50 + 3 * 300) / (n_val + 3 * n_train)
+    return {"model": "mistral-7b, no adapter, q/k/v/o of every block", "dtype": "bfloat16",
+            "layers": layers, "n_train": n_train, "n_validation": n_val, "seq_len": seq,
+            "seconds": round(seconds, 2), "seconds_per_block": round(seconds / layers, 3),
+            "projected_32_blocks_300x50_s": round(projected, 1),
+            "plain_pass_s": round(t_plain, 2), "x_plain_pass": round(seconds / t_plain, 2),
+            "peak_gib": round(peak, 2), "plain_pass_peak_gib": round(m_plain, 2),
+            "partitions": record["plan"]["P"], "norm_branches": record["norm_branches"],
+            "paper_seconds_per_block": PAPER_DATAINF_SECONDS_PER_LAYER,
+            "paper_whole_model_s": round(PAPER_DATAINF_SECONDS_PER_LAYER * full_layers, 1),
+            "goal": "projected_32_blocks_300x50_s < 600 on one H200",
+            "goal_met": projected < 600, "finite": bool(torch.isfinite(influence).all())}
+
+
 VIEW_OPS = {"view", "as_strided", "slice", "select", "transpose", "t", "expand", "reshape", "unsqueeze",
             "squeeze", "permute", "detach", "alias", "empty", "empty_strided", "empty_like", "to",
             "_unsafe_view", "unbind", "split", "narrow", "lift_fresh", "_reshape_alias", "flatten",
@@ -339,6 +382,7 @@ def run_phases(args) -> dict:
                                          16 if tiny else 256, 4 if tiny else 32, 32 if tiny else 512,
                                          4 if tiny else 8, args, throughput),
         "datainf7b": lambda: phase_datainf(args),
+        "datainf_stream7b": lambda: phase_datainf_stream(args),
         "profile": lambda: phase_profile(args),
     }
     for name in args.phases:
@@ -361,8 +405,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT", "bench-gpu-out"))
     p.add_argument("--phases", nargs="+", default=["throughput", "smollm2", "tinyllama", "mistral7b",
-                                                   "datainf7b"],
-                   help="Any of: throughput smollm2 tinyllama mistral7b datainf7b profile.")
+                                                   "datainf7b", "datainf_stream7b"],
+                   help="Any of: throughput smollm2 tinyllama mistral7b datainf7b datainf_stream7b "
+                        "profile.")
     p.add_argument("--tokenizer", default=None, help="A local tokenizer directory (SmolLM2's); "
                    "without it, random token ids.")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -370,6 +415,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tinyllama-layers", type=int, default=8)
     p.add_argument("--mistral-layers", type=int, default=8, help="Blocks of Mistral-7B (of 32).")
     p.add_argument("--budget-gb", type=float, default=None, help="EK-FAC's memory_budget_gb.")
+    p.add_argument("--datainf-layers", type=int, default=32,
+                   help="Blocks of Mistral-7B in datainf_stream7b (fewer: extrapolated to 32).")
+    p.add_argument("--datainf-train", type=int, default=300,
+                   help="Training sequences of datainf_stream7b (fewer: extrapolated to 300).")
+    p.add_argument("--datainf-val", type=int, default=50,
+                   help="Validation sequences of datainf_stream7b (fewer: extrapolated to 50).")
     return p.parse_args(argv)
 
 

@@ -7,7 +7,8 @@ from benchmarks.bench_gpu import parse, run_phases
 
 
 def test_every_phase_runs_at_the_tiny_scale_on_a_cpu(tmp_path):
-    phases = ["throughput", "smollm2", "tinyllama", "mistral7b", "datainf7b", "profile"]
+    phases = ["throughput", "smollm2", "tinyllama", "mistral7b", "datainf7b", "datainf_stream7b",
+              "profile"]
     results = run_phases(parse(["--scale", "tiny", "--device", "cpu", "--out", str(tmp_path),
                                 "--phases", *phases]))
     assert list(results["phases"]) == phases
@@ -21,6 +22,10 @@ def test_every_phase_runs_at_the_tiny_scale_on_a_cpu(tmp_path):
         assert row["ekfac"]["finite"] and row["ekfac"]["modules"] == 14  # 7 linears × 2 blocks
         assert math.isfinite(row["ekfac_over_flop_floor"]) and row["ekfac_flop_floor_s"] > 0
     assert got["datainf7b"]["finite"] and got["datainf7b"]["paper_seconds_per_layer"] == 402.77
+    stream = got["datainf_stream7b"]
+    assert stream["finite"] and stream["paper_seconds_per_block"] == 402.77 and stream["layers"] == 2
+    assert stream["seconds_per_block"] > 0 and math.isfinite(stream["projected_32_blocks_300x50_s"])
+    assert stream["x_plain_pass"] > 0 and sum(stream["norm_branches"].values()) > 0
     assert set(got["profile"]) == {"plain_training_pass", "covariance_eigh", "correction"}
     assert all(stage["launches_per_batch"] > 0 for stage in got["profile"].values())
     assert (tmp_path / "bench_gpu.json").is_file()
