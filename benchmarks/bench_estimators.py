@@ -308,7 +308,8 @@ def agreement(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float | Non
     a, b = ours.flatten().double().numpy(), theirs.flatten().double().numpy()
     rel = (ours.double() - theirs.double()).abs().max() / theirs.double().abs().max()
     return {"spearman_S_helpful_sum": rho(HelpfulSum()), "spearman_S_harmful_sum": rho(HarmfulSum()),
-            "spearman_S_net_sum": rho(NetSum()), "harmful_share_I": round(float((ours < 0).double().mean()), 4),
+            "spearman_S_net_sum": rho(NetSum()),
+            "harmful_share_I": round(float((ours < 0).double().mean()), 4),
             "pearson_I": round(float(pearsonr(a, b)[0]), 6),
             "spearman_I": round(float(spearmanr(a, b)[0]), 6),
             "max_abs_diff_I_over_max_abs_I": float(f"{float(rel):.3g}")}

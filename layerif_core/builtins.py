@@ -28,8 +28,8 @@ def layerif_register_estimators(register) -> None:
     register("exact", f"{_EST}.exact:Exact", options=f"{_EST_OPTS}:ExactOptions",
              help="Explicit per-layer curvature block and a solve (tiny models; the test oracle).")
     register("datainf", f"{_EST}.datainf:DataInf", options=f"{_EST_OPTS}:DataInfOptions",
-             help="DataInf (Kwon et al. 2024) on per-example gradients; the LayerIF paper's "
-                  "estimator (use with layers.lora_only).")
+             help="DataInf (Kwon et al. 2024), the LayerIF authors' estimator: streamed in "
+                  "Kronecker form on full weights, stored per-example gradients on LoRA tensors.")
     register("grad_dot", f"{_EST}.grad_dot:GradDot", help="Gradient inner product (no curvature).")
     register("grad_cosine", f"{_EST}.grad_cosine:GradCosine",
              help="Cosine of query and training gradients per layer (no curvature).")
