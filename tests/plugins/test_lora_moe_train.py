@@ -120,3 +120,26 @@ def test_epochs_set_the_number_of_optimizer_steps():
     assert total_steps(opts, 10, 4) == 2
     assert total_steps(LoraMoeOptions(epochs=1.5, grad_accum=1), 10, 4) == 5  # ceil(1.5 * 3)
     assert total_steps(LoraMoeOptions(max_steps=7, epochs=9), 10, 4) == 7
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_token_loss_runs_the_head_only_where_labels_are_and_equals_the_full_loss(arch):
+    """The answer-token loss from the kept positions equals the cross-entropy of every position's
+    logits; a right-padded batch with answers at different positions in each row."""
+    import torch.nn.functional as F
+
+    from layerif_core.data import IGNORE, pad_rows
+    from layerif_lora_moe.train import token_loss
+
+    model = tiny_model(arch).eval()
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 50, (n,), generator=gen).tolist() for n in (9, 14, 6)]
+    labels = [[IGNORE] * (len(r) - 2) + r[-2:] for r in rows]  # the last two tokens are the answer
+    batch = pad_rows(rows, labels, 0, [0, 1, 2])
+    with torch.no_grad():
+        loss, n = token_loss(model, batch)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1),
+                               ignore_index=IGNORE)
+    assert n == 6
+    torch.testing.assert_close(loss, full, rtol=1e-5, atol=1e-6)
