@@ -507,6 +507,34 @@ def plot_influence_mass(data: StudyData, out: Path) -> Path | None:
     return path
 
 
+def plot_curves(data: StudyData, out: Path) -> list[Path]:
+    """Each curve the cells recorded (e.g. the LoRA-MoE validation loss against the step), one line
+    per arm, for the study's first seed and first grid point: did training converge?"""
+    seed = data.study.seeds[0]
+    point = tuple(json.dumps(v, sort_keys=True) for v in data.points()[0])
+    names = sorted({name for c in data.ok for name in (c.get("curves") or {})})
+    paths = []
+    for name in names:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        for arm in (a.label for a in data.study.arms):
+            for c in data.ok:
+                curve = (c.get("curves") or {}).get(name)
+                if c["arm"] == arm and c["seed"] == seed and _point(c, data.axes) == point and curve:
+                    ax.plot([p[0] for p in curve], [p[1] for p in curve], "o-", ms=3, label=arm)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name} during the application (seed {seed})", fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"curve_{_slug(name)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 # --- html --------------------------------------------------------------------------------------
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -600,6 +628,7 @@ def build_report(directory: str | Path) -> dict[str, Path]:
     plots = plot_metrics(data, summary, plots_dir) if data.ok else []
     plots += [p for p in (plot_allocations(data, plots_dir), plot_scores(data, plots_dir),
                           plot_influence_mass(data, plots_dir)) if p]
+    plots += plot_curves(data, plots_dir)
     out = {}
     for name, write in (
         ("results.csv", lambda p: write_csv(data, p, [m["name"] for m in summary["metrics"]])),

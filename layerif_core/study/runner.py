@@ -247,6 +247,14 @@ def application_metrics(app: Any) -> dict[str, float]:
     return out
 
 
+def application_curves(app: Any) -> dict[str, list[list[float]]]:
+    """Metrics an application measured along the way, as ``[step, value]`` pairs (the validation
+    loss of a LoRA-MoE training), so a report can show whether training had converged."""
+    train_log = getattr(app, "log", None)
+    points = getattr(train_log, "validation", None) or []
+    return {"lora_moe/validation_loss": [[float(p["step"]), float(p["loss"])] for p in points]} if points else {}
+
+
 def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
     """Scores → allocation → application → evaluation of one cell; returns its result record."""
     from layerif_core.evaluation import evaluate_model
@@ -288,6 +296,7 @@ def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
         model = app.apply(ctx, model, allocation)
         timings["application"] = round(time.perf_counter() - t0, 3)
         metrics.update(application_metrics(app))
+        record["curves"] = application_curves(app)
     if cfg.evaluation:
         stage("evaluation")
         t0 = time.perf_counter()

@@ -129,3 +129,16 @@ def test_influence_mass_groups_arms_that_share_their_influences(tmp_path):
         {"arms": ["EK-FAC"], "matrices": 2, "helpful": [3.0, 2.0, 1.0], "harmful": [0.0, 0.5, 0.0]}]
     build_report(directory)
     assert (directory / "plots" / "influence_mass.png").stat().st_size > 5_000
+
+
+def test_a_recorded_curve_is_plotted_for_the_first_seed(tmp_path):
+    cells = []
+    for arm in ("uniform", "layerif"):
+        for s in (0, 1):
+            c = cell(arm, s, {"acc": 0.5})
+            c["curves"] = {"lora_moe/validation_loss": [[0, 2.0], [10, 1.0 + s], [20, 0.5]]}
+            cells.append(c)
+    directory = write_dir(tmp_path / "s", study(seeds=[0, 1]), cells)
+    build_report(directory)
+    assert (directory / "plots" / "curve_lora_moe_validation_loss.png").stat().st_size > 5_000
+    assert "curve_lora_moe_validation_loss" in (directory / "report.html").read_text()
