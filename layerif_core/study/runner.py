@@ -252,7 +252,9 @@ def application_curves(app: Any) -> dict[str, list[list[float]]]:
     loss of a LoRA-MoE training), so a report can show whether training had converged."""
     train_log = getattr(app, "log", None)
     points = getattr(train_log, "validation", None) or []
-    return {"lora_moe/validation_loss": [[float(p["step"]), float(p["loss"])] for p in points]} if points else {}
+    if not points:
+        return {}
+    return {"lora_moe/validation_loss": [[float(p["step"]), float(p["loss"])] for p in points]}
 
 
 def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
