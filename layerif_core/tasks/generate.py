@@ -64,6 +64,8 @@ def _arithmetic(rng: random.Random) -> Record:
              f"How many {item} does {name} have now?")
         ans = a + b - c
     pool = [str(ans + d) for d in range(-6, 7) if ans + d >= 0]
+    if len(set(pool) - {str(ans)}) < 3:  # ans ≤ −5 (c > a + b + 4): negative distractors too
+        pool = [str(ans + d) for d in range(-6, 7)]
     choices, label = _mc(rng, str(ans), pool)
     return {"question": q, "answer": str(ans), "choices": choices, "label": label}
 

@@ -135,6 +135,15 @@ def test_bundled_arithmetic_answers_are_correct():
         assert int(r["answer"]) == want, q
 
 
+@pytest.mark.parametrize("task", sorted(BUNDLED))
+def test_every_seed_generates_four_distinct_choices_with_the_answer(task):
+    # seed 3's arithmetic validation split once drew c > a + b + 4: too few non-negative distractors
+    for seed in range(40):
+        for split in ("train", "validation", "test"):
+            for r in bundled_records(task, split, seed=seed):
+                assert len(set(r["choices"])) == 4 and r["choices"][r["label"]] == r["answer"]
+
+
 def test_unknown_bundled_task_lists_the_known_ones():
     with pytest.raises(DataError, match="bundled tasks: arithmetic, capitals, antonyms"):
         load_records(DataSpec(source="bundled:nope"))
