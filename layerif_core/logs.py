@@ -41,7 +41,9 @@ class RunLog(logging.Handler):
             self.handleError(record)
 
     def attach(self, path: Path) -> None:
+        """Log to ``path`` from now on; the file exists from here even if nothing is logged."""
         self.path = path
+        path.touch()
         pending, self.buffer = self.buffer, []
         for record in pending:
             self.emit(record)

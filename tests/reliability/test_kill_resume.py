@@ -22,8 +22,18 @@ MOE = {"name": "lora_moe", "options": {"rank": 2, "max_steps": 4, "save_every": 
                                        "target_modules": ["q_proj", "up_proj"]}}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """In-process runs (references, reruns) use one thread like the killed subprocess (sub_env):
+    a bitwise comparison must not depend on how a matmul's sums were split over threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(one_thread, tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
     model = save_tiny(root / "tiny")
     site = root / "site"
