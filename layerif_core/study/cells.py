@@ -170,6 +170,29 @@ def build_cells(study: StudyConfig, base: dict[str, Any], output_dir: str = "run
     return cells
 
 
+def select_cells(cells: list[Cell], arms: list[str] | None = None,
+                 seeds: list[int] | None = None) -> list[Cell]:
+    """The cells of the given arms (label, or the label as cell ids spell it) and seeds; all of
+    them for ``None``. An arm or seed the study does not have is one line naming those it has."""
+    if arms:
+        labels = list(dict.fromkeys(c.arm for c in cells))
+        known = {name: label for label in labels for name in (label, _slug(label))}
+        for arm in arms:
+            if arm not in known:
+                raise StudyError(f"--arm '{arm}' is not an arm of this study{closest(arm, list(known))}; "
+                                 f"its arms: {', '.join(repr(a) for a in labels)}.")
+        wanted = {known[a] for a in arms}
+        cells = [c for c in cells if c.arm in wanted]
+    if seeds:
+        have = sorted({c.seed for c in cells})
+        missing = [s for s in seeds if s not in have]
+        if missing:
+            raise StudyError(f"--seed {missing[0]} is not a seed of this study; its seeds: "
+                             f"{', '.join(map(str, have))}.")
+        cells = [c for c in cells if c.seed in seeds]
+    return cells
+
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """``'k/N'`` -> ``(k, N)`` with ``0 <= k < N``."""
     if text is None:

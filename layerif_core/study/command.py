@@ -1,4 +1,4 @@
-"""``layerif study STUDY.yaml [--shard k/N] [--force] [--executor inline|local|slurm ...]`` and
+"""``layerif study STUDY.yaml [--shard k/N] [--arm A] [--seed S] [--force] [--executor ...]`` and
 ``layerif study report DIR``.
 
 (No torch at module level: the CLI lists its commands without importing it. No ``from __future__
@@ -27,6 +27,12 @@ def register(app: typer.Typer) -> None:
             "--shard", help="Run only the cells of shard k of N (k = 0..N-1; a cell belongs to the "
             "shard its id hashes to). Build the report with `layerif study report DIR` afterwards.")]
         = None,
+        arm: Annotated[list[str] | None, typer.Option(
+            "--arm", metavar="LABEL", help="Run only this arm's cells (its label, or the label as "
+            "cell ids spell it; repeatable), e.g. the arms a comparison needs first; the report "
+            "shows every finished cell.")] = None,
+        seed: Annotated[list[int] | None, typer.Option(
+            "--seed", help="Run only this seed's cells (repeatable).")] = None,
         force: Annotated[bool, typer.Option(
             "--force", help="Start over: delete the study directory's cells and shared results "
             "(also when it was made by a different study config).")] = False,
@@ -82,12 +88,13 @@ def register(app: typer.Typer) -> None:
                                   slurm_args=parse_slurm_args(slurm_arg), wait=wait)
         options.check(parsed)
         if options.name != "inline":
-            _submit(Path(target), options, force, console, show_progress=not STATE["quiet"])
+            _submit(Path(target), options, force, console, show_progress=not STATE["quiet"], arms=arm,
+                seeds=seed)
             return
         from layerif_core.study.runner import run_study
 
         outcome = run_study(Path(target), shard=parsed, force=force, show_progress=not STATE["quiet"],
-                            console=console)
+                            console=console, arms=arm, seeds=seed)
         console.print(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} finished earlier "
                       f"(skipped), {len(outcome.failed)} failed; shared work computed: "
                       + _counts(outcome.shared), highlight=False)
@@ -103,12 +110,14 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
-def _submit(path: Path, options, force: bool, console, show_progress: bool) -> None:
+def _submit(path: Path, options, force: bool, console, show_progress: bool, arms: list[str] | None,
+            seeds: list[int] | None) -> None:
     """--executor local|slurm: shared stages here, one job per unfinished cell, wait (or not)."""
     from layerif_core.study.executor import submit_study
     from layerif_core.study.runner import Display
 
-    submission = submit_study(path, options, force=force, show_progress=show_progress, console=console)
+    submission = submit_study(path, options, force=force, show_progress=show_progress, console=console,
+                              arms=arms, seeds=seeds)
     outcome = submission.outcome
     console.print(f"shared work computed before the jobs: {_counts(outcome.shared)}; "
                   f"{len(submission.pending) + len(submission.jobs)} cells to run as {options.name} jobs, "

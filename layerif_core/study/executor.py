@@ -337,16 +337,18 @@ def job_result(job: Any) -> dict[str, Any] | None:
 
 def submit_study(path: str | Path, options: ExecutorOptions, force: bool = False,
                  data: dict[str, Any] | None = None, show_progress: bool = False,
-                 console: Any = None) -> Submission:
+                 console: Any = None, arms: list[str] | None = None,
+                 seeds: list[int] | None = None) -> Submission:
     """Prepare the shared stages of the study's unfinished cells once, then submit a job per cell
-    (see the module's docstring); ``Submission.wait()`` waits for them."""
+    (see the module's docstring); ``Submission.wait()`` waits for them. ``arms``, ``seeds``: only
+    the cells of those arms and seeds."""
     from layerif_core import logs
     from layerif_core.artifacts import package_versions
     from layerif_core.study.runner import Display, Shared, StudyOutcome, prepare_study, unfinished
 
     options.check()
     load_submitit()
-    study, directory, cells = prepare_study(path, force, data)
+    study, directory, cells = prepare_study(path, force, data, arms, seeds)
     outcome = StudyOutcome(directory, len(cells))
     todo, outcome.skipped = unfinished(directory, cells)
     if outcome.skipped:

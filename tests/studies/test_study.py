@@ -134,6 +134,19 @@ def test_two_shards_and_report_equal_one_unsharded_run(finished, tiny_dir, tmp_p
         assert (tmp_path / "out" / "tiny" / name).read_text() == (finished["dir"] / name).read_text()
 
 
+def test_arm_and_seed_run_only_those_cells_with_the_full_runs_results(finished, tiny_dir, tmp_path):  # noqa: F811
+    path = write_study(tmp_path / "tiny.yaml", tiny_study(tiny_dir, tmp_path / "out"))
+    result = invoke("study", str(path), "--arm", "LayerIF_ALL", "--seed", "1")  # the id spelling
+    assert result.exit_code == 0, result.output
+    got = {r["id"]: r for r in cells(tmp_path / "out" / "tiny")}
+    want = {r["id"]: r for r in cells(finished["dir"])}
+    assert {(r["arm"], r["seed"]) for r in got.values()} == {("LayerIF ALL", 1)}
+    assert len(got) == 2  # both sparsities
+    for cell_id, record in got.items():
+        assert record["metrics"] == want[cell_id]["metrics"]
+    assert (tmp_path / "out" / "tiny" / "summary.md").is_file()  # the report of what finished
+
+
 def test_a_killed_study_resumes_and_reruns_only_unfinished_cells(tiny_dir, tmp_path):  # noqa: F811
     path = write_study(tmp_path / "tiny.yaml", tiny_study(tiny_dir, tmp_path / "out"))
     directory = tmp_path / "out" / "tiny"

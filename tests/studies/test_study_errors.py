@@ -72,6 +72,16 @@ def test_shard_out_of_range_exits_2(shard, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (("--arm", "LayerIF AL"), "--arm 'LayerIF AL' is not an arm of this study (did you mean 'LayerIF ALL'?)"),
+    (("--seed", "7"), "--seed 7 is not a seed of this study; its seeds: 0, 1"),
+])
+def test_an_arm_or_seed_the_study_lacks_exits_2(extra, message, tmp_path):
+    result = run(tmp_path, tiny_study(NO_MODEL, tmp_path / "out"), *extra)
+    assert message in one_error_line(result)
+    assert not (tmp_path / "out").exists()
+
+
 def small(model_dir: Path, out: Path, **changes) -> dict:
     return tiny_study(model_dir, out, **{"grid": {"allocation.options.sparsity": [0.3]}, "seeds": [0],
                                          **changes})
