@@ -384,12 +384,19 @@ def plot_metrics(data: StudyData, summary: dict[str, Any], out: Path) -> list[Pa
             axs[0][-1].legend(fontsize=7, loc="best")
             goal = "" if m["better"] == "none" else f"{m['better']} is better; "
             fig.suptitle(f"{m['name']} ({goal}mean ± 95% CI over seeds)", fontsize=10)
-            fig.tight_layout()
-            path = out / f"{_slug(m['name'])}__{_slug(axis)}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(_save(fig, out / f"{_slug(m['name'])}__{_slug(axis)}.png"))
     return paths
+
+
+def _save(fig: Any, path: Path, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` and free it."""
+    import matplotlib.pyplot as plt
+
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _per_arm(data: StudyData, key: str) -> dict[str, dict[str, list[list[float]]]]:
@@ -422,10 +429,7 @@ def plot_allocations(data: StudyData, out: Path) -> Path | None:
         ax.set_title(arm, fontsize=9, loc="left")
     axs[-1, 0].set_xlabel("layer", fontsize=8)
     fig.colorbar(im, ax=axs[:, 0].tolist(), shrink=0.8, label="allocation (mean over seeds)")
-    path = out / "allocation.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "allocation.png", tight=False)
 
 
 def plot_scores(data: StudyData, out: Path) -> Path | None:
@@ -454,11 +458,7 @@ def plot_scores(data: StudyData, out: Path) -> Path | None:
     ax.set_title("layer score profiles (1 = judged worst trained)", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "scores.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "scores.png")
 
 
 def influence_mass(data: StudyData) -> list[dict[str, Any]]:
@@ -500,11 +500,7 @@ def plot_influence_mass(data: StudyData, out: Path) -> Path | None:
         ax.legend(fontsize=7)
     axes[-1, 0].set_xlabel("layer")
     fig.suptitle("influence mass per layer (helpful up, harmful down)", fontsize=10)
-    fig.tight_layout()
-    path = out / "influence_mass.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "influence_mass.png")
 
 
 def plot_curves(data: StudyData, out: Path) -> list[Path]:
@@ -527,11 +523,7 @@ def plot_curves(data: StudyData, out: Path) -> list[Path]:
         ax.set_title(f"{name} during the application (seed {seed})", fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out / f"curve_{_slug(name)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"curve_{_slug(name)}.png"))
     return paths
 
 
