@@ -170,10 +170,11 @@ def build_cells(study: StudyConfig, base: dict[str, Any], output_dir: str = "run
     return cells
 
 
-def select_cells(cells: list[Cell], arms: list[str] | None = None,
-                 seeds: list[int] | None = None) -> list[Cell]:
-    """The cells of the given arms (label, or the label as cell ids spell it) and seeds; all of
-    them for ``None``. An arm or seed the study does not have is one line naming those it has."""
+def select_cells(cells: list[Cell], arms: list[str] | None = None, seeds: list[int] | None = None,
+                 points: list[str] | None = None) -> list[Cell]:
+    """The cells of the given arms (label, or the label as cell ids spell it), seeds and grid values
+    (``AXIS=VALUE``, the axis by its path or its last part; values of one axis are alternatives);
+    all of them for ``None``. One a study does not have is one line naming those it has."""
     if arms:
         labels = list(dict.fromkeys(c.arm for c in cells))
         known = {name: label for label in labels for name in (label, _slug(label))}
@@ -190,7 +191,32 @@ def select_cells(cells: list[Cell], arms: list[str] | None = None,
             raise StudyError(f"--seed {missing[0]} is not a seed of this study; its seeds: "
                              f"{', '.join(map(str, have))}.")
         cells = [c for c in cells if c.seed in seeds]
+    for axis, values in _grid_filter(cells, points or []).items():
+        cells = [c for c in cells if c.point[axis] in values]
     return cells
+
+
+def _grid_filter(cells: list[Cell], points: list[str]) -> dict[str, list[Any]]:
+    """``['sparsity=0.5', ...]`` -> ``{'allocation.options.sparsity': [0.5], ...}``, checked."""
+    import yaml
+
+    axes = list(cells[0].point) if cells else []
+    names = {name: axis for axis in axes for name in (axis, axis.split(".")[-1])}
+    out: dict[str, list[Any]] = {}
+    for text in points:
+        name, sep, raw = text.partition("=")
+        if not sep or name.strip() not in names:
+            hint = closest(name.strip(), list(names)) if sep else ""
+            raise StudyError(f"--grid '{text}' must be AXIS=VALUE with an axis of this study{hint}; "
+                             f"its axes: {', '.join(axes) or '(none)'}.")
+        axis = names[name.strip()]
+        value = yaml.safe_load(raw)
+        have = list(dict.fromkeys(c.point[axis] for c in cells))
+        if value not in have:
+            raise StudyError(f"--grid {axis}={raw} is not a value of this study's grid; its values: "
+                             f"{', '.join(map(str, have))}.")
+        out.setdefault(axis, []).append(value)
+    return out
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -1,5 +1,5 @@
-"""``layerif study STUDY.yaml [--shard k/N] [--arm A] [--seed S] [--force] [--executor ...]`` and
-``layerif study report DIR``.
+"""``layerif study STUDY.yaml [--shard k/N] [--arm A] [--seed S] [--grid X=V] [--force]
+[--executor inline|local|slurm ...]`` and ``layerif study report DIR``.
 
 (No torch at module level: the CLI lists its commands without importing it. No ``from __future__
 import annotations``: typer reads the annotations of the nested command.)
@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
             "shows every finished cell.")] = None,
         seed: Annotated[list[int] | None, typer.Option(
             "--seed", help="Run only this seed's cells (repeatable).")] = None,
+        grid: Annotated[list[str] | None, typer.Option(
+            "--grid", metavar="AXIS=VALUE", help="Run only the cells at this grid value, the axis "
+            "by its path or last part, e.g. sparsity=0.5 (repeatable).")] = None,
         force: Annotated[bool, typer.Option(
             "--force", help="Start over: delete the study directory's cells and shared results "
             "(also when it was made by a different study config).")] = False,
@@ -89,12 +92,12 @@ def register(app: typer.Typer) -> None:
         options.check(parsed)
         if options.name != "inline":
             _submit(Path(target), options, force, console, show_progress=not STATE["quiet"], arms=arm,
-                seeds=seed)
+                seeds=seed, points=grid)
             return
         from layerif_core.study.runner import run_study
 
         outcome = run_study(Path(target), shard=parsed, force=force, show_progress=not STATE["quiet"],
-                            console=console, arms=arm, seeds=seed)
+                            console=console, arms=arm, seeds=seed, points=grid)
         console.print(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} finished earlier "
                       f"(skipped), {len(outcome.failed)} failed; shared work computed: "
                       + _counts(outcome.shared), highlight=False)
@@ -111,13 +114,13 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def _submit(path: Path, options, force: bool, console, show_progress: bool, arms: list[str] | None,
-            seeds: list[int] | None) -> None:
+            seeds: list[int] | None, points: list[str] | None) -> None:
     """--executor local|slurm: shared stages here, one job per unfinished cell, wait (or not)."""
     from layerif_core.study.executor import submit_study
     from layerif_core.study.runner import Display
 
     submission = submit_study(path, options, force=force, show_progress=show_progress, console=console,
-                              arms=arms, seeds=seeds)
+                              arms=arms, seeds=seeds, points=points)
     outcome = submission.outcome
     console.print(f"shared work computed before the jobs: {_counts(outcome.shared)}; "
                   f"{len(submission.pending) + len(submission.jobs)} cells to run as {options.name} jobs, "

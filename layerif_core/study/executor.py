@@ -338,17 +338,17 @@ def job_result(job: Any) -> dict[str, Any] | None:
 def submit_study(path: str | Path, options: ExecutorOptions, force: bool = False,
                  data: dict[str, Any] | None = None, show_progress: bool = False,
                  console: Any = None, arms: list[str] | None = None,
-                 seeds: list[int] | None = None) -> Submission:
+                 seeds: list[int] | None = None, points: list[str] | None = None) -> Submission:
     """Prepare the shared stages of the study's unfinished cells once, then submit a job per cell
-    (see the module's docstring); ``Submission.wait()`` waits for them. ``arms``, ``seeds``: only
-    the cells of those arms and seeds."""
+    (see the module's docstring); ``Submission.wait()`` waits for them. ``arms``, ``seeds``,
+    ``points``: only those cells (``--arm``, ``--seed``, ``--grid``)."""
     from layerif_core import logs
     from layerif_core.artifacts import package_versions
     from layerif_core.study.runner import Display, Shared, StudyOutcome, prepare_study, unfinished
 
     options.check()
     load_submitit()
-    study, directory, cells = prepare_study(path, force, data, arms, seeds)
+    study, directory, cells = prepare_study(path, force, data, arms, seeds, points)
     outcome = StudyOutcome(directory, len(cells))
     todo, outcome.skipped = unfinished(directory, cells)
     if outcome.skipped:

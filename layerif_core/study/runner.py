@@ -370,13 +370,15 @@ class Display:
 
 
 def prepare_study(path: str | Path, force: bool = False, data: dict[str, Any] | None = None,
-                  arms: list[str] | None = None, seeds: list[int] | None = None
-                  ) -> tuple[StudyConfig, Path, list[Cell]]:
+                  arms: list[str] | None = None, seeds: list[int] | None = None,
+                  points: list[str] | None = None) -> tuple[StudyConfig, Path, list[Cell]]:
     """Read and check the study (every cell's config) and open its directory: nothing is written
-    before every cell validates. ``arms``, ``seeds``: only those cells (``--arm``, ``--seed``)."""
+    before every cell validates. ``arms``, ``seeds``, ``points``: only those cells (``--arm``,
+    ``--seed``, ``--grid``; :func:`~layerif_core.study.cells.select_cells`)."""
     study, base = load_study(path, data)
     directory = Path(study.output_dir) / study.name
-    cells = select_cells(build_cells(study, base, output_dir=str(directory / "runs")), arms, seeds)
+    cells = select_cells(build_cells(study, base, output_dir=str(directory / "runs")), arms, seeds,
+                         points)
     open_study_dir(study, base, directory, force)
     return study, directory, cells
 
@@ -439,7 +441,7 @@ def execute_cell(cell: Cell, study: StudyConfig, shared: Shared, directory: Path
 def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: bool = False,
               show_progress: bool = True, data: dict[str, Any] | None = None,
               console: Any = None, arms: list[str] | None = None,
-              seeds: list[int] | None = None) -> StudyOutcome:
+              seeds: list[int] | None = None, points: list[str] | None = None) -> StudyOutcome:
     """Run the cells of the study file ``path`` (those of ``shard`` ``(k, N)`` only, if given), one
     after the other in this process (``--executor inline``; :mod:`layerif_core.study.executor`
     submits them as jobs instead).
@@ -447,10 +449,10 @@ def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: boo
     ``data``: the study as a mapping instead of the file's content (``path`` then only names it
     and anchors a relative ``base`` path). ``console``: the rich console of the progress display
     (the one the log handler writes to, so that log lines do not tear the display). ``arms``,
-    ``seeds``: run only the cells of those arms and seeds (the report shows every finished cell)."""
+    ``seeds``, ``points``: run only those cells (the report shows every finished cell)."""
     from layerif_core import logs
 
-    study, directory, cells = prepare_study(path, force, data, arms, seeds)
+    study, directory, cells = prepare_study(path, force, data, arms, seeds, points)
     mine = [c for c in cells if shard is None or c.in_shard(*shard)]
     outcome = StudyOutcome(directory, len(mine))
     shared = Shared(directory)

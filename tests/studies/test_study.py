@@ -134,14 +134,17 @@ def test_two_shards_and_report_equal_one_unsharded_run(finished, tiny_dir, tmp_p
         assert (tmp_path / "out" / "tiny" / name).read_text() == (finished["dir"] / name).read_text()
 
 
-def test_arm_and_seed_run_only_those_cells_with_the_full_runs_results(finished, tiny_dir, tmp_path):  # noqa: F811
+def test_arm_seed_and_grid_run_only_those_cells_with_the_full_runs_results(finished, tiny_dir,  # noqa: F811
+                                                                           tmp_path):
     path = write_study(tmp_path / "tiny.yaml", tiny_study(tiny_dir, tmp_path / "out"))
     result = invoke("study", str(path), "--arm", "LayerIF_ALL", "--seed", "1")  # the id spelling
     assert result.exit_code == 0, result.output
+    result = invoke("study", str(path), "--arm", "uniform", "--grid", "sparsity=0.6")
+    assert result.exit_code == 0, result.output
     got = {r["id"]: r for r in cells(tmp_path / "out" / "tiny")}
     want = {r["id"]: r for r in cells(finished["dir"])}
-    assert {(r["arm"], r["seed"]) for r in got.values()} == {("LayerIF ALL", 1)}
-    assert len(got) == 2  # both sparsities
+    assert sorted((r["arm"], r["seed"], r["grid"]["allocation.options.sparsity"]) for r in got.values()) == [
+        ("LayerIF ALL", 1, 0.3), ("LayerIF ALL", 1, 0.6), ("uniform", 0, 0.6), ("uniform", 1, 0.6)]
     for cell_id, record in got.items():
         assert record["metrics"] == want[cell_id]["metrics"]
     assert (tmp_path / "out" / "tiny" / "summary.md").is_file()  # the report of what finished

@@ -75,8 +75,12 @@ def test_shard_out_of_range_exits_2(shard, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (("--arm", "LayerIF AL"), "--arm 'LayerIF AL' is not an arm of this study (did you mean 'LayerIF ALL'?)"),
     (("--seed", "7"), "--seed 7 is not a seed of this study; its seeds: 0, 1"),
+    (("--grid", "sparsity=0.4"), "--grid allocation.options.sparsity=0.4 is not a value of this study's "
+                                 "grid; its values: 0.3, 0.6"),
+    (("--grid", "sparsty=0.3"), "--grid 'sparsty=0.3' must be AXIS=VALUE with an axis of this study "
+                                "(did you mean 'sparsity'?)"),
 ])
-def test_an_arm_or_seed_the_study_lacks_exits_2(extra, message, tmp_path):
+def test_an_arm_seed_or_grid_value_the_study_lacks_exits_2(extra, message, tmp_path):
     result = run(tmp_path, tiny_study(NO_MODEL, tmp_path / "out"), *extra)
     assert message in one_error_line(result)
     assert not (tmp_path / "out").exists()
