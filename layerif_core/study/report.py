@@ -166,7 +166,7 @@ def summarize(data: StudyData) -> dict[str, Any]:
                     ties = [_tie(x, y) for x, y in zip(a, c, strict=True)]
                     gains = [sign * d for d in diffs]
                     row["paired"] = {
-                        "n": len(common), "diff_mean": sum(diffs) / len(diffs) if diffs else math.nan,
+                        "n": len(common), "diff_mean": _mean_diff(a, c),
                         "p": paired_p(a, c, data.study.test),
                         "wins": sum(1 for g, t in zip(gains, ties, strict=True) if not t and g > 0),
                         "ties": sum(ties),
@@ -185,6 +185,14 @@ def summarize(data: StudyData) -> dict[str, Any]:
 
 
 # --- tables ------------------------------------------------------------------------------------
+
+def _mean_diff(a: list[float], c: list[float]) -> float:
+    """Mean of ``a - c``, 0 where it is rounding (equal means of different values, e.g. accuracies)."""
+    if not a:
+        return math.nan
+    diff = math.fsum(x - y for x, y in zip(a, c, strict=True)) / len(a)
+    return 0.0 if abs(diff) <= 1e-12 * max(map(abs, a + c)) else diff
+
 
 def fmt(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):

@@ -142,3 +142,16 @@ def test_a_recorded_curve_is_plotted_for_the_first_seed(tmp_path):
     build_report(directory)
     assert (directory / "plots" / "curve_lora_moe_validation_loss.png").stat().st_size > 5_000
     assert "curve_lora_moe_validation_loss" in (directory / "report.html").read_text()
+
+
+def test_equal_means_of_different_values_differ_by_exactly_zero(tmp_path):
+    """Accuracies 0.73, 0.65, ... against 0.67, 0.68, ...: the same mean, so the difference is 0,
+    not the 3e-17 that summing the rounded differences leaves."""
+    acc = {"uniform": [0.67, 0.68, 0.69, 0.69], "layerif": [0.73, 0.65, 0.68, 0.67]}
+    assert sum(a - u for a, u in zip(acc["layerif"], acc["uniform"], strict=True)) != 0
+    cells = [cell(arm, s, {"acc": v}) for arm, vals in acc.items() for s, v in enumerate(vals)]
+    directory = write_dir(tmp_path / "s", study(seeds=[0, 1, 2, 3]), cells)
+    build_report(directory)
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["metrics"][0]["points"][0]["rows"][1]["paired"]["diff_mean"] == 0.0
+    assert "| 0 (p=" in (directory / "summary.md").read_text()
