@@ -78,7 +78,12 @@ class Allocator(Protocol):
 
 @runtime_checkable
 class Application(Protocol):
-    """Turns an allocation into a changed model (pruned, LoRA-MoE trained), writing artifacts."""
+    """Turns an allocation into a changed model (pruned, LoRA-MoE trained), writing artifacts.
+
+    Optional attributes, set by ``apply``, that a study records per cell: ``metrics`` (name ->
+    float, e.g. ``sparsity/achieved``) and ``curves`` (name -> ``[[step, value], ...]``, plotted by
+    the report for the first seed).
+    """
 
     def apply(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> torch.nn.Module:
         """Args: ctx: the run (its directory receives the artifacts); model: the base model, changed

@@ -235,26 +235,15 @@ class Shared:
 # --- one cell ----------------------------------------------------------------------------------
 
 def application_metrics(app: Any) -> dict[str, float]:
-    """What an application measured on what it produced (achieved sparsity, validation loss)."""
-    out: dict[str, float] = {}
-    result = getattr(app, "result", None)
-    if result is not None and isinstance(getattr(result, "achieved", None), dict):
-        out["sparsity/achieved"] = float(result.achieved["overall"])
-    train_log = getattr(app, "log", None)
-    if train_log is not None and getattr(train_log, "validation", None):
-        out["lora_moe/validation_loss"] = float(train_log.validation[-1]["loss"])
-    out.update({k: float(v) for k, v in (getattr(app, "metrics", None) or {}).items()})  # lora_ranks
-    return out
+    """What an application measured on what it produced (achieved sparsity, validation loss): its
+    optional ``metrics`` attribute (:class:`~layerif_core.protocols.Application`)."""
+    return {k: float(v) for k, v in (getattr(app, "metrics", None) or {}).items()}
 
 
 def application_curves(app: Any) -> dict[str, list[list[float]]]:
-    """Metrics an application measured along the way, as ``[step, value]`` pairs (the validation
-    loss of a LoRA-MoE training), so a report can show whether training had converged."""
-    train_log = getattr(app, "log", None)
-    points = getattr(train_log, "validation", None) or []
-    if not points:
-        return {}
-    return {"lora_moe/validation_loss": [[float(p["step"]), float(p["loss"])] for p in points]}
+    """What it measured along the way as ``[step, value]`` pairs (a LoRA-MoE validation loss), so a
+    report can show whether training had converged: its optional ``curves`` attribute."""
+    return {k: [[float(x), float(y)] for x, y in v] for k, v in (getattr(app, "curves", None) or {}).items()}
 
 
 def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:

@@ -45,6 +45,10 @@ def test_training_writes_the_adapter_curves_and_log(trained):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["lora_moe"]["experts"] == [1, 2, 3]
+    # what a study cell records: the final validation loss and its curve, from the log
+    curve = [[v["step"], v["loss"]] for v in log["validation"]]
+    assert app.curves == {"lora_moe/validation_loss": curve}
+    assert app.metrics == {"lora_moe/validation_loss": curve[-1][1]}
 
 
 def test_saved_adapter_reloads_to_identical_logits(trained):

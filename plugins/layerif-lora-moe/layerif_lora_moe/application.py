@@ -76,6 +76,8 @@ class LoraMoeApplication:
         self.opts = opts or LoraMoeOptions()
         self.handle: LoraMoeModel | None = None
         self.log: TrainLog | None = None
+        self.metrics: dict[str, float] = {}  # what a study records (layerif_core.protocols.Application)
+        self.curves: dict[str, list[list[float]]] = {}
 
     def inject(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> LoraMoeModel:
         """Experts on the base model: a scoring adapter (``model.adapter`` with ``layers.lora_only``)
@@ -98,6 +100,10 @@ class LoraMoeApplication:
         train_split, val_split = task_splits(ctx, self.opts)
         log = train(ctx, handle, self.opts, train_split, val_split, stop_after=stop_after)
         self.handle, self.log = handle, log
+        if log.validation:
+            self.metrics = {"lora_moe/validation_loss": float(log.validation[-1]["loss"])}
+            self.curves = {"lora_moe/validation_loss": [[float(p["step"]), float(p["loss"])]
+                                                        for p in log.validation]}
         handle.save(ctx.run_dir.file(ADAPTER_DIR))
         ctx.run_dir.write_json("lora_moe/train_log.json", log.to_json())
         plot_loss(log, ctx.run_dir.file("plots/lora_moe_loss.png"),

@@ -160,7 +160,9 @@ class Prune:
     def __init__(self, opts: PruneOptions):
         self.opts = opts
         self.result: PruneResult | None = None
+        self.metrics: dict[str, float] = {}  # what a study records (layerif_core.protocols.Application)
 
     def apply(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> torch.nn.Module:
         self.result = prune_model(ctx, model, allocation, self.opts)
+        self.metrics = {"sparsity/achieved": float(self.result.achieved["overall"])}
         return self.result.model
