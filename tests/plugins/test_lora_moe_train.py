@@ -147,3 +147,40 @@ def test_token_loss_runs_the_head_only_where_labels_are_and_equals_the_full_loss
                                ignore_index=IGNORE)
     assert n == 6
     torch.testing.assert_close(loss, full, rtol=1e-5, atol=1e-6)
+
+
+def test_token_loss_falls_back_only_for_a_model_without_logits_to_keep():
+    """A forward that does not take ``logits_to_keep`` gets the full-logits call (same loss); a
+    TypeError raised for any other reason inside the forward reaches the caller unchanged, after
+    one forward, not two."""
+    from layerif_core.data import IGNORE, pad_rows
+    from layerif_lora_moe.train import token_loss
+
+    model = tiny_model("llama").eval()
+
+    class NoKeep(torch.nn.Module):  # an older causal LM's signature
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask, use_cache):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+    class Broken(NoKeep):
+        calls = 0
+
+        def forward(self, input_ids, attention_mask, use_cache, logits_to_keep=None):
+            Broken.calls += 1
+            ids = torch.cat(input_ids, 1)  # a bug inside the forward: TypeError, tuple expected
+            return self.inner(input_ids=ids, attention_mask=attention_mask)
+
+    rows = [[5, 6, 7, 8, 9], [10, 11, 12]]
+    batch = pad_rows(rows, [[IGNORE] * 3 + r[-2:] for r in rows[:1]] + [[IGNORE, 11, 12]], 0, [0, 1])
+    with torch.no_grad():
+        expected, n = token_loss(model, batch)
+        got, m = token_loss(NoKeep(), batch)
+        assert m == n == 4
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        with pytest.raises(TypeError, match="tuple of Tensors") as raised:
+            token_loss(Broken(), batch)
+    assert "logits_to_keep" not in str(raised.value) and Broken.calls == 1

@@ -66,7 +66,9 @@ def token_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, int]
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
     try:
         logits = model(**inputs, logits_to_keep=keep).logits
-    except TypeError:  # a model without logits_to_keep
+    except TypeError as error:  # a model without logits_to_keep; any other TypeError is raised
+        if "logits_to_keep" not in str(error):
+            raise
         logits = model(**inputs).logits
     if logits.shape[1] != keep.numel():  # every position was computed
         logits = logits[:, keep]
