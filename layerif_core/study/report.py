@@ -105,7 +105,12 @@ def paired_p(arm: list[float], control: list[float], test: str) -> float:
 
     from scipy import stats
 
-    if len(arm) < 2 or all(a == c for a, c in zip(arm, control, strict=True)):
+    diffs = [a - c for a, c in zip(arm, control, strict=True)]
+    if len(arm) < 2 or not any(diffs):
+        return math.nan
+    # equal differences (e.g. every seed one question of 100 worse): the t statistic is not defined
+    # (zero spread), and scipy returns p = 0 from the rounding residue of the subtractions
+    if test == "t" and max(diffs) - min(diffs) <= 1e-9 * max(1.0, *(abs(c) for c in control)):
         return math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
