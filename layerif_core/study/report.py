@@ -92,6 +92,8 @@ def mean_ci(values: list[float]) -> tuple[float, float, int]:
     n = len(values)
     if n == 0:
         return math.nan, math.nan, 0
+    if max(values) == min(values):  # summing leaves 1e-17 in the mean; the spread is exactly 0
+        return values[0], (0.0 if n > 1 else math.nan), n
     mean = sum(values) / n
     if n < 2:
         return mean, math.nan, n

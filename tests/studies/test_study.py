@@ -114,6 +114,22 @@ def test_paired_p_is_undefined_for_equal_differences_under_the_t_test():
     assert paired_p(arm, control, "t") == pytest.approx(stats.ttest_rel(arm, control).pvalue, rel=1e-12)
 
 
+def test_mean_ci_of_equal_values_is_the_value_with_no_width():
+    """Five seeds that reach the same achieved sparsity: mean that value, interval exactly 0 (the
+    summed mean is off by 1e-17 and the interval printed as 7.706e-17); other values as scipy's."""
+    from layerif_core.study.report import mean_ci
+
+    same = [0.49918077256944443] * 5  # LayerIF +VE at 50%, pruning study
+    assert sum(same) / 5 != same[0]  # the rounding this guards against
+    assert mean_ci(same) == (same[0], 0.0, 5)
+    assert mean_ci([2.0])[0] == 2.0 and math.isnan(mean_ci([2.0])[1])
+    values = [46.4, 45.8, 46.2, 46.5, 45.5]
+    mean, ci, n = mean_ci(values)
+    sem = stats.sem(values)
+    assert (mean, n) == (pytest.approx(statistics.mean(values)), 5)
+    assert ci == pytest.approx(stats.t.ppf(0.975, 4) * sem)
+
+
 def test_shared_scores_are_computed_once(finished):
     # LayerIF's scores depend on the seed (bundled data is drawn by seed), not on the sparsity:
     # one influence computation per seed for its 4 cells; the uniform scorer's once for all 4
