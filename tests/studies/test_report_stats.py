@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from layerif_core.study.config import StudyConfig
-from layerif_core.study.report import build_report
+from layerif_core.study.report import build_report, mean_ci, paired_p
 
 ACC = {  # arm -> seed -> accuracy at the one grid point ("higher is better")
     "uniform": [0.50, 0.55, 0.60, 0.52, 0.58],
@@ -155,3 +155,32 @@ def test_equal_means_of_different_values_differ_by_exactly_zero(tmp_path):
     summary = json.loads((directory / "summary.json").read_text())
     assert summary["metrics"][0]["points"][0]["rows"][1]["paired"]["diff_mean"] == 0.0
     assert "| 0 (p=" in (directory / "summary.md").read_text()
+
+
+def test_paired_p_is_undefined_for_equal_differences_under_the_t_test():
+    """Accuracy on 100 questions, both seeds one question worse: the differences have no spread,
+    so the paired t statistic is undefined (scipy answers p = 0 from the rounding residue of
+    0.66 - 0.67 and 0.67 - 0.68); Wilcoxon ranks them and keeps its p. Otherwise scipy's p."""
+    arm, control = [0.66, 0.67], [0.67, 0.68]
+    with pytest.warns(RuntimeWarning, match="catastrophic cancellation"):  # scipy's own doubt
+        assert stats.ttest_rel(arm, control).pvalue < 1e-6  # what the report printed before
+    assert math.isnan(paired_p(arm, control, "t"))
+    assert math.isnan(paired_p(control, control, "t")) and math.isnan(paired_p([1.0], [2.0], "t"))
+    five, base = [0.5, 0.6, 0.7, 0.8, 0.9], [0.51, 0.61, 0.71, 0.81, 0.91]
+    assert paired_p(five, base, "wilcoxon") == pytest.approx(stats.wilcoxon(five, base).pvalue)
+    arm, control = [44.1, 43.7, 45.4], [46.4, 45.8, 46.2]
+    assert paired_p(arm, control, "t") == pytest.approx(stats.ttest_rel(arm, control).pvalue, rel=1e-12)
+
+
+def test_mean_ci_of_equal_values_is_the_value_with_no_width():
+    """Five seeds that reach the same achieved sparsity: mean that value, interval exactly 0 (the
+    summed mean is off by 1e-17 and the interval printed as 7.706e-17); other values as scipy's."""
+    same = [0.49918077256944443] * 5  # LayerIF +VE at 50%, pruning study
+    assert sum(same) / 5 != same[0]  # the rounding this guards against
+    assert mean_ci(same) == (same[0], 0.0, 5)
+    assert mean_ci([2.0])[0] == 2.0 and math.isnan(mean_ci([2.0])[1])
+    values = [46.4, 45.8, 46.2, 46.5, 45.5]
+    mean, ci, n = mean_ci(values)
+    sem = stats.sem(values)
+    assert (mean, n) == (pytest.approx(statistics.mean(values)), 5)
+    assert ci == pytest.approx(stats.t.ppf(0.975, 4) * sem)

@@ -97,39 +97,6 @@ def test_paired_p_value_equals_scipys(finished):
     assert (paired["wins"], paired["losses"]) == (wins, 2 - wins)
 
 
-def test_paired_p_is_undefined_for_equal_differences_under_the_t_test():
-    """Accuracy on 100 questions, both seeds one question worse: the differences have no spread,
-    so the paired t statistic is undefined (scipy answers p = 0 from the rounding residue of
-    0.66 - 0.67 and 0.67 - 0.68); Wilcoxon ranks them and keeps its p. Otherwise scipy's p."""
-    from layerif_core.study.report import paired_p
-
-    arm, control = [0.66, 0.67], [0.67, 0.68]
-    with pytest.warns(RuntimeWarning, match="catastrophic cancellation"):  # scipy's own doubt
-        assert stats.ttest_rel(arm, control).pvalue < 1e-6  # what the report printed before
-    assert math.isnan(paired_p(arm, control, "t"))
-    assert math.isnan(paired_p(control, control, "t")) and math.isnan(paired_p([1.0], [2.0], "t"))
-    five, base = [0.5, 0.6, 0.7, 0.8, 0.9], [0.51, 0.61, 0.71, 0.81, 0.91]
-    assert paired_p(five, base, "wilcoxon") == pytest.approx(stats.wilcoxon(five, base).pvalue)
-    arm, control = [44.1, 43.7, 45.4], [46.4, 45.8, 46.2]
-    assert paired_p(arm, control, "t") == pytest.approx(stats.ttest_rel(arm, control).pvalue, rel=1e-12)
-
-
-def test_mean_ci_of_equal_values_is_the_value_with_no_width():
-    """Five seeds that reach the same achieved sparsity: mean that value, interval exactly 0 (the
-    summed mean is off by 1e-17 and the interval printed as 7.706e-17); other values as scipy's."""
-    from layerif_core.study.report import mean_ci
-
-    same = [0.49918077256944443] * 5  # LayerIF +VE at 50%, pruning study
-    assert sum(same) / 5 != same[0]  # the rounding this guards against
-    assert mean_ci(same) == (same[0], 0.0, 5)
-    assert mean_ci([2.0])[0] == 2.0 and math.isnan(mean_ci([2.0])[1])
-    values = [46.4, 45.8, 46.2, 46.5, 45.5]
-    mean, ci, n = mean_ci(values)
-    sem = stats.sem(values)
-    assert (mean, n) == (pytest.approx(statistics.mean(values)), 5)
-    assert ci == pytest.approx(stats.t.ppf(0.975, 4) * sem)
-
-
 def test_shared_scores_are_computed_once(finished):
     # LayerIF's scores depend on the seed (bundled data is drawn by seed), not on the sparsity:
     # one influence computation per seed for its 4 cells; the uniform scorer's once for all 4
