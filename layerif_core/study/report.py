@@ -92,11 +92,9 @@ def mean_ci(values: list[float]) -> tuple[float, float, int]:
     n = len(values)
     if n == 0:
         return math.nan, math.nan, 0
-    if max(values) == min(values):  # summing leaves 1e-17 in the mean; the spread is exactly 0
+    if max(values) == min(values):  # one value, or equal ones: summing would leave 1e-17 in the mean
         return values[0], (0.0 if n > 1 else math.nan), n
     mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan, n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n
 
