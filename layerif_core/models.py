@@ -80,7 +80,9 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     """De-quantise ``gguf`` once and save it as a safetensors model directory at ``target``.
 
     A GGUF-loaded transformers model refuses ``save_pretrained``, so the model is rebuilt from its
-    config and given the loaded state dict. The directory appears atomically (temp dir + rename).
+    config and given the loaded state dict. The directory appears atomically (temp dir + rename);
+    when another process (a parallel study shard, say) renamed its copy into place first, that
+    copy is kept.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -100,7 +102,12 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            log.info("%s was converted by another process meanwhile; using that copy", gguf.name)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -72,3 +72,25 @@ def test_cli_run_shows_no_third_party_warnings_and_records_plugins(tmp_path, smo
     assert (run / "log.txt").is_file()
     manifest = json.loads((run / "manifest.json").read_text())
     assert {"layerif", "layerif-prune", "layerif-eval", "layerif-lora-moe"} <= set(manifest["plugins"])
+
+
+@pytest.mark.slow
+def test_gguf_conversion_keeps_a_copy_another_process_finished_first(smollm2, tmp_path):
+    """Two processes converting at once (parallel study shards): the one that renames second keeps
+    the first one's copy instead of failing; a target that holds no model is still an error."""
+    import shutil
+
+    from layerif_core.models import _gguf_cache_path, convert_gguf, embedded_gguf
+
+    gguf = embedded_gguf("smollm2-135m")
+    target = tmp_path / "gguf" / "smollm2"
+    shutil.copytree(_gguf_cache_path(gguf), target)  # the other process's finished copy
+    assert convert_gguf(gguf, target) == target
+    assert (target / "config.json").is_file()
+    assert [p.name for p in target.parent.iterdir()] == ["smollm2"]  # no temp dir left behind
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "partial.bin").write_bytes(b"x")
+    with pytest.raises(OSError):
+        convert_gguf(gguf, broken)
