@@ -25,7 +25,6 @@ import html
 import json
 import math
 import os
-import platform
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -301,6 +300,31 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def cell_hardware(data: StudyData) -> dict[str, int]:
+    """How many finished cells ran on each processor (``versions``' cpu, its vector instruction
+    set and GPU); cells whose record does not say are counted as "not recorded"."""
+    counts: dict[str, int] = {}
+    for c in data.ok:
+        v = c.get("versions") or {}
+        kind = (f"{v['cpu']} ({v.get('cpu_capability', '?')})" + (f" + {v['gpu']}" if v.get("gpu") else "")
+                if v.get("cpu") else "not recorded")
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def hardware_line(data: StudyData) -> list[str]:
+    """summary.md's hardware line; with more than one processor, what that means for comparisons."""
+    counts = cell_hardware(data)
+    if not counts:
+        return []
+    line = "Hardware: " + "; ".join(f"{k}, {n} cell{'s' * (n != 1)}" for k, n in counts.items()) + "."
+    if len([k for k in counts if k != "not recorded"]) > 1:
+        line += (" Processors round floating-point sums differently, and a result that follows "
+                 "near-ties (a pruning mask) can move on a rerun on another one: compare arms whose "
+                 "cells ran on the same hardware, or rerun the others there.")
+    return [line, ""]
+
+
 def markdown(data: StudyData, summary: dict[str, Any]) -> str:
     s = data.study
     n_cells = len(s.arms) * len(data.points()) * len(s.seeds)
@@ -314,6 +338,7 @@ def markdown(data: StudyData, summary: dict[str, Any]) -> str:
              "(t distribution); the best mean of each column in bold. Differences: arm − control on "
              f"the same seed, mean over seeds, two-sided p-value of a {test}, and wins/ties/losses "
              "over the seeds (a win is better in the metric's direction).", ""]
+    lines += hardware_line(data)
     for t in tables(summary, data.axes):
         goal = "a measurement" if t["better"] == "none" else f"{t['better']} is better"
         lines += [f"## {t['metric']} ({goal})", ""]
@@ -556,7 +581,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 def _provenance(data: StudyData) -> dict[str, Any]:
     versions = next((c.get("versions") for c in data.cells if c.get("versions")), {})
     seconds = sum(c.get("seconds", 0) for c in data.cells)
-    return {"machine": f"{platform.machine()} ({platform.system()})", "versions": versions,
+    return {"hardware": cell_hardware(data), "versions": versions,
             "cells": len(data.cells), "cell_seconds_total": round(seconds, 1),
             "first_finished": min((c.get("finished", "") for c in data.cells), default=""),
             "last_finished": max((c.get("finished", "") for c in data.cells), default="")}

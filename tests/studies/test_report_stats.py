@@ -184,3 +184,27 @@ def test_mean_ci_of_equal_values_is_the_value_with_no_width():
     sem = stats.sem(values)
     assert (mean, n) == (pytest.approx(statistics.mean(values)), 5)
     assert ci == pytest.approx(stats.t.ppf(0.975, 4) * sem)
+
+
+def test_cells_from_two_processors_are_counted_and_the_summary_warns(tmp_path):
+    """A rerun on another CPU rounds differently; the report says which cells ran where."""
+    from layerif_core.artifacts import package_versions
+
+    here = package_versions()
+    assert here["cpu"] and here["cpu_capability"]  # this machine's, recorded by every cell
+    other = {**here, "cpu": "Other CPU", "cpu_capability": "DEFAULT"}
+    cells = [cell(arm, s, {"acc": v}) | {"versions": here if s < 3 else other}
+             for arm, vals in ACC.items() for s, v in enumerate(vals)]
+    cells[0].pop("versions")
+    directory = write_dir(tmp_path / "s", study(), cells)
+    build_report(directory)
+    md = (directory / "summary.md").read_text()
+    mine = f"{here['cpu']} ({here['cpu_capability']})"
+    assert f"Hardware: {mine}, 5 cells; Other CPU (DEFAULT), 4 cells; not recorded, 1 cell." in md
+    assert "compare arms whose cells ran on the same hardware" in md
+    assert f"&quot;{mine}&quot;: 5" in (directory / "report.html").read_text()
+
+    one = write_dir(tmp_path / "one", study(), [c | {"versions": here} for c in cells])
+    build_report(one)
+    md = (one / "summary.md").read_text()
+    assert f"Hardware: {mine}, 10 cells." in md and "same hardware" not in md
