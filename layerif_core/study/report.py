@@ -541,20 +541,33 @@ def plot_influence_mass(data: StudyData, out: Path) -> Path | None:
     return _save(fig, out / "influence_mass.png")
 
 
+def curve_cells(data: StudyData, name: str) -> tuple[int, list[dict[str, Any]]]:
+    """The seed and the cells whose curve ``name`` the report plots: those at the first grid point
+    and seed (in the study's order) at which a cell recorded it (a study resumed seed by seed, or
+    cells restored without curves, may lack it at the first seed)."""
+    points = [tuple(json.dumps(v, sort_keys=True) for v in p) for p in data.points()]
+    keyed = [((points.index(_point(c, data.axes)), data.study.seeds.index(c["seed"])), c)
+             for c in data.ok if (c.get("curves") or {}).get(name)
+             and _point(c, data.axes) in points and c["seed"] in data.study.seeds]
+    if not keyed:
+        return data.study.seeds[0], []
+    first = min(key for key, _ in keyed)
+    return data.study.seeds[first[1]], [c for key, c in keyed if key == first]
+
+
 def plot_curves(data: StudyData, out: Path) -> list[Path]:
     """Each curve the cells recorded (e.g. the LoRA-MoE validation loss against the step), one line
-    per arm, for the study's first seed and first grid point: did training converge?"""
-    seed = data.study.seeds[0]
-    point = tuple(json.dumps(v, sort_keys=True) for v in data.points()[0])
+    per arm, at one grid point and seed (:func:`curve_cells`): did training converge?"""
     names = sorted({name for c in data.ok for name in (c.get("curves") or {})})
     paths = []
     for name in names:
+        seed, cells = curve_cells(data, name)
         plt = _plt()
         fig, ax = plt.subplots(figsize=(7, 3.6))
         for arm in (a.label for a in data.study.arms):
-            for c in data.ok:
-                curve = (c.get("curves") or {}).get(name)
-                if c["arm"] == arm and c["seed"] == seed and _point(c, data.axes) == point and curve:
+            for c in cells:
+                if c["arm"] == arm:
+                    curve = c["curves"][name]
                     ax.plot([p[0] for p in curve], [p[1] for p in curve], "o-", ms=3, label=arm)
         ax.set_xlabel("step")
         ax.set_ylabel(name)
