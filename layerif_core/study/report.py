@@ -388,6 +388,12 @@ def _plt():
     return plt
 
 
+def wants_log_scale(values: list[float]) -> bool:
+    """Positive values spanning more than a factor 10 (perplexity from 50% to 70% sparsity): on a
+    linear axis the small ones would sit on one line."""
+    return bool(values) and min(values) > 0 and max(values) > 10 * min(values)
+
+
 def plot_metrics(data: StudyData, summary: dict[str, Any], out: Path) -> list[Path]:
     """Each metric against each grid axis: one line per arm with its 95% CI band; one panel per
     combination of the other axes' values."""
@@ -405,8 +411,12 @@ def plot_metrics(data: StudyData, summary: dict[str, Any], out: Path) -> list[Pa
             for ax, (key, pts) in zip(axs[0], groups.items(), strict=True):
                 xs = list(range(len(pts)))
                 labels = [str(p["grid"].get(axis, "")) for p in pts]
+                if len(data.study.arms) > 10:  # the default cycle repeats its colours after 10
+                    ax.set_prop_cycle(color=plt.cm.tab20.colors)
+                shown = []
                 for i, arm in enumerate(a.label for a in data.study.arms):
                     mean = [p["rows"][i]["mean"] for p in pts]
+                    shown += [v for v in mean if math.isfinite(v)]
                     ci = [0.0 if math.isnan(p["rows"][i]["ci95"]) else p["rows"][i]["ci95"] for p in pts]
                     line, = ax.plot(xs, mean, "o-", label=arm, lw=1.5, ms=4)
                     ax.fill_between(xs, [a - c for a, c in zip(mean, ci, strict=True)],
@@ -415,6 +425,9 @@ def plot_metrics(data: StudyData, summary: dict[str, Any], out: Path) -> list[Pa
                 ax.set_xticks(xs, labels)
                 ax.set_xlabel(axis.split(".")[-1])
                 ax.set_ylabel(m["name"])
+                if wants_log_scale(shown):
+                    ax.set_yscale("log")
+                    ax.set_ylabel(f"{m['name']} (log scale)")
                 if others:
                     ax.set_title(", ".join(f"{o.split('.')[-1]}={json.loads(k)}" for o, k in
                                            zip(others, key, strict=True)), fontsize=9)

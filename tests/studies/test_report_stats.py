@@ -14,7 +14,14 @@ import pytest
 from scipy import stats
 
 from layerif_core.study.config import StudyConfig
-from layerif_core.study.report import build_report, curve_cells, mean_ci, paired_p, read_study
+from layerif_core.study.report import (
+    build_report,
+    curve_cells,
+    mean_ci,
+    paired_p,
+    read_study,
+    wants_log_scale,
+)
 
 ACC = {  # arm -> seed -> accuracy at the one grid point ("higher is better")
     "uniform": [0.50, 0.55, 0.60, 0.52, 0.58],
@@ -220,3 +227,10 @@ def test_cells_from_two_processors_are_counted_and_the_summary_warns(tmp_path):
     build_report(one)
     md = (one / "summary.md").read_text()
     assert f"Hardware: {mine}, 10 cells." in md and "same hardware" not in md
+
+
+def test_a_metric_spanning_more_than_a_factor_ten_is_plotted_on_a_log_axis():
+    assert wants_log_scale([44.0, 101.9, 593.7])  # perplexity at 50%, 60%, 70% sparsity
+    assert not wants_log_scale([0.67, 0.70])  # accuracies
+    assert not wants_log_scale([-0.5, 10.0])  # a difference can be negative
+    assert not wants_log_scale([])
