@@ -306,8 +306,9 @@ def cell_hardware(data: StudyData) -> dict[str, int]:
     counts: dict[str, int] = {}
     for c in data.ok:
         v = c.get("versions") or {}
-        kind = (f"{v['cpu']} ({v.get('cpu_capability', '?')})" + (f" + {v['gpu']}" if v.get("gpu") else "")
-                if v.get("cpu") else "not recorded")
+        kind = f"{v['cpu']} ({v.get('cpu_capability', '?')})" if v.get("cpu") else "not recorded"
+        if v.get("gpu"):
+            kind += f" + {v['gpu']}"
         counts[kind] = counts.get(kind, 0) + 1
     return counts
 
@@ -559,9 +560,11 @@ def curve_cells(data: StudyData, name: str) -> tuple[int, list[dict[str, Any]]]:
     and seed (in the study's order) at which a cell recorded it (a study resumed seed by seed, or
     cells restored without curves, may lack it at the first seed)."""
     points = [tuple(json.dumps(v, sort_keys=True) for v in p) for p in data.points()]
-    keyed = [((points.index(_point(c, data.axes)), data.study.seeds.index(c["seed"])), c)
-             for c in data.ok if (c.get("curves") or {}).get(name)
-             and _point(c, data.axes) in points and c["seed"] in data.study.seeds]
+    keyed = []
+    for c in data.ok:
+        point = _point(c, data.axes)
+        if (c.get("curves") or {}).get(name) and point in points and c["seed"] in data.study.seeds:
+            keyed.append(((points.index(point), data.study.seeds.index(c["seed"])), c))
     if not keyed:
         return data.study.seeds[0], []
     first = min(key for key, _ in keyed)
