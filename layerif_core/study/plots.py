@@ -253,6 +253,7 @@ def draw_paired_differences(rows: list[list[DifferencePanel]], control: str) -> 
                 ax.errorbar([d], [arms.index(arm)], xerr=None if math.isnan(ci) else [ci], fmt="o", ms=4,
                             capsize=3, color=VERDICT_COLOURS[verdict])
             ax.axvline(0, color="black", lw=0.8)
+            ax.margins(x=0.08)
             goal = "" if panel.better == "none" else f"; {panel.better} is better"
             ax.set_title(f"{panel.metric} at {panel.point}", fontsize=8)
             ax.set_xlabel(f"arm − {control}{goal}", fontsize=7)
