@@ -27,7 +27,6 @@ import json
 import logging
 import shutil
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,9 +35,9 @@ from typing import Any
 
 from layerif_core.artifacts import atomic_path, package_versions
 from layerif_core.config import RunConfig
-from layerif_core.errors import LayerifError
 from layerif_core.study.cells import Cell, build_cells, select_cells
 from layerif_core.study.config import StudyConfig, StudyError, load_study
+from layerif_core.study.records import CellError, CellRecord
 
 log = logging.getLogger("layerif")
 
@@ -84,8 +83,13 @@ def open_study_dir(study: StudyConfig, base: dict[str, Any], directory: Path, fo
                       "created": created or datetime.now(UTC).isoformat(timespec="seconds")})
 
 
-def cell_result(directory: Path, cell_id: str) -> dict[str, Any] | None:
-    return read_json(directory / "cells" / f"{cell_id}.json")
+def cell_result(directory: Path, cell_id: str) -> CellRecord | None:
+    """The record of cell ``cell_id``, or None when it has none that reads (it is then rerun)."""
+    found = read_json(directory / "cells" / f"{cell_id}.json")
+    try:
+        return None if found is None else CellRecord.from_json(found)
+    except StudyError:
+        return None
 
 
 # --- shared stages -----------------------------------------------------------------------------
@@ -377,48 +381,46 @@ def unfinished(directory: Path, cells: list[Cell]) -> tuple[list[Cell], list[str
     todo, skipped = [], []
     for cell in cells:
         found = cell_result(directory, cell.id)
-        if found is not None and found.get("status") == "ok":
+        if found is not None and found.ok:
             skipped.append(cell.id)
         else:
             todo.append(cell)
     return todo, skipped
 
 
-def new_record(cell: Cell, study: StudyConfig) -> dict[str, Any]:
-    return {"id": cell.id, "arm": cell.arm, "grid": cell.point, "seed": cell.seed,
-            "control": cell.arm == study.control.label}
+def new_record(cell: Cell, study: StudyConfig) -> CellRecord:
+    return CellRecord(id=cell.id, arm=cell.arm, grid=cell.point, seed=cell.seed,
+                      control=cell.arm == study.control.label)
 
 
-def record_failure(record: dict[str, Any], exc: Exception) -> None:
-    record.update(status="failed", error={
-        "type": type(exc).__name__, "message": str(exc), "user_error": isinstance(exc, LayerifError),
-        "traceback": traceback.format_exc(limit=20)})
-    log.warning("cell %s failed: %s: %s", record["id"], type(exc).__name__, exc)
+def record_failure(record: CellRecord, exc: Exception) -> None:
+    """Mark ``record`` failed with ``exc`` (call it in the ``except`` block: it keeps the traceback)."""
+    record.status, record.error = "failed", CellError.from_exception(exc)
+    log.warning("cell %s failed: %s: %s", record.id, type(exc).__name__, exc)
 
 
-def finish_record(directory: Path, study: StudyConfig, record: dict[str, Any], seconds: float,
+def finish_record(directory: Path, study: StudyConfig, record: CellRecord, seconds: float,
                   versions: dict[str, str]) -> None:
     """Write ``cells/<id>.json`` atomically (a killed process leaves no half cell) and remove the
     cell's run directory unless ``keep_runs``."""
     from layerif_core import logs
 
-    record["seconds"] = round(seconds, 3)
-    record["versions"] = versions
-    record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    write_json(directory / "cells" / f"{record['id']}.json", record)
+    record.seconds = round(seconds, 3)
+    record.versions = versions
+    record.finished = datetime.now(UTC).isoformat(timespec="seconds")
+    write_json(directory / "cells" / f"{record.id}.json", record.to_json())
     logs.attach_run_log(directory)  # between cells the study's log.txt (a cell's run dir may go)
-    if record["status"] == "ok" and not study.keep_runs:
-        shutil.rmtree(directory / "runs" / record["id"], ignore_errors=True)
+    if record.ok and not study.keep_runs:
+        shutil.rmtree(directory / "runs" / record.id, ignore_errors=True)
 
 
 def execute_cell(cell: Cell, study: StudyConfig, shared: Shared, directory: Path,
-                 versions: dict[str, str], stage: Stage) -> dict[str, Any]:
+                 versions: dict[str, str], stage: Stage) -> CellRecord:
     """Run one cell and record it: its result, or its error (a failed cell does not stop a study)."""
     record = new_record(cell, study)
     start = time.perf_counter()
     try:
-        record.update(run_cell(cell, shared, stage))
-        record["status"] = "ok"
+        record = record.with_result(run_cell(cell, shared, stage))
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # a failed cell is recorded; the others go on
@@ -460,7 +462,7 @@ def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: boo
             display.update(stage="starting", cell=cell.id)
             record = execute_cell(cell, study, shared, directory, versions,
                                   lambda s: display.update(stage=s))
-            (outcome.ran if record["status"] == "ok" else outcome.failed).append(cell.id)
-            display.finish(record["status"] == "ok")
+            (outcome.ran if record.ok else outcome.failed).append(cell.id)
+            display.finish(record.ok)
     outcome.shared = dict(shared.computed)
     return outcome
