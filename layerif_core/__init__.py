@@ -32,7 +32,7 @@ _EXPORTS = {
     "get_registry": "layerif_core.registry",
     "load_config": "layerif_core.config",
     "load_model": "layerif_core.models",
-    "load_task_splits": "layerif_core.pipeline",
+    "load_task_splits": "layerif_core.splits",
     "open_run": "layerif_core.pipeline",
     "run": "layerif_core.pipeline",
     "score_task": "layerif_core.pipeline",

@@ -18,6 +18,7 @@ from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.registry import get_registry
 from layerif_core.results import LayerScores
+from layerif_core.splits import load_task_splits
 
 log = logging.getLogger("layerif")
 
@@ -33,8 +34,6 @@ class LayerIFScorer:
     """Influence-based layer scores: estimator → ``I[L, N]`` → aggregator → ``S[L]``."""
 
     def score(self, ctx: RunContext, task: TaskSpec) -> LayerScores:
-        from layerif_core.pipeline import load_task_splits
-
         registry = get_registry()
         est_spec, agg_spec = ctx.config.scorer.estimator, ctx.config.scorer.aggregator
         estimator = registry.build("estimator", est_spec.name, est_spec.options)

@@ -10,10 +10,11 @@ from typing import Annotated
 
 import typer
 
+from layerif_core.cli_kit import STATE, console, guarded
+
 
 def register(app: typer.Typer) -> None:
     """Attach the ``study`` command to the ``layerif`` app."""
-    from layerif_core.cli import STATE, console, guarded
 
     @app.command("study", no_args_is_help=True)
     @guarded

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from layerif_core.cli import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
+from layerif_core.cli_kit import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
 from layerif_core.config import ComponentSpec, RunConfig
 from layerif_core.errors import ConfigError
-
-if TYPE_CHECKING:  # the CLI loads this module to list the command: no torch at import
-    pass
 
 ScoresOpt = Annotated[Path | None, typer.Option(
     "--scores", help="Use the layer scores of an earlier run (its scores.json or run directory) "
