@@ -7,7 +7,7 @@ Phases (``--phases``, default all; each writes ``$OUT/bench_gpu.json`` as it fin
 - ``throughput``: matmul FLOP/s in float32 and bfloat16, float64 ``eigh`` times;
 - ``smollm2``: SmolLM2-135M shape, float32 and bfloat16: plain forward+backward passes, EK-FAC
   (covariance, correction, query+score phases), ``grad_dot``; time over the plain-pass floor and
-  over the FLOP floor (:mod:`benchmarks.flops`), peak device memory;
+  over the FLOP floor (:mod:`layerif_core.cost`), peak device memory;
 - ``tinyllama``: TinyLlama-1.1B shape (``--tinyllama-layers`` of 22), float32;
 - ``mistral7b``: Mistral-7B shape (32 layers, hidden 4096, MLP 14336, 8 KV heads; ``--mistral-layers``),
   bfloat16, EK-FAC over every linear module, 256 train × 512 tokens and 32 queries;
@@ -48,9 +48,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.flops import ekfac_flops, matmul_flops_per_second
 from layerif_core.artifacts import RunDir
 from layerif_core.config import RunConfig
+from layerif_core.cost import ekfac_flops, matmul_flops_per_second
 from layerif_core.data import TokenizedSplit
 from layerif_core.losses import sequence_losses
 from layerif_core.pipeline import open_run
