@@ -79,6 +79,12 @@ class LoraMoeApplication:
         self.metrics: dict[str, float] = {}  # what a study records (layerif_core.protocols.Application)
         self.curves: dict[str, list[list[float]]] = {}
 
+    def estimate(self, work):
+        """What training will cost (``layerif study --plan``; :mod:`layerif_lora_moe.cost`)."""
+        from layerif_lora_moe.cost import estimate
+
+        return estimate(self.opts, work)
+
     def inject(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> LoraMoeModel:
         """Experts on the base model: a scoring adapter (``model.adapter`` with ``layers.lora_only``)
         is removed first (:mod:`layerif_core.scope`); every base linear module of the blocks is a

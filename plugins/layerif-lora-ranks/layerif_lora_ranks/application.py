@@ -154,6 +154,12 @@ class LoraRanks:
         self.metrics: dict[str, float] = {}  # measured by the application itself
         self.metrics_uniform: dict[str, float] = {}
 
+    def estimate(self, work):
+        """What fine-tuning will cost, if it does (``layerif study --plan``)."""
+        from layerif_lora_ranks.cost import estimate
+
+        return estimate(self.train_enabled(work.config), work)
+
     def plan(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation
              ) -> tuple[Allocation, Any]:
         """The exact allocation for ``model``'s target modules and its LoraConfig, written to disk."""

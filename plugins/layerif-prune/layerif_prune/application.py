@@ -162,6 +162,12 @@ class Prune:
         self.result: PruneResult | None = None
         self.metrics: dict[str, float] = {}  # what a study records (layerif_core.protocols.Application)
 
+    def estimate(self, work):
+        """What pruning will cost (``layerif study --plan``; :mod:`layerif_prune.cost`)."""
+        from layerif_prune.cost import estimate
+
+        return estimate(self.opts, work)
+
     def apply(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> torch.nn.Module:
         self.result = prune_model(ctx, model, allocation, self.opts)
         self.metrics = {"sparsity/achieved": float(self.result.achieved["overall"])}
