@@ -21,11 +21,13 @@ fit), whose candidate sets are:
 - ``xmin="mid"``: no search; ``λ_min`` is the eigenvalue at position ``N / xmin_pos`` (``alpha_mid``).
 
 The spectra are taken of a float32 copy of each weight matrix, whatever dtype the model was loaded
-in (a bfloat16 or float16 weight converts to float32 exactly); ``weights_precision="float16"``
+in (a bfloat16 or float16 weight converts to float32 exactly; the eigenvalues are then those of its
+Gram matrix in float64, see :func:`esd`); ``weights_precision="float16"``
 rounds that copy to float16 first, which is what AlphaPruning's published runs computed (their
 ``get_llm`` loads the model with ``torch_dtype=torch.float16``, then ``net_esd_estimator`` takes
-``svdvals`` of ``matrix.to(torch.float32)``). Their fp16 and fp32 loads give alphas that differ by
-up to 72% on some layers, so the precision used is recorded in the scores' details.
+``svdvals`` of ``matrix.to(torch.float32)``). On SmolLM2-135M the two precisions give alphas that
+differ by up to 72% on one matrix (20% on a layer's mean), so the scores' details record the dtype
+the weights were loaded in and the precision used.
 
 A layer's score is the mean of its matrices' exponents (AlphaPruning's ``block_wise`` mapping;
 ``aggregate="median"`` is offered). ``metric="alpha_hat"`` scores ``α · log10 λ_max`` per matrix
