@@ -19,9 +19,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from layerif_core.atomic import atomic_dir, atomic_path
 from layerif_core.config import FinetuneSpec, RunConfig
 from layerif_core.data import IGNORE, Batch, TokenizedSplit, tokenize_split
 from layerif_core.errors import ConfigError, ModelError
@@ -121,9 +120,7 @@ class _Checkpoints:
 
     def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, losses: list[float]
              ) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
-        try:
+        with atomic_dir(self.root / f"step-{step:06d}") as tmp:
             model.save_pretrained(tmp)
             opt_state = opt.state_dict()
             tensors = {f"state.{i}.{k}": v for i, s in opt_state["state"].items() for k, v in s.items()}
@@ -135,11 +132,6 @@ class _Checkpoints:
             (tmp / "state.json").write_text(json.dumps({
                 "fingerprint": self.fingerprint, "step": step, "losses": losses,
                 "param_groups": opt_state["param_groups"]}))
-            target = self.root / f"step-{step:06d}"
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         for old in self.root.glob("step-*"):
             if old.name != f"step-{step:06d}":
                 shutil.rmtree(old, ignore_errors=True)
@@ -262,10 +254,11 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
                 on_step(step, loss)
     peft_model.eval()
     _save_adapter(peft_model, out)
-    (out / STATE_FILE).write_text(json.dumps({
-        "fingerprint": fingerprint, "steps": step, "losses": losses, "base": config.model.source,
-        "data": {"source": data_spec.source, "examples": len(data), "fingerprint": data.fingerprint},
-        "seconds": round(time.perf_counter() - start, 2), "resumed_from": resumed}, indent=2) + "\n")
+    with atomic_path(out / STATE_FILE) as tmp:
+        tmp.write_text(json.dumps({
+            "fingerprint": fingerprint, "steps": step, "losses": losses, "base": config.model.source,
+            "data": {"source": data_spec.source, "examples": len(data), "fingerprint": data.fingerprint},
+            "seconds": round(time.perf_counter() - start, 2), "resumed_from": resumed}, indent=2) + "\n")
     checkpoints.clear()
     return FinetuneResult(out, peft_model, step, losses, resumed)
 
@@ -293,12 +286,7 @@ def _optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, params: 
 
 
 def _save_adapter(model: torch.nn.Module, out: Path) -> None:
-    """Save the adapter in peft's format, replacing the files at ``out`` only once written."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-"))
-    try:
+    """Save the adapter in peft's format into ``out``, each file replaced only once written (``out``
+    also holds the training checkpoints and the state file, which stay)."""
+    with atomic_dir(out, existing="merge") as tmp:
         model.save_pretrained(tmp)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

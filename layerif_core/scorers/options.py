@@ -73,3 +73,8 @@ class HTSROptions(BaseModel):
         False, description="Drop eigenvalues below evals_thresh before fitting (AlphaPruning: off)."
     )
     evals_thresh: float = Field(1e-5, gt=0, description="Threshold of filter_zeros.")
+    weights_precision: Literal["float32", "float16"] = Field(
+        "float32", description="The weights' values the spectra are taken of: a float32 copy of the "
+        "weights as loaded, or that copy rounded to float16 first (AlphaPruning's published runs load "
+        "the model in float16)."
+    )
