@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from layerif_core.atomic import atomic_path
 from layerif_core.study import plots as draw
 from layerif_core.study.config import StudyConfig, StudyError
 from layerif_core.study.records import CellRecord, StudyData, point_key
@@ -134,8 +134,7 @@ def build_report(directory: str | Path) -> dict[str, Path]:
         ("report.html", lambda p: write_html(data, summary_md, plots, p)),
     ):
         target = data.directory / name
-        tmp = target.with_name(f".{name}.tmp")
-        write(tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            write(tmp)
         out[name] = target
     return out
