@@ -12,6 +12,7 @@ from study_helpers import tiny_dir, tiny_study, write_study  # noqa: F401 (tiny_
 from layerif_core.config import RunConfig
 from layerif_core.pipeline import compute_layer_scores, open_run
 from layerif_core.registry import get_registry
+from layerif_core.study.config import StudyError
 from layerif_core.study.runner import run_study
 
 SECOND = {"name": "second",
@@ -46,3 +47,12 @@ def test_a_study_scores_and_allocates_the_task_apply_to_names(tiny_dir, tmp_path
     assert set(written) == {"format", "model", "task", "application", "metrics", "curves", "evaluators"}
     assert written["format"] == 2 and written["task"] == "second"
     assert written["application"]["name"] == "prune" and written["metrics"] == cell["metrics"]
+
+
+def test_a_study_refuses_apply_to_each_before_anything_runs(tiny_dir, tmp_path):  # noqa: F811
+    data = tiny_study(tiny_dir, tmp_path / "out")
+    data["base"]["tasks"] = [{**data["base"]["tasks"][0], "name": "first"}, SECOND]
+    data["base"]["apply_to"] = "each"
+    with pytest.raises(StudyError, match=r"`layerif study` applies one allocation; set apply_to to a task"):
+        run_study(write_study(tmp_path / "s.yaml", data), show_progress=False)
+    assert not (tmp_path / "out").exists()
