@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from layerif_core.atomic import atomic_dir, atomic_path
-from layerif_core.config import FinetuneSpec, RunConfig
+from layerif_core.config import FinetuneSpec, RunConfig, TaskSpec
 from layerif_core.data import IGNORE, Batch, TokenizedSplit, tokenize_split
 from layerif_core.errors import ConfigError, ModelError
 from layerif_core.models import fingerprint_model, load_model, max_context
@@ -189,8 +189,9 @@ def _track(items: list[Batch], description: str, show: bool) -> Iterator[tuple[B
 
 def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer: Any = None,
              show_progress: bool = True, force: bool = False, on_step: StepFn | None = None,
-             lora: Any = None) -> FinetuneResult:
-    """Train a LoRA adapter on ``config.finetune.data`` (default: the first task's train split).
+             lora: Any = None, task: TaskSpec | None = None) -> FinetuneResult:
+    """Train a LoRA adapter on ``config.finetune.data`` (default: the train split of ``task``, or of
+    the config's first task).
 
     ``model``/``tokenizer`` default to ``config.model`` loaded *without* its adapter (the adapter is
     what this makes). ``on_step(step, loss)`` is called after every optimizer step. ``lora`` (a
@@ -204,7 +205,7 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
     if any("lora_" in name for name, _ in model.named_parameters()):
         raise ModelError("the model to fine-tune already has LoRA parameters; fine-tune the base model "
                          "(finetune loads model.source without model.adapter).")
-    data_spec = spec.data or config.tasks[0].train
+    data_spec = spec.data or (task or config.tasks[0]).train
     data = tokenize_split(data_spec, tokenizer, seed, "finetune", max_context(model))
     out = adapter_dir(config)
     key = [spec.model_dump(exclude={"output"}), seed, data.fingerprint,

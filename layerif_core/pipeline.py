@@ -18,12 +18,12 @@ import torch
 
 from layerif_core import logs
 from layerif_core.allocators.preprocess import postprocess
+from layerif_core.apply import ApplyResult, apply_allocation  # noqa: F401 (the Python API)
 from layerif_core.artifacts import RunDir, read_scores, scores_input
 from layerif_core.config import RunConfig, TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.distributed import init_from_env, shard_model
 from layerif_core.errors import DataError
-from layerif_core.evaluation import evaluate_model
 from layerif_core.layers import LayerMap
 from layerif_core.models import fingerprint_model, load_model, resolve_device
 from layerif_core.plotting import plot_scores
@@ -169,7 +169,8 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def run(config: RunConfig, force: bool = False, show_progress: bool = True) -> RunResult:
+def run(config: RunConfig, force: bool = False, show_progress: bool = True,
+        scores_path: str | Path | None = None) -> RunResult:
     """The whole job: scores, then (if configured) allocation, application and evaluation.
 
     Args:
@@ -179,25 +180,25 @@ def run(config: RunConfig, force: bool = False, show_progress: bool = True) -> R
             metrics under ``<run>/<task>/`` (metric keys prefixed ``<task>/``).
         force: recompute artifacts a rerun would otherwise reuse.
         show_progress: progress bars on long passes.
+        scores_path: the layer scores of an earlier run instead of computing them (:func:`layer_scores`).
+
+    Returns:
+        The scores, allocations and metrics: the application's own (``sparsity/achieved``, a
+        validation loss) and the evaluators', as in ``metrics.json`` (:func:`apply_allocation`).
     """
     ctx = open_run(config, force=force, show_progress=show_progress)
-    scores = compute_layer_scores(ctx)
+    scores = layer_scores(ctx, scores_path)
     allocations = allocate(ctx, scores)
     if config.application is not None and not allocations:
         raise DataError("an application needs an allocation; add an `allocation:` section.")
     if config.application is None:
-        metrics = evaluate_model(ctx, ctx.model, ctx.tokenizer).metrics if config.evaluation else {}
-        return RunResult(ctx.run_dir.path, scores, allocations, metrics)
+        return RunResult(ctx.run_dir.path, scores, allocations, apply_allocation(ctx, None, None).metrics)
     each = config.apply_to == "each"
     metrics: dict[str, float] = {}
     for task in config.application_tasks():
         target = task_context(ctx, task) if each else ctx
-        app = get_registry().build("application", config.application.name, config.application.options)
-        log.info("applying '%s' to the allocation of task '%s'", config.application.name, task)
-        model = app.apply(target, target.model, allocations[task])
-        if config.evaluation:
-            found = evaluate_model(target, model, target.tokenizer).metrics
-            metrics.update({f"{task}/{k}" if each else k: v for k, v in found.items()})
+        found = apply_allocation(target, task, allocations[task]).metrics
+        metrics.update({f"{task}/{k}" if each else k: v for k, v in found.items()})
     return RunResult(ctx.run_dir.path, scores, allocations, metrics)
 
 

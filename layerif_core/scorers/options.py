@@ -48,6 +48,12 @@ class RandomOptions(BaseModel):
     seed: int | None = Field(None, description="Seed of the scores; default: the run's seed.")
 
 
+def random_uses_seed(options: RandomOptions) -> bool:
+    """Whether the ``random`` scores change with the run's seed (its registry declaration): they
+    do unless the options fix their own seed."""
+    return options.seed is None
+
+
 class HTSROptions(BaseModel):
     """Options of the ``htsr_alpha`` scorer."""
 
