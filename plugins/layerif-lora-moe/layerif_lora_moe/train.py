@@ -192,6 +192,16 @@ def _load_checkpoint(ctx: RunContext, handle: LoraMoeModel, opt: torch.optim.Opt
     return int(meta["step"]), log
 
 
+@contextlib.contextmanager
+def _not_counted(handle: LoraMoeModel) -> Iterator[None]:
+    """Evaluation passes during training leave the expert usage of the training steps alone."""
+    handle.record_usage(False)
+    try:
+        yield
+    finally:
+        handle.record_usage(True)
+
+
 def _snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in params.items()}
 
@@ -270,12 +280,14 @@ def train(ctx: RunContext, handle: LoraMoeModel, opts: LoraMoeOptions, train_spl
         log.usage.append({"step": step + 1, "layers": handle.take_usage()})
         done = step + 1
         if holdout is not None and (done % es.eval_every == 0 or done == steps):
-            _held_out(ctx, model, holdout, stopper, best, named, done, batch_size, opts, log)
+            with _not_counted(handle):
+                _held_out(ctx, model, holdout, stopper, best, named, done, batch_size, opts, log)
         stop = stopper is not None and stopper.stopped
         if val_split is not None and opts.eval_every and done % opts.eval_every == 0 and done < steps \
                 and not stop:
-            log.validation.append({"step": done, "loss": validation_loss(ctx, model, val_split, batch_size,
-                                                                         opts.precision)})
+            with _not_counted(handle):
+                log.validation.append({"step": done, "loss": validation_loss(
+                    ctx, model, val_split, batch_size, opts.precision)})
         if (opts.save_every and done % opts.save_every == 0) or done == end or stop:
             log.seconds += time.perf_counter() - began
             began = time.perf_counter()
