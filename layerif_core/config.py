@@ -74,7 +74,9 @@ class DataSpec(Strict):
     skip: int = Field(0, ge=0, description="Leave out the first `skip` records (before `limit`), e.g. "
                       "to take validation windows from another part of a text than the training ones.")
     limit: int | None = Field(None, ge=1, description="Use only the first `limit` examples (after "
-                              "`skip`).")
+                              "`skip`); of a generated bundled task (bundled:arithmetic|capitals|"
+                              "antonyms), generate that many (default: train 300, validation 100, "
+                              "test 100).")
     max_length: int | None = Field(
         None, ge=2, description="Truncate sequences to this many tokens (default: the model's context)."
     )

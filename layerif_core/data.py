@@ -103,7 +103,8 @@ class TokenizedSplit:
 
 def load_records(spec: DataSpec, seed: int = 0) -> list[dict[str, Any]]:
     """The raw records of ``spec`` (before templating): after the first ``spec.skip``, at most
-    ``spec.limit`` of them."""
+    ``spec.limit`` of them. A generated bundled task generates ``skip + limit`` records when
+    ``limit`` is set (its split sizes otherwise), so ``limit`` may exceed the default size."""
     if spec.source.startswith("bundled:"):
         records = _bundled(spec, seed)
     else:
@@ -131,7 +132,11 @@ def _bundled(spec: DataSpec, seed: int) -> list[dict[str, Any]]:
     try:
         if task in TEXTS:
             return corpus_records(task, spec.split)
-        return bundled_records(task, spec.split, seed=seed)
+        # a generated split has no end: `limit` (after `skip`) says how many records to generate
+        n = None if spec.limit is None else spec.skip + spec.limit
+        return bundled_records(task, spec.split, seed=seed, n=n)
+    except ValueError as exc:
+        raise DataError(f"'{spec.source}' (split '{spec.split}'): {exc} (lower limit or skip).") from None
     except KeyError:
         corpora = "; ".join(f"{n} (splits {', '.join(s)})" for n, s in TEXTS.items())
         raise DataError(f"no bundled source '{task}' with split '{spec.split}'; bundled tasks: "

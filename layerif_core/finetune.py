@@ -11,6 +11,11 @@ Checkpoints (adapter, optimizer moments and RNG state, all safetensors + JSON) a
 ``save_steps`` optimizer steps under ``<adapter>/checkpoints/``; a rerun with the same inputs resumes
 from the latest one and produces the same adapter as an uninterrupted run. A finished adapter whose
 inputs are unchanged is reused.
+
+With ``early_stopping`` (:mod:`layerif_core.early_stopping`) a part of the training data is held
+out, its mean token loss is measured every ``eval_every`` optimizer steps, training stops after
+``patience`` evaluations without an improvement (``epochs`` is then the limit), and the adapter of
+the best evaluation is the one saved.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from layerif_core.atomic import atomic_dir, atomic_path
 from layerif_core.config import FinetuneSpec, RunConfig, TaskSpec
 from layerif_core.data import IGNORE, Batch, TokenizedSplit, tokenize_split
+from layerif_core.early_stopping import EarlyStopping, Stopper, holdout_split
 from layerif_core.errors import ConfigError, ModelError
 from layerif_core.models import fingerprint_model, load_model, max_context
 
@@ -52,6 +58,8 @@ class FinetuneResult:
     losses: list[float] = field(default_factory=list)  # mean loss of each optimizer step
     resumed_from: int = 0
     reused: bool = False
+    holdout_curve: list[list[float]] = field(default_factory=list)  # early stopping: [[step, loss]]
+    best_step: int | None = None  # early stopping: the step whose adapter was saved
 
 
 def adapter_dir(config: RunConfig) -> Path:
@@ -118,12 +126,13 @@ class _Checkpoints:
                 found.append((state["step"], d))
         return max(found)[1] if found else None
 
-    def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, losses: list[float]
-             ) -> None:
+    def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, losses: list[float],
+             stopper: Stopper | None = None, best: dict[str, torch.Tensor] | None = None) -> None:
         with atomic_dir(self.root / f"step-{step:06d}") as tmp:
             model.save_pretrained(tmp)
             opt_state = opt.state_dict()
             tensors = {f"state.{i}.{k}": v for i, s in opt_state["state"].items() for k, v in s.items()}
+            tensors.update({f"best.{name}": t for name, t in (best or {}).items()})
             tensors["rng.cpu"] = torch.get_rng_state()
             if torch.cuda.is_available():
                 tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -131,13 +140,17 @@ class _Checkpoints:
                       str(tmp / "optimizer.safetensors"))
             (tmp / "state.json").write_text(json.dumps({
                 "fingerprint": self.fingerprint, "step": step, "losses": losses,
-                "param_groups": opt_state["param_groups"]}))
+                "param_groups": opt_state["param_groups"],
+                "stopper": stopper.to_json() if stopper is not None else None}))
         for old in self.root.glob("step-*"):
             if old.name != f"step-{step:06d}":
                 shutil.rmtree(old, ignore_errors=True)
 
-    def restore(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
+    def restore(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                stopper: Stopper | None = None, best: dict[str, torch.Tensor] | None = None
                 ) -> tuple[int, list[float]]:
+        """Put the checkpoint at ``path`` back (with early stopping also the stopper's state and the
+        best weights into ``stopper`` and ``best``); its step and losses."""
         from peft import set_peft_model_state_dict
 
         state = json.loads((path / "state.json").read_text())
@@ -148,6 +161,10 @@ class _Checkpoints:
             if key.startswith("state."):
                 _, idx, name = key.split(".", 2)
                 opt_state.setdefault(int(idx), {})[name] = value
+            elif key.startswith("best.") and best is not None:
+                best[key[len("best."):]] = value
+        if stopper is not None and state.get("stopper"):
+            stopper.restore(state["stopper"])
         opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
         torch.set_rng_state(tensors["rng.cpu"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
@@ -189,7 +206,8 @@ def _track(items: list[Batch], description: str, show: bool) -> Iterator[tuple[B
 
 def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer: Any = None,
              show_progress: bool = True, force: bool = False, on_step: StepFn | None = None,
-             lora: Any = None, task: TaskSpec | None = None) -> FinetuneResult:
+             lora: Any = None, task: TaskSpec | None = None,
+             early_stopping: EarlyStopping | None = None) -> FinetuneResult:
     """Train a LoRA adapter on ``config.finetune.data`` (default: the train split of ``task``, or of
     the config's first task).
 
@@ -197,6 +215,7 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
     what this makes). ``on_step(step, loss)`` is called after every optimizer step. ``lora`` (a
     ``peft.LoraConfig``) replaces the adapter built from ``config.finetune``'s rank, alpha, dropout
     and target modules; the training options still come from ``config.finetune``.
+    ``early_stopping`` stops on a held-out part of the data and saves the best adapter.
     """
     spec = config.finetune
     seed = spec.seed if spec.seed is not None else config.seed
@@ -212,12 +231,19 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
            fingerprint_model(model, config.model.source)]
     if lora is not None:
         key.append(json.dumps(lora.to_dict(), sort_keys=True, default=_plain))
+    if early_stopping is not None:
+        key.append(early_stopping.model_dump())
     fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     done = _read_json(out / STATE_FILE)
     if not force and done and done.get("fingerprint") == fingerprint and (out / "adapter_model.safetensors"
                                                                           ).is_file():
         log.info("reusing the adapter in %s (inputs unchanged; --force retrains)", out)
-        return FinetuneResult(out, None, done["steps"], done["losses"], reused=True)
+        return FinetuneResult(out, None, done["steps"], done["losses"], reused=True,
+                              holdout_curve=done.get("holdout_curve", []), best_step=done.get("best_step"))
+    stopper, holdout, best = None, None, None
+    if early_stopping is not None:
+        data, holdout = holdout_split(data, early_stopping.holdout, seed)
+        stopper, best = Stopper.of(early_stopping), {}
 
     torch.manual_seed(seed)
     peft_model = add_lora(model, spec, config.model.source, lora)
@@ -231,13 +257,23 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
     step, losses, resumed = 0, [], 0
     latest = None if force else checkpoints.latest()
     if latest is not None:
-        step, losses = checkpoints.restore(latest, peft_model, opt)
+        step, losses = checkpoints.restore(latest, peft_model, opt, stopper, best)
         resumed = step
         log.info("resuming fine-tuning from %s (step %d of %d)", latest, step, total)
     start = time.perf_counter()
     device = next(peft_model.parameters()).device
+    trained = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+
+    def held_out(at: int) -> None:
+        if stopper.update(at, _mean_loss(peft_model, holdout, spec.batch_size, pad, device)):
+            best.update({n: p.detach().clone() for n, p in trained.items()})
+
+    if stopper is not None and step == 0:
+        held_out(0)
     peft_model.train()
     for epoch in range(step // per_epoch, spec.epochs):
+        if stopper is not None and stopper.stopped:
+            break
         batches = epoch_batches(data, epoch, seed, spec.batch_size, pad)
         skip = (step - epoch * per_epoch) * spec.gradient_accumulation
         groups = [batches[i: i + spec.gradient_accumulation] for i in range(skip, n_batches,
@@ -249,19 +285,50 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
             losses.append(loss)
             if bar is not None:
                 bar[0].update(bar[1], description=f"{desc} loss {loss:.4f}")
+            if stopper is not None and (step % early_stopping.eval_every == 0 or step == total):
+                held_out(step)
             if step % spec.save_steps == 0 and step < total:
-                checkpoints.save(peft_model, opt, step, losses)
+                checkpoints.save(peft_model, opt, step, losses, stopper, best)
             if on_step is not None:
                 on_step(step, loss)
+            if stopper is not None and stopper.stopped:
+                break
     peft_model.eval()
+    if stopper is not None:
+        with torch.no_grad():
+            for name, p in trained.items():
+                p.copy_(best[name].to(p.device))
+    curve = stopper.curve if stopper is not None else []
+    best_step = stopper.best_step if stopper is not None else None
     _save_adapter(peft_model, out)
     with atomic_path(out / STATE_FILE) as tmp:
         tmp.write_text(json.dumps({
             "fingerprint": fingerprint, "steps": step, "losses": losses, "base": config.model.source,
-            "data": {"source": data_spec.source, "examples": len(data), "fingerprint": data.fingerprint},
-            "seconds": round(time.perf_counter() - start, 2), "resumed_from": resumed}, indent=2) + "\n")
+            "data": {"source": data_spec.source, "examples": len(data), "fingerprint": data.fingerprint,
+                     "held_out": len(holdout) if holdout is not None else 0},
+            "seconds": round(time.perf_counter() - start, 2), "resumed_from": resumed,
+            "holdout_curve": curve, "best_step": best_step}, indent=2) + "\n")
     checkpoints.clear()
-    return FinetuneResult(out, peft_model, step, losses, resumed)
+    return FinetuneResult(out, peft_model, step, losses, resumed, holdout_curve=curve, best_step=best_step)
+
+
+@torch.no_grad()
+def _mean_loss(model: torch.nn.Module, data: TokenizedSplit, batch_size: int, pad: int,
+               device: torch.device) -> float:
+    """Mean next-token cross-entropy over all loss tokens of ``data`` (eval mode, no dropout)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in data.batches(batch_size, pad):
+        batch = batch.to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       use_cache=False).logits[:, :-1].float()
+        target = batch.labels[:, 1:]
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                       ignore_index=IGNORE, reduction="sum"))
+        count += int((target != IGNORE).sum())
+    model.train(was_training)
+    return total / max(count, 1)
 
 
 def _optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.Tensor],

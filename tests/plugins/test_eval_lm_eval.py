@@ -87,7 +87,7 @@ def test_shipped_bundled_task_runs_offline_from_cached_jsonl(tmp_path, monkeypat
     records = bundled_records("capitals", "test")[:6]
     acc, _ = expected_accuracy(ctx.model, ctx.tokenizer, records)
     assert got["lm_eval/layerif_capitals/acc"] == pytest.approx(acc)
-    assert (tmp_path / "cache" / "lm_eval" / "capitals-seed0" / "test.jsonl").is_file()
+    assert (tmp_path / "cache" / "lm_eval" / "capitals-v1-seed0" / "test-100.jsonl").is_file()
     assert report["tasks"]["layerif_capitals"] == {
         "version": 1.0, "n-shot": 0, "samples": {"original": 100, "effective": 6}}
 
@@ -97,7 +97,20 @@ def test_few_shot_count_is_passed_and_reported(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path)
     got, report = lm_eval(ctx, tasks=["layerif_arithmetic"], limit=3, num_fewshot=2)
     assert report["tasks"]["layerif_arithmetic"]["n-shot"] == 2
+    assert report["tasks"]["layerif_arithmetic"]["samples"] == {"original": 2000, "effective": 3}
     assert 0.0 <= got["lm_eval/layerif_arithmetic/acc"] <= 1.0
+
+
+def test_shipped_arithmetic_task_holds_2000_test_and_500_validation_questions(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAYERIF_CACHE", str(tmp_path / "cache"))
+    from layerif_eval.bundled import load_bundled
+
+    yaml_text = (Path(__file__).resolve().parents[2] / "plugins" / "layerif-eval" / "layerif_eval" / "tasks"
+                 / "layerif_arithmetic.yaml").read_text()
+    assert "validation_size: 500" in yaml_text and "test_size: 2000" in yaml_text
+    data = load_bundled(task="arithmetic", seed=0, validation_size=500, test_size=2000)
+    assert (len(data["train"]), len(data["validation"]), len(data["test"])) == (300, 500, 2000)
+    assert list(data["test"])[:5] == bundled_records("arithmetic", "test", n=5)
 
 
 def test_task_needing_the_hub_while_offline_names_the_local_file_fix(tmp_path):

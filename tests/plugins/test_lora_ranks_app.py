@@ -275,6 +275,23 @@ def test_a_scoring_adapter_is_removed_before_the_ranked_adapter_is_trained(tmp_p
     assert app.metrics["lora_ranks/validation_loss"] > 0
 
 
+def test_early_stopping_reports_its_steps_and_held_out_curve(tmp_path):
+    # 6 distinct training examples, ceil(0.3 · 6) = 2 held out, batch 2: 2 steps an epoch, 3 epochs;
+    # patience 50 never stops, so all 6 steps run and the held-out loss is measured at 0, 2, 4, 6
+    ctx = make_ctx(tmp_path, scorer={"name": "random"},
+                   finetune={"rank": 4, "alpha": 8, "target_modules": TARGETS, "batch_size": 2, "epochs": 3},
+                   application={"name": "lora_ranks", "options": {
+                       "train": True, "early_stopping": {"patience": 50, "eval_every": 2, "holdout": 0.3}}})
+    allocation = LoraRankAllocator(RankOptions(beta=1)).allocate(LayerScores(torch.tensor([0.0, 3.0, 1.0]),
+                                                                             False, "test"))
+    app = get_registry().build("application", "lora_ranks", ctx.config.application.options)
+    app.apply(ctx, ctx.model, allocation)
+    curve = app.curves["lora_ranks/holdout_loss"]
+    assert [p[0] for p in curve] == [0, 2, 4, 6]
+    assert app.metrics["train/steps"] == 6
+    assert curve[[p[0] for p in curve].index(app.metrics["train/best_step"])][1] == min(p[1] for p in curve)
+
+
 def test_options_and_command_import_no_torch():
     import subprocess
     import sys

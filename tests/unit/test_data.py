@@ -124,20 +124,62 @@ def test_bundled_tasks_are_deterministic_and_splits_differ():
             assert r["choices"][r["label"]] == r["answer"] and len(set(r["choices"])) == 4
 
 
-def test_bundled_arithmetic_answers_are_correct():
+def arithmetic_answer(question: str) -> int:
+    """The answer of a bundled arithmetic question, read from its words (not from the generator)."""
     import re
 
-    for r in bundled_records("arithmetic", "validation"):
-        nums = [int(x) for x in re.findall(r"\d+", r["question"])]
-        q = r["question"]
-        want = (nums[0] + nums[1] if "more. How" in q else nums[0] - nums[1] if "gives away" in q
-                else nums[0] * nums[1] if "bags" in q else nums[0] + nums[1] - nums[2])
-        assert int(r["answer"]) == want, q
+    n = [int(x) for x in re.findall(r"\d+", question)]
+    if re.search(r"has \d+ \w+ and gets \d+ more\. How many", question):
+        return n[0] + n[1]
+    if re.search(r"has \d+ \w+ and gives away \d+\. How many \w+ are left", question):
+        return n[0] - n[1]
+    if re.search(r"buys \d+ bags with \d+ \w+ in each", question):
+        return n[0] * n[1]
+    assert re.search(r"has \d+ \w+, finds \d+ more and then loses \d+\.", question), question
+    return n[0] + n[1] - n[2]
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_every_arithmetic_answer_follows_from_its_question_and_is_not_negative(split):
+    # seed 3's validation split once asked "has 2, finds 2 more and then loses 9": answer -5
+    for seed in range(5):
+        for r in bundled_records("arithmetic", split, seed=seed, n=2000):
+            assert int(r["answer"]) == arithmetic_answer(r["question"]) >= 0, r["question"]
+            assert all(int(c) >= 0 for c in r["choices"]), r
+
+
+def test_arithmetic_gives_2000_distinct_test_and_500_validation_questions_per_seed_by_seed():
+    for seed in range(3):
+        test = bundled_records("arithmetic", "test", seed=seed, n=2000)
+        val = bundled_records("arithmetic", "validation", seed=seed, n=500)
+        assert len({r["question"] for r in test}) == 2000 and len({r["question"] for r in val}) == 500
+        assert test == bundled_records("arithmetic", "test", seed=seed, n=2000)
+        assert test[:100] == bundled_records("arithmetic", "test", seed=seed)  # the default is a prefix
+    assert bundled_records("arithmetic", "test", seed=0, n=50) != bundled_records("arithmetic", "test",
+                                                                                   seed=1, n=50)
+
+
+def test_arithmetic_splits_share_no_question_across_seeds():
+    questions = {split: [{r["question"] for r in bundled_records("arithmetic", split, seed=s, n=n)}
+                         for s in range(5)]
+                 for split, n in (("train", 300), ("validation", 500), ("test", 2000))}
+    for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+        for qa in questions[a]:
+            for qb in questions[b]:
+                assert not qa & qb, (a, b)
+
+
+def test_a_limit_beyond_the_default_size_generates_that_many_records():
+    spec = DataSpec(source="bundled:arithmetic", split="validation", limit=500)
+    assert load_records(spec) == bundled_records("arithmetic", "validation", n=500)
+    skipped = load_records(DataSpec(source="bundled:arithmetic", split="test", skip=100, limit=20))
+    assert skipped == bundled_records("arithmetic", "test", n=120)[100:]
+    with pytest.raises(DataError, match="at most 20000 records per split.*lower limit"):
+        load_records(DataSpec(source="bundled:arithmetic", split="test", limit=20_001))
 
 
 @pytest.mark.parametrize("task", sorted(BUNDLED))
 def test_every_seed_generates_four_distinct_choices_with_the_answer(task):
-    # seed 3's arithmetic validation split once drew c > a + b + 4: too few non-negative distractors
     for seed in range(40):
         for split in ("train", "validation", "test"):
             for r in bundled_records(task, split, seed=seed):

@@ -68,6 +68,24 @@ def check_experts(handle: LoraMoeModel, experts: list[int]) -> None:
                                f"allocation of {experts[layer]}")
 
 
+def log_metrics(log: TrainLog) -> tuple[dict[str, float], dict[str, list[list[float]]]]:
+    """What a study records of a training log: the final validation loss (of the weights put back,
+    with early stopping) with its curve; with early stopping also the held-out curve, the steps
+    trained (``train/steps``) and the step whose weights were kept (``train/best_step``)."""
+    metrics: dict[str, float] = {}
+    curves: dict[str, list[list[float]]] = {}
+    if log.validation:
+        final = log.final_validation if log.final_validation is not None else log.validation[-1]["loss"]
+        metrics["lora_moe/validation_loss"] = float(final)
+        curves["lora_moe/validation_loss"] = [[float(p["step"]), float(p["loss"])] for p in log.validation]
+    if log.holdout:
+        curves["lora_moe/holdout_loss"] = [[float(p["step"]), float(p["loss"])] for p in log.holdout]
+        metrics["train/steps"] = float(len(log.steps))
+        if log.best_step is not None:
+            metrics["train/best_step"] = float(log.best_step)
+    return metrics, curves
+
+
 class LoraMoeApplication:
     """Mixture of LoRA experts per decoder layer, ``n_l`` from the allocation, trained on a task."""
 
@@ -107,10 +125,7 @@ class LoraMoeApplication:
         train_split, val_split = task_splits(ctx, self.opts)
         log = train(ctx, handle, self.opts, train_split, val_split, stop_after=stop_after)
         self.handle, self.log = handle, log
-        if log.validation:
-            self.metrics = {"lora_moe/validation_loss": float(log.validation[-1]["loss"])}
-            self.curves = {"lora_moe/validation_loss": [[float(p["step"]), float(p["loss"])]
-                                                        for p in log.validation]}
+        self.metrics, self.curves = log_metrics(log)
         handle.save(ctx.run_dir.file(ADAPTER_DIR))
         ctx.run_dir.write_json("lora_moe/train_log.json", log.to_json())
         plot_loss(log, ctx.run_dir.file("plots/lora_moe_loss.png"),
@@ -120,7 +135,7 @@ class LoraMoeApplication:
         ctx.run_dir.update_manifest(lora_moe={
             "experts": handle.spec.experts, "top_k": handle.spec.top_k,
             "target_modules": len(handle.spec.targets), "trainable_params": n_train,
-            "steps": len(log.steps), "resumed_from": log.resumed_from,
+            "steps": len(log.steps), "best_step": log.best_step, "resumed_from": log.resumed_from,
             "train_seconds": round(log.seconds, 2),
             "validation_loss": [v["loss"] for v in log.validation],
         })

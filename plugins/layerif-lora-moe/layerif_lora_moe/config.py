@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from layerif_core.config import DataSpec
+from layerif_core.early_stopping import EarlyStopping
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -47,3 +48,7 @@ class LoraMoeOptions(BaseModel):
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps for resume (0: at the end only).")
     seed: int | None = Field(None, description="Seed of expert init, data order and dropout "
                              "(default: the run's).")
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop when the loss on a held-out part of the training split stops falling "
+        "and restore the best weights ({patience, eval_every, min_delta, holdout}); max_steps or "
+        "epochs is then the limit. Default: off, every step is trained.")

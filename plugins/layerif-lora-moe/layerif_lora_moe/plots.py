@@ -18,7 +18,8 @@ def _plt():
 
 
 def plot_loss(log: TrainLog, path: Path, title: str = "LoRA-MoE training") -> Path:
-    """Training loss and load-balancing loss per step, validation loss at its steps."""
+    """Training loss and load-balancing loss per step, validation loss at its steps (with early
+    stopping also the held-out loss and the step whose weights were kept)."""
     plt = _plt()
     fig, (ax, ax_aux) = plt.subplots(1, 2, figsize=(10, 3.6))
     steps = [r["step"] for r in log.steps]
@@ -26,6 +27,11 @@ def plot_loss(log: TrainLog, path: Path, title: str = "LoRA-MoE training") -> Pa
     if log.validation:
         ax.plot([r["step"] for r in log.validation], [r["loss"] for r in log.validation], "o-",
                 label="validation", color="tab:red")
+    if log.holdout:
+        ax.plot([r["step"] for r in log.holdout], [r["loss"] for r in log.holdout], "s-",
+                label="held out (early stopping)", color="tab:green")
+    if log.best_step is not None:
+        ax.axvline(log.best_step, color="grey", ls="--", lw=1, label=f"weights kept (step {log.best_step})")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()

@@ -5,6 +5,10 @@ Loss of a micro-batch: mean token cross-entropy (answer tokens, per the DataSpec
 ``aux_loss_weight ·`` the Switch load-balancing loss summed over routed modules, divided by the
 accumulation count. The data order is a seeded permutation per epoch and dropout is reseeded from
 ``(seed, step)`` at every step, so a run resumed from a checkpoint equals an uninterrupted one.
+
+With ``early_stopping`` (:mod:`layerif_core.early_stopping`) a part of the training split is held
+out; its loss is measured every ``eval_every`` steps, training stops after ``patience`` evaluations
+without an improvement, and the experts and routers of the best evaluation are put back.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 
 from layerif_core.context import RunContext
 from layerif_core.data import IGNORE, Batch, TokenizedSplit
+from layerif_core.early_stopping import Stopper, holdout_split
 from layerif_core.errors import NumericalError
 from layerif_lora_moe.config import LoraMoeOptions
 from layerif_lora_moe.layer import token_mask
@@ -40,17 +45,23 @@ class TrainLog:
     usage: list[dict[str, Any]] = field(default_factory=list)  # {"step": s, "layers": {l: [frac]}}
     resumed_from: int | None = None
     seconds: float = 0.0
+    holdout: list[dict[str, float]] = field(default_factory=list)  # early stopping's held-out loss
+    best_step: int | None = None  # early stopping: the step whose weights were put back
+    final_validation: float | None = None  # early stopping: validation loss of the weights put back
 
     def to_json(self) -> dict[str, Any]:
         return {"steps": self.steps, "validation": self.validation, "usage": self.usage,
-                "resumed_from": self.resumed_from, "seconds": round(self.seconds, 3)}
+                "resumed_from": self.resumed_from, "seconds": round(self.seconds, 3),
+                "holdout": self.holdout, "best_step": self.best_step,
+                "final_validation": self.final_validation}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainLog:
         usage = [{"step": u["step"], "layers": {int(k): v for k, v in u["layers"].items()}}
                  for u in data.get("usage", [])]
         return cls(data.get("steps", []), data.get("validation", []), usage, data.get("resumed_from"),
-                   float(data.get("seconds", 0.0)))
+                   float(data.get("seconds", 0.0)), data.get("holdout", []), data.get("best_step"),
+                   data.get("final_validation"))
 
 
 def token_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
@@ -135,8 +146,9 @@ def _fingerprint(handle: LoraMoeModel, opts: LoraMoeOptions, data_fp: str, model
 
 
 def _save_checkpoint(ctx: RunContext, handle: LoraMoeModel, opt: torch.optim.Optimizer, step: int,
-                     fp: str, log: TrainLog) -> None:
-    tensors: dict[str, torch.Tensor] = {}
+                     fp: str, log: TrainLog, stopper: Stopper | None = None,
+                     best: dict[str, torch.Tensor] | None = None) -> None:
+    tensors: dict[str, torch.Tensor] = {f"best/{name}": t for name, t in (best or {}).items()}
     params = handle.trainable()
     for name, p in params.items():
         tensors[f"param/{name}"] = p.detach()
@@ -147,11 +159,16 @@ def _save_checkpoint(ctx: RunContext, handle: LoraMoeModel, opt: torch.optim.Opt
         if "step" in state:
             tensors[f"step/{name}"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
     meta = {"fingerprint": fp, "step": str(step), "log": json.dumps(log.to_json())}
+    if stopper is not None:
+        meta["stopper"] = json.dumps(stopper.to_json())
     ctx.run_dir.write_tensors(CHECKPOINT, tensors, meta)
 
 
-def _load_checkpoint(ctx: RunContext, handle: LoraMoeModel, opt: torch.optim.Optimizer, fp: str
+def _load_checkpoint(ctx: RunContext, handle: LoraMoeModel, opt: torch.optim.Optimizer, fp: str,
+                     stopper: Stopper | None = None, best: dict[str, torch.Tensor] | None = None
                      ) -> tuple[int, TrainLog] | None:
+    """Put a matching checkpoint's weights and optimizer state back (and, with early stopping, the
+    stopper's state into ``stopper`` and the best weights into ``best``); its step and log."""
     if ctx.run_dir.force:
         return None
     found = ctx.run_dir.read_tensors(CHECKPOINT)
@@ -168,8 +185,35 @@ def _load_checkpoint(ctx: RunContext, handle: LoraMoeModel, opt: torch.optim.Opt
                     "exp_avg": tensors[f"exp_avg/{name}"].to(p.device).clone(),
                     "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].to(p.device).clone(),
                 }
+    if stopper is not None and best is not None:
+        stopper.restore(json.loads(meta["stopper"]))
+        best.update({name: tensors[f"best/{name}"].to(p.device).clone() for name, p in params.items()})
     log = TrainLog.from_json(json.loads(meta["log"]))
     return int(meta["step"]), log
+
+
+@contextlib.contextmanager
+def _not_counted(handle: LoraMoeModel) -> Iterator[None]:
+    """Evaluation passes during training leave the expert usage of the training steps alone."""
+    handle.record_usage(False)
+    try:
+        yield
+    finally:
+        handle.record_usage(True)
+
+
+def _snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in params.items()}
+
+
+def _held_out(ctx: RunContext, model: torch.nn.Module, holdout: TokenizedSplit, stopper: Stopper,
+              best: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter], step: int,
+              batch_size: int, opts: LoraMoeOptions, log: TrainLog) -> None:
+    """Measure the held-out loss after ``step`` steps; keep the weights when it is the best."""
+    loss = validation_loss(ctx, model, holdout, batch_size, opts.precision)
+    log.holdout.append({"step": step, "loss": loss})
+    if stopper.update(step, loss):
+        best.update(_snapshot(params))
 
 
 def train(ctx: RunContext, handle: LoraMoeModel, opts: LoraMoeOptions, train_split: TokenizedSplit,
@@ -181,13 +225,18 @@ def train(ctx: RunContext, handle: LoraMoeModel, opts: LoraMoeOptions, train_spl
     model = handle.model
     seed = ctx.seed if opts.seed is None else opts.seed
     batch_size = opts.batch_size or ctx.batch_size
-    steps = total_steps(opts, len(train_split), batch_size)
-    params = list(handle.trainable().values())
-    opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     fp = _fingerprint(handle, opts, train_split.fingerprint + (val_split.fingerprint if val_split else ""),
                       ctx.model_fingerprint)
+    es = opts.early_stopping
+    stopper, holdout, best = (Stopper.of(es), None, {}) if es is not None else (None, None, None)
+    if es is not None:
+        train_split, holdout = holdout_split(train_split, es.holdout, seed)
+    steps = total_steps(opts, len(train_split), batch_size)
+    named = handle.trainable()
+    params = list(named.values())
+    opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     start, log = 0, TrainLog()
-    resumed = _load_checkpoint(ctx, handle, opt, fp)
+    resumed = _load_checkpoint(ctx, handle, opt, fp, stopper, best)
     if resumed is not None:
         start, log = resumed
         log.resumed_from = start
@@ -195,6 +244,8 @@ def train(ctx: RunContext, handle: LoraMoeModel, opts: LoraMoeOptions, train_spl
     if start == 0 and val_split is not None:
         log.validation.append({"step": 0, "loss": validation_loss(ctx, model, val_split, batch_size,
                                                                   opts.precision)})
+    if start == 0 and holdout is not None:
+        _held_out(ctx, model, holdout, stopper, best, named, 0, batch_size, opts, log)
     batches = micro_batches(train_split, batch_size, seed, ctx.pad_id)
     for _ in range(start * opts.grad_accum):
         next(batches)
@@ -202,6 +253,8 @@ def train(ctx: RunContext, handle: LoraMoeModel, opts: LoraMoeOptions, train_spl
     handle.record_usage(True)
     began = time.perf_counter()
     end = steps if stop_after is None else min(steps, start + stop_after)
+    if stopper is not None and stopper.stopped:  # a finished run's checkpoint
+        end = start
     for step in ctx.track(range(start, end), end - start, "LoRA-MoE training"):
         torch.manual_seed(seed * 1_000_003 + step)
         for g in opt.param_groups:
@@ -226,16 +279,38 @@ def train(ctx: RunContext, handle: LoraMoeModel, opts: LoraMoeOptions, train_spl
                           "lr": opt.param_groups[0]["lr"]})
         log.usage.append({"step": step + 1, "layers": handle.take_usage()})
         done = step + 1
-        if val_split is not None and opts.eval_every and done % opts.eval_every == 0 and done < steps:
-            log.validation.append({"step": done, "loss": validation_loss(ctx, model, val_split, batch_size,
-                                                                         opts.precision)})
-        if (opts.save_every and done % opts.save_every == 0) or done == end:
-            log.seconds += time.perf_counter() - began
-            began = time.perf_counter()
-            if done == steps and val_split is not None:
+        if holdout is not None and (done % es.eval_every == 0 or done == steps):
+            with _not_counted(handle):
+                _held_out(ctx, model, holdout, stopper, best, named, done, batch_size, opts, log)
+        stop = stopper is not None and stopper.stopped
+        if val_split is not None and opts.eval_every and done % opts.eval_every == 0 and done < steps \
+                and not stop:
+            with _not_counted(handle):
                 log.validation.append({"step": done, "loss": validation_loss(
                     ctx, model, val_split, batch_size, opts.precision)})
-            _save_checkpoint(ctx, handle, opt, done, fp, log)
+        if (opts.save_every and done % opts.save_every == 0) or done == end or stop:
+            log.seconds += time.perf_counter() - began
+            began = time.perf_counter()
+            if (done == steps or stop) and val_split is not None:
+                log.validation.append({"step": done, "loss": validation_loss(
+                    ctx, model, val_split, batch_size, opts.precision)})
+            _save_checkpoint(ctx, handle, opt, done, fp, log, stopper, best)
+        if stop:
+            break
     handle.record_usage(False)
+    if stopper is not None and (stopper.stopped or end == steps):
+        _restore_best(ctx, model, named, best, stopper, val_split, batch_size, opts, log)
     model.eval()
     return log
+
+
+def _restore_best(ctx: RunContext, model: torch.nn.Module, params: dict[str, torch.nn.Parameter],
+                  best: dict[str, torch.Tensor], stopper: Stopper, val_split: TokenizedSplit | None,
+                  batch_size: int, opts: LoraMoeOptions, log: TrainLog) -> None:
+    """Put the weights of the best held-out evaluation back and measure their validation loss."""
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(best[name])
+    log.best_step = stopper.best_step
+    if val_split is not None:
+        log.final_validation = validation_loss(ctx, model, val_split, batch_size, opts.precision)

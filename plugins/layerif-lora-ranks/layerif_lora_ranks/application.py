@@ -30,6 +30,7 @@ import torch
 
 from layerif_core.config import RunConfig
 from layerif_core.context import RunContext
+from layerif_core.early_stopping import EarlyStopping
 from layerif_core.errors import ConfigError, DataError
 from layerif_core.layers import LayerMap
 from layerif_core.results import Allocation, LayerScores
@@ -153,6 +154,7 @@ class LoraRanks:
         self.config: Any = None
         self.metrics: dict[str, float] = {}  # measured by the application itself
         self.metrics_uniform: dict[str, float] = {}
+        self.curves: dict[str, list[list[float]]] = {}  # early stopping's held-out loss
 
     def estimate(self, work):
         """What fine-tuning will cost, if it does (``layerif study --plan``)."""
@@ -198,22 +200,34 @@ class LoraRanks:
         if not self.train_enabled(ctx.config):
             return model
         base = copy.deepcopy(model) if self.opts.compare_uniform else None
-        tuned = train_adapter(ctx, model, "adapter", cfg)
-        self.metrics = {"lora_ranks/validation_loss": validation_loss(ctx, tuned)}
+        stop = self.opts.early_stopping
+        tuned, result = train_adapter(ctx, model, "adapter", cfg, stop)
+        self.metrics = {"lora_ranks/validation_loss": validation_loss(ctx, tuned), **stop_metrics(result)}
+        if result.holdout_curve:
+            self.curves = {"lora_ranks/holdout_loss": [list(p) for p in result.holdout_curve]}
         ctx.run_dir.write_json("lora_ranks/metrics.json", self.metrics)
         if base is not None:
-            uniform = train_adapter(ctx, base, "adapter_uniform", None)
+            uniform, uniform_result = train_adapter(ctx, base, "adapter_uniform", None, stop)
             measured = {"lora_ranks/validation_loss": validation_loss(ctx, uniform),
-                        **evaluate(ctx, uniform)}
+                        **stop_metrics(uniform_result), **evaluate(ctx, uniform)}
             self.metrics_uniform = {f"uniform/{k}": v for k, v in measured.items()}
             ctx.run_dir.write_json("lora_ranks/uniform_metrics.json", self.metrics_uniform)
         return tuned
 
 
-def train_adapter(ctx: RunContext, model: torch.nn.Module, name: str, lora: Any) -> torch.nn.Module:
+def stop_metrics(result: Any) -> dict[str, float]:
+    """With early stopping, the optimizer steps trained and the step whose adapter was kept."""
+    if result.best_step is None:
+        return {}
+    return {"train/steps": float(result.steps), "train/best_step": float(result.best_step)}
+
+
+def train_adapter(ctx: RunContext, model: torch.nn.Module, name: str, lora: Any,
+                  early_stopping: EarlyStopping | None = None) -> tuple[torch.nn.Module, Any]:
     """Fine-tune ``model`` with ``lora`` (None: the uniform adapter of ``finetune:``) into
     ``<run>/<name>``, on ``finetune.data`` or the training split of the task whose allocation is
-    applied; a finished adapter with the same inputs is loaded instead of retrained."""
+    applied, early-stopped when asked; a finished adapter with the same inputs is loaded instead of
+    retrained. The tuned model and the :class:`~layerif_core.finetune.FinetuneResult`."""
     from peft import PeftModel
 
     from layerif_core.finetune import finetune
@@ -221,10 +235,10 @@ def train_adapter(ctx: RunContext, model: torch.nn.Module, name: str, lora: Any)
     spec = ctx.config.finetune.model_copy(update={"output": str(ctx.run_dir.file(name))})
     config = ctx.config.model_copy(update={"finetune": spec})
     result = finetune(config, model=model, tokenizer=ctx.tokenizer, show_progress=ctx.show_progress,
-                      lora=lora, task=ctx.applied_task)
+                      lora=lora, task=ctx.applied_task, early_stopping=early_stopping)
     tuned = result.model or PeftModel.from_pretrained(model, str(result.adapter_dir))
     tuned.eval()
-    return tuned
+    return tuned, result
 
 
 @torch.no_grad()

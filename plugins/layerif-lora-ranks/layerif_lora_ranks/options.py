@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from layerif_core.early_stopping import EarlyStopping
+
 
 class RankOptions(BaseModel):
     """Options of the ``lora_ranks`` allocator: the budget, the bounds and the shaping."""
@@ -75,3 +77,7 @@ class LoraRanksOptions(BaseModel):
     compare_uniform: bool = Field(
         False, description="Also fine-tune and evaluate the uniform-rank adapter of the same "
         "parameter count (metrics prefixed 'uniform/'), for a comparison in one run.")
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop the fine-tune when the loss on a held-out part of its training data "
+        "stops falling and keep the best adapter ({patience, eval_every, min_delta, holdout}); "
+        "finetune.epochs is then the limit. Default: off, every epoch is trained.")
