@@ -67,7 +67,7 @@ def layerif_register_scorers(register) -> None:
     register("dlp", f"{_SCO}.dlp:DLPScorer", options=f"{_SCO_OPTS}:DLPOptions",
              help="DLP: median of |W|·‖X‖ over each block (Chen et al. 2025); higher = more sparsity.")
     register("lsa", f"{_SCO}.lsa:LSAScorer", options=f"{_SCO_OPTS}:LSAOptions",
-             help="LSA: block's mean reconstruction error with half its inputs pruned; higher = more sparsity.")
+             help="LSA: mean reconstruction error with half of the inputs pruned; higher = more sparsity.")
     register("alp", f"{_SCO}.alp:ALPScorer", options=f"{_SCO_OPTS}:ALPOptions",
              help="ALP: Σ|z-score| of squared gradients per block; higher = more sparsity.")
     register("uniform", f"{_SCO}.controls:UniformScorer",
