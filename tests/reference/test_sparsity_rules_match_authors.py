@@ -109,9 +109,10 @@ def test_alp_equals_the_authors_ratios(tmp_path):
     assert_far(got, reversed_map(want, 0.7))
 
 
-def test_alp_on_all_tokens_is_another_allocation(tmp_path):
+@pytest.mark.parametrize("options", [{"tokens": "all"}, {"accumulate": "sum"}])
+def test_alp_other_loss_or_accumulation_is_another_allocation(tmp_path, options):
     want = authors.alp_sparsities(tiny_model(seed=SEED), examples(), 0.7, 0.15)
-    got = layerif_allocation(tmp_path, {"name": "alp", "options": {"tokens": "all"}},
+    got = layerif_allocation(tmp_path, {"name": "alp", "options": options},
                              {"name": "dlp_sparsity", "options": {"sparsity": 0.7, "alpha": 0.15}})
     assert_far(got, want)
 
