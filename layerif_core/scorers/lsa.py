@@ -47,21 +47,21 @@ def reconstruction_error(weight: torch.Tensor, gram: torch.Tensor, fraction: flo
     d_out, d_in = w.shape
     width = block_size or d_in
     score = w.square() * h.diagonal()[None, :]  # [d_out, d_in], marginal cost of each weight
-    rows = torch.arange(d_out)
-    total = 0.0
+    rows = torch.arange(d_out, device=w.device)
+    total = torch.zeros((), dtype=torch.float64, device=w.device)
     for i1 in range(0, d_in, width):
         i2 = min(i1 + width, d_in)
         w1, s1, h1 = w[:, i1:i2], score[:, i1:i2], h[i1:i2, i1:i2]
         removed = torch.zeros_like(w1)
         for _ in range(min(int(width * fraction), i2 - i1)):
             idx = s1.argmin(dim=1)  # [d_out]
-            total += float(s1[rows, idx].sum())
+            total += s1[rows, idx].sum()
             picked = w1[rows, idx]
             s1 += 2.0 * w1 * picked[:, None] * h1[idx]
             s1[rows, idx] = torch.inf
             removed[rows, idx] = picked
         score[:, i2:] += 2.0 * w[:, i2:] * (removed @ h[i1:i2, i2:])
-    return total
+    return float(total)
 
 
 def input_grams(ctx: RunContext, modules: list[TrackedModule], split) -> dict[str, torch.Tensor]:
@@ -118,8 +118,8 @@ class LSAScorer:
         for group in layer_groups(layers):
             grams = input_grams(ctx, [tm for i in group for tm in layers[i]], split)
             for i in group:
-                errors = [reconstruction_error(tm.weight_matrix(tm.module.weight).cpu(),
-                                               grams.pop(tm.name).cpu(), o.fraction, o.block_size)
+                errors = [reconstruction_error(tm.weight_matrix(tm.module.weight), grams.pop(tm.name),
+                                               o.fraction, o.block_size)
                           for tm in layers[i]]
                 values[i] = sum(errors) / len(errors)
         return LayerScores(torch.tensor(values, dtype=torch.float32), False, "lsa", {
