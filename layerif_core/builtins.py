@@ -69,6 +69,12 @@ def layerif_register_scorers(register) -> None:
     register("gradient_norm", f"{_SCO}.gradient_norm:GradientNormScorer",
              options=f"{_SCO_OPTS}:GradientNormOptions",
              help="‖∇ of the validation loss‖ per layer; higher = worse trained.")
+    register("dlp", f"{_SCO}.dlp:DLPScorer", options=f"{_SCO_OPTS}:DLPOptions",
+             help="DLP: median of |W|·‖X‖ over each block (Chen et al. 2025); higher = more sparsity.")
+    register("lsa", f"{_SCO}.lsa:LSAScorer", options=f"{_SCO_OPTS}:LSAOptions",
+             help="LSA: mean reconstruction error with half of the inputs pruned; higher = more sparsity.")
+    register("alp", f"{_SCO}.alp:ALPScorer", options=f"{_SCO_OPTS}:ALPOptions",
+             help="ALP: Σ|z-score| of squared gradients per block; higher = more sparsity.")
     register("uniform", f"{_SCO}.controls:UniformScorer", seeded=False,
              help="Control: every layer equal (uniform allocation).")
     register("random", f"{_SCO}.controls:RandomScorer", options=f"{_SCO_OPTS}:RandomOptions",
@@ -88,6 +94,10 @@ def layerif_register_allocators(register) -> None:
              help="AlphaPruning: scores mapped linearly onto [1-ε, 1+ε]·η, weighted mean = s.")
     register("owl_sparsity", f"{sparsity}:OWLSparsity", options=f"{_ALLOC_OPTS}:OWLSparsityOptions",
              help="OWL: s − mean(d) + d, worse-ness d min-maxed to [0, 2λ].")
+    register("dlp_sparsity", f"{sparsity}:DLPSparsity", options=f"{_ALLOC_OPTS}:DLPSparsityOptions",
+             help="DLP/LSA/ALP: s + e − mean(e), e = worse-ness min-maxed to [0, 2α], α per target.")
+    register("atp_sparsity", f"{sparsity}:ATPSparsity", options=f"{_ALLOC_OPTS}:ATPSparsityOptions",
+             help="ATP: sparsity rising by β per layer around the target (scores unused).")
     register("alphalora_experts", f"{experts}:AlphaLoRAExperts",
              options=f"{_ALLOC_OPTS}:AlphaLoRAOptions",
              help="Experts per layer ∝ worse-ness^beta, min per layer, exact total (AlphaLoRA/LayerIF).")

@@ -52,6 +52,36 @@ class OWLSparsityOptions(BaseModel):
                          "(the min-maxed scores span [0, 2λ]).")
 
 
+class DLPSparsityOptions(BaseModel):
+    """Options of ``dlp_sparsity`` (the map of DLP, LSA and ALP)."""
+
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model
+        json_schema_extra={"examples": [{"sparsity": 0.5}]})
+
+    sparsity: float = Field(..., ge=0.0, lt=1.0,
+                            description="Target parameter-weighted mean sparsity s in [0, 1).")
+    alpha: float | None = Field(None, ge=0.0, description="α: sparsities span [s − α, s + α]. Default: "
+                                "the authors' value for the target (0.06, 0.02, 0.04, 0.02, 0.04, 0.1, "
+                                "0.15, 0.12 at s = 0.1 … 0.8; DLP's and LSA's code).")
+    weighted: bool = Field(True, description="Centre on the parameter-weighted mean (exact budget for "
+                           "blocks of unequal size); false: the plain mean over layers, as the authors "
+                           "write it (the same when all blocks are equal).")
+
+
+class ATPSparsityOptions(BaseModel):
+    """Options of ``atp_sparsity``."""
+
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model
+        json_schema_extra={"examples": [{"sparsity": 0.5, "beta": 0.05}]})
+
+    sparsity: float = Field(..., ge=0.0, lt=1.0,
+                            description="Target parameter-weighted mean sparsity S in [0, 1).")
+    beta: float = Field(..., ge=0.0, description="β: the common difference of the sparsity from one "
+                        "layer to the next (the authors search 0.002, 0.004, … while legal).")
+
+
 class ExpertOptions(BaseModel):
     """Options shared by the expert allocators."""
 

@@ -16,6 +16,19 @@ Convention: the layer judged *worse trained* (``LayerScores.worseness()``) gets 
   layers, as OWL computes it): the sparsities span a range of width ``2λ`` whose mean is ``s``.
   OWL writes it for outlier ratios (more outliers = pruned less); with the worse-ness of the
   outlier ratio it is the same formula.
+- ``dlp_sparsity`` (DLP, Chen et al. ICML 2025, ``get_dlp_ratios`` in ironartisan/DLP ``lib/prune.py``;
+  the same map in LSA, BeiYazi0/LSA ``layersp/blk.py``, and ALP, ironartisan/ALP ``lib/prune_all.py``):
+  the authors turn a per-block statistic ``x_l ≥ 0`` into an importance ``1 − x_l / Σ x``, min-max it
+  to ``[0, 2α]`` and keep ``1 − s − mean + imp_l`` of the weights. Since ``minmax(1 − x/Σx) =
+  1 − minmax(x)``, the sparsity is ``s_l = s + e_l − mean(e)`` with ``e = 2α · minmax(x)``: a larger
+  statistic (here: the worse-ness) gets more sparsity. The mean is parameter-weighted (the authors'
+  plain mean when all blocks are equal, exact otherwise). α defaults to the authors' value for the
+  target sparsity (:data:`AUTHORS_ALPHA`).
+- ``atp_sparsity`` (ATP, Huang et al. ICML 2025, wzhuang-xmu/ATP ``main.py``): an arithmetic
+  progression over depth, ``s_l = S + β (l − l̄)`` with ``l̄`` the parameter-weighted mean layer index
+  (``(L − 1)/2`` for equal blocks: the authors' ``S − β(L−1)/2 + β l``). The scores are not read.
+  β must keep every layer in ``[0, 1]`` (:func:`max_beta`); :func:`beta_grid` is the authors' search
+  grid ``0.002, 0.004, …``.
 - ``uniform_sparsity``: ``s_l = s`` for every layer (the control of every study).
 
 Equal scores get equal sparsity; when all scores are equal every allocator is uniform.
@@ -27,7 +40,13 @@ import logging
 
 import torch
 
-from layerif_core.allocators.options import AlphaPruningOptions, OWLSparsityOptions, UniformSparsityOptions
+from layerif_core.allocators.options import (
+    AlphaPruningOptions,
+    ATPSparsityOptions,
+    DLPSparsityOptions,
+    OWLSparsityOptions,
+    UniformSparsityOptions,
+)
 from layerif_core.errors import ConfigError
 from layerif_core.results import Allocation, LayerScores
 
@@ -156,3 +175,92 @@ class OWLSparsity:
                               "lower lamda.")
         return Allocation("sparsity", [float(v) for v in values], "owl_sparsity",
                           {"target": o.sparsity, "lamda": o.lamda, "scorer": scores.scorer})
+
+
+# α of DLP's and LSA's code for the target sparsity, indexed as they index it: ``int(s · 10)``
+# (BeiYazi0/LSA ``layersp/dlp.py`` and ``layersp/blk.py``, ``self.alpha``; DLP's own scripts use 0.15
+# at s = 0.7). Index 0 is their N:M setting and has no value for unstructured targets.
+AUTHORS_ALPHA = {1: 0.06, 2: 0.02, 3: 0.04, 4: 0.02, 5: 0.04, 6: 0.1, 7: 0.15, 8: 0.12}
+
+
+def authors_alpha(sparsity: float) -> float:
+    """α of the authors' table for ``sparsity`` (``int(sparsity · 10)`` as they index it)."""
+    key = int(sparsity * 10)
+    if key not in AUTHORS_ALPHA:
+        raise ConfigError(f"dlp_sparsity: the authors give no alpha for sparsity {sparsity} (only "
+                          "0.1 to 0.89); set allocation.options.alpha.")
+    return AUTHORS_ALPHA[key]
+
+
+class DLPSparsity:
+    """DLP's (and LSA's, ALP's) map: ``s + e − mean(e)``, ``e = 2α · minmax(worse-ness)``."""
+
+    def __init__(self, opts: DLPSparsityOptions):
+        self.opts = opts
+
+    def alpha(self) -> float:
+        return self.opts.alpha if self.opts.alpha is not None else authors_alpha(self.opts.sparsity)
+
+    def allocate(self, scores: LayerScores, weights: list[float] | None = None) -> Allocation:
+        o = self.opts
+        alpha = self.alpha()
+        e = minmax(scores.worseness()) * 2.0 * alpha  # [L] float64
+        w = _weights(weights, len(e), o.weighted)
+        values = o.sparsity + e - (e * w).sum() / w.sum()
+        if float(values.min()) < 0 or float(values.max()) >= 1:
+            raise ConfigError(f"dlp_sparsity: sparsity {o.sparsity} with alpha {alpha} gives layer "
+                              f"sparsities in [{float(values.min()):.3g}, {float(values.max()):.3g}], "
+                              "outside [0, 1); lower alpha.")
+        mean = float((values * w).sum() / w.sum())
+        return Allocation("sparsity", [float(v) for v in values], "dlp_sparsity", {
+            "target": o.sparsity, "alpha": alpha, "weighted_mean": mean, "scorer": scores.scorer,
+            "higher_is_better": scores.higher_is_better})
+
+
+def _centred_depth(weights: torch.Tensor) -> torch.Tensor:
+    """``l − l̄`` with ``l̄ = Σ p_l l / Σ p_l``, float64 ``[L]``."""
+    depth = torch.arange(len(weights), dtype=torch.float64)
+    return depth - (weights * depth).sum() / weights.sum()
+
+
+def atp_sparsities(target: float, beta: float, weights: torch.Tensor) -> torch.Tensor:
+    """ATP's progression ``S + β (l − l̄)``: weighted mean exactly ``target``, step ``beta``."""
+    return target + beta * _centred_depth(weights)
+
+
+def max_beta(target: float, weights: torch.Tensor) -> float:
+    """The largest β that keeps every layer of ATP's progression in ``[0, 1]``; with equal blocks the
+    authors' bound ``min(2S/(L−1), 2(1−S)/(L−1))``."""
+    d = _centred_depth(weights)
+    if len(d) < 2:
+        return float("inf")
+    return min(target / float(-d.min()), (1.0 - target) / float(d.max()))
+
+
+def beta_grid(target: float, weights: torch.Tensor, step: float = 0.002) -> list[float]:
+    """The authors' search grid (``search.sh``): ``step, 2·step, …`` while legal (:func:`max_beta`)."""
+    top = max_beta(target, weights)
+    grid, k = [], 1
+    while round(k * step, 12) <= top + 1e-12 and k <= 100_000:
+        grid.append(round(k * step, 12))
+        k += 1
+    return grid
+
+
+class ATPSparsity:
+    """ATP's arithmetic progression over depth with a given common difference β (scores unused)."""
+
+    def __init__(self, opts: ATPSparsityOptions):
+        self.opts = opts
+
+    def allocate(self, scores: LayerScores, weights: list[float] | None = None) -> Allocation:
+        o = self.opts
+        w = _weights(weights, len(scores.values), True)
+        top = max_beta(o.sparsity, w)
+        if o.beta > top + 1e-12:
+            raise ConfigError(f"atp_sparsity: beta {o.beta} puts a layer's sparsity outside [0, 1] at "
+                              f"sparsity {o.sparsity} over {len(w)} layers; use beta <= {top:.6g}.")
+        values = atp_sparsities(o.sparsity, o.beta, w).clamp(0.0, 1.0)
+        mean = float((values * w).sum() / w.sum())
+        return Allocation("sparsity", [float(v) for v in values], "atp_sparsity", {
+            "target": o.sparsity, "beta": o.beta, "max_beta": top, "weighted_mean": mean})

@@ -40,6 +40,36 @@ class OWLOptions(CalibrationOptions):
                              "M times the block's mean score (OWL's Hyper_m).")
 
 
+class DLPOptions(CalibrationOptions):
+    """Options of the ``dlp`` scorer (calibration data: the task's train split by default)."""
+
+    statistic: Literal["median", "mean"] = Field(
+        "median", description="The block's statistic of |W|·‖X‖: the median (DLP's paper and "
+        "`--strategy` default), or the mean (what `get_dlp_ratios` in the released code computes).")
+
+
+class LSAOptions(CalibrationOptions):
+    """Options of the ``lsa`` scorer (calibration data: the task's train split by default)."""
+
+    fraction: float = Field(0.5, gt=0.0, le=1.0, description="Share of each group's input channels "
+                            "pruned per output row (LSA's `--resp`, 0.5).")
+    block_size: int = Field(128, ge=0, description="Input channels per group, pruned greedily in "
+                            "turn (LSA's `--block`, 128 in its commands); 0: the whole row.")
+
+
+class ALPOptions(CalibrationOptions):
+    """Options of the ``alp`` scorer (calibration data: the task's train split by default)."""
+
+    limit: int | None = Field(10, ge=1, description="Use only the first `limit` calibration examples "
+                              "(ALP's `--ngrad`, 10); null: all.")
+    accumulate: Literal["source", "sum"] = Field(
+        "source", description="Per weight: 'source' = Σ_n g_n² + 100²·g_N² as ALP's saved "
+        "`gradientsnorm_l2_hundred_total` holds it (the last example dominates); 'sum' = Σ_n g_n².")
+    tokens: Literal["last", "all"] = Field(
+        "last", description="Loss of each example: its last token only, as ALP's C4 loader labels "
+        "it, or every token (mean).")
+
+
 class RandomOptions(BaseModel):
     """Options of the ``random`` scorer."""
 
