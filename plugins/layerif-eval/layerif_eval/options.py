@@ -78,3 +78,21 @@ class LmEvalOptions(BaseModel):
                                    "default the model's.")
     apply_chat_template: bool = Field(False, description="Format prompts with the tokenizer's chat "
                                       "template (instruction-tuned models).")
+
+
+class PaperTaskOptions(BaseModel):
+    """Options of the ``paper_tasks`` evaluator (the LayerIF authors' generation accuracy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(..., description="One of the paper's tasks: mrpc, cola, commonsense_qa, "
+                      "openbookqa, scienceqa (the presets 'paper:<task>').")
+    split: str = Field("test", description="Split of the preset: 'test' (the split the authors "
+                       "evaluate on), 'validation' or 'train'.")
+    data_files: str | list[str] | None = Field(
+        None, description="A local copy of the split (parquet/json/jsonl/csv in the hub's schema) "
+        "instead of the hub.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first `limit` examples.")
+    max_new_tokens: int = Field(128, ge=1, description="Tokens generated per prompt (the authors' 128).")
+    batch_size: int | None = Field(None, ge=1, description="Prompts per generate call (left-padded); "
+                                   "default the run's batch_size.")
