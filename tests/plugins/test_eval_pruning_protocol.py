@@ -1,6 +1,8 @@
 """The pruning literature's protocol preset (examples/presets/pruning_protocol.yaml): it states the
-protocol of PAPER.md §3 and, with local stand-ins for the hub's data, runs offline on a tiny model and
-records what its numbers depend on (lm-eval's version, each task's version, the batch size)."""
+protocol of the LayerIF paper's pruning runs (seven zero-shot tasks, WikiText-2 at 2048, C4 shard
+00000 calibration 128 x 2048, AlphaPruning's map with epsilon 0.1 at 50%) and, with local stand-ins
+for the hub's data, runs offline on a tiny model and records what its numbers depend on (lm-eval's
+version, each task's version, the batch size)."""
 
 from __future__ import annotations
 
