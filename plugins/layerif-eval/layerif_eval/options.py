@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
+
+# three hand-written records in CoLA's schema: the example `layerif plugins check` runs offline
+PAPER_SAMPLE = str(Path(__file__).parent / "tasks" / "paper_cola_sample.jsonl")
 
 
 class PerplexityOptions(BaseModel):
@@ -83,7 +88,10 @@ class LmEvalOptions(BaseModel):
 class PaperTaskOptions(BaseModel):
     """Options of the ``paper_tasks`` evaluator (the LayerIF authors' generation accuracy)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model, no hub
+        json_schema_extra={"examples": [{"task": "cola", "data_files": PAPER_SAMPLE,
+                                         "max_new_tokens": 8}]})
 
     task: str = Field(..., description="One of the paper's tasks: mrpc, cola, commonsense_qa, "
                       "openbookqa, scienceqa (the presets 'paper:<task>').")
