@@ -98,3 +98,15 @@ def test_an_unreachable_hub_is_one_line_and_exit_code_2_through_the_cli(tmp_path
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in out.stderr
     assert "'nyu-mll/glue', config 'mrpc', split 'test'" in lines[0] and "data_files" in lines[0]
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_eos_and_is_left_as_it_was(tmp_path, cola_file):
+    tok = printable_tokenizer()
+    model = tiny_model("llama", vocab_size=len(VOCAB), max_position_embeddings=1024)
+    ctx = make_ctx(tmp_path, model=model)
+    opts = {"task": "cola", "data_files": cola_file, "max_new_tokens": 6, "batch_size": 3}
+    with_pad = get_registry().build("evaluator", "paper_tasks", opts).evaluate(ctx, model, tok)
+    tok.pad_token = None
+    without = get_registry().build("evaluator", "paper_tasks", opts).evaluate(ctx, model, tok)
+    assert without == with_pad
+    assert tok.pad_token is None and tok.padding_side == "right"

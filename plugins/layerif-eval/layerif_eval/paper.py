@@ -55,8 +55,11 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_new
              batch_size: int) -> list[str]:
     """Greedy continuations of ``prompts`` (left-padded batches), each decoded together with its
     prompt as the authors decode (special tokens kept)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    side, pad_token = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"
+    if pad_token is None:  # Llama/Mistral tokenizers have none; the padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    pad = tokenizer.pad_token_id
     device = next(model.parameters()).device
     out: list[str] = []
     try:
@@ -69,6 +72,8 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_new
             out += tokenizer.batch_decode(seqs, skip_special_tokens=False)
     finally:
         tokenizer.padding_side = side
+        if pad_token is None:
+            tokenizer.pad_token = None
     return out
 
 
