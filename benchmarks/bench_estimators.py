@@ -11,7 +11,7 @@ The PyPI package ``kronfluence`` (EK-FAC, true Fisher, its damping heuristic, pe
 scores) is run as a reference on SmolLM2 when it is importable, with our loss, our true-Fisher label
 draws, the same batches and the same tracked modules: its wall time and peak memory next to ours,
 and the agreement of its ``I[l, i]`` and ``helpful_sum`` ``S[l]`` with our ``ekfac``'s.
-Each row also gives the FLOP floor (:mod:`benchmarks.flops`: the matmul FLOPs the estimator cannot
+Each row also gives the FLOP floor (:mod:`layerif_core.cost`: the matmul FLOPs the estimator cannot
 avoid over the measured matmul throughput in the model's dtype) and the time over it; and EK-FAC on
 SmolLM2 in bfloat16 is compared with float32 on WikiText-2 (Spearman of S, goal ≥ 0.99).
 """
@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.flops import ekfac_flops, matmul_flops_per_second
 from layerif_core.aggregators import HarmfulSum, HelpfulSum, NetSum
 from layerif_core.artifacts import RunDir
 from layerif_core.config import ModelSpec, RunConfig
+from layerif_core.cost import ekfac_flops, matmul_flops_per_second
 from layerif_core.data import Batch, pad_rows
 from layerif_core.losses import sequence_losses
 from layerif_core.models import load_model
@@ -159,7 +159,7 @@ def bench_model(label: str, model, tokenizer, n_train: int, n_query: int, estima
 
 
 def estimator_flop_floor(ctx, train, query, name: str, rate: float) -> float | None:
-    """Seconds of the matmul FLOPs ``name`` cannot avoid (:mod:`benchmarks.flops`) at ``rate``;
+    """Seconds of the matmul FLOPs ``name`` cannot avoid (:mod:`layerif_core.cost`) at ``rate``;
     None for estimators without a FLOP model (exact, lissa, grad_cosine)."""
     from layerif_core.estimators.factors import module_groups
 

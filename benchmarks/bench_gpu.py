@@ -7,7 +7,7 @@ Phases (``--phases``, default all; each writes ``$OUT/bench_gpu.json`` as it fin
 - ``throughput``: matmul FLOP/s in float32 and bfloat16, float64 ``eigh`` times;
 - ``smollm2``: SmolLM2-135M shape, float32 and bfloat16: plain forward+backward passes, EK-FAC
   (covariance, correction, query+score phases), ``grad_dot``; time over the plain-pass floor and
-  over the FLOP floor (:mod:`benchmarks.flops`), peak device memory;
+  over the FLOP floor (:mod:`layerif_core.cost`), peak device memory;
 - ``tinyllama``: TinyLlama-1.1B shape (``--tinyllama-layers`` of 22), float32;
 - ``mistral7b``: Mistral-7B shape (32 layers, hidden 4096, MLP 14336, 8 KV heads; ``--mistral-layers``),
   bfloat16, EK-FAC over every linear module, 256 train × 512 tokens and 32 queries;
@@ -54,9 +54,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.flops import ekfac_flops, matmul_flops_per_second
 from layerif_core.artifacts import RunDir
 from layerif_core.config import RunConfig
+from layerif_core.cost import ekfac_flops, matmul_flops_per_second
 from layerif_core.data import TokenizedSplit
 from layerif_core.losses import sequence_losses
 from layerif_core.pipeline import open_run
@@ -236,9 +236,10 @@ def bench_shape(shape: str, dtype: torch.dtype, layers: int | None, n_train: int
 
 def phase_throughput(args) -> dict:
     dev = torch.device(args.device)
+    tiny = args.scale == "tiny"
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
-        n = 1024 if args.scale == "tiny" else None
+        n = 1024 if tiny else None
         out[str(dtype).removeprefix("torch.")] = matmul_flops_per_second(dev, dtype, n)
     eigh = {}
     sizes = (64, 256) if args.scale == "tiny" else (576, 2048, 4096, 5632, 14336)
@@ -247,7 +248,37 @@ def phase_throughput(args) -> dict:
         a = a @ a.T
         seconds, _, _ = measure(dev, lambda a=a: torch.linalg.eigh(a))
         eigh[str(n)] = round(seconds, 3)
-    return {"matmul_flops_per_s": out, "eigh_float64_s": eigh}
+    return {"matmul_flops_per_s": out, "eigh_float64_s": eigh, "bandwidth_bytes_per_s": bandwidth(dev, tiny)}
+
+
+def bandwidth(dev: torch.device, tiny: bool) -> float:
+    """Device memory bandwidth: bytes read and written by a copy of a large buffer, per second."""
+    x = torch.empty(2**22 if tiny else 2**30, dtype=torch.uint8, device=dev)
+    seconds, _, _ = measure(dev, lambda: x.clone())
+    return 2 * x.numel() / seconds
+
+
+def record_device(result: dict, name: str, path: Path) -> dict:
+    """Write the measured throughput as row ``name`` of the plan's device table at ``path``: matmul
+    FLOP/s per dtype, the float64 eigendecomposition rate (``9 n³`` over the largest size timed),
+    memory and bandwidth; the share of matmul throughput a model pass reaches keeps its value."""
+    from layerif_core.cost import DEVICES_FILE
+
+    table = json.loads((path if path.is_file() else DEVICES_FILE).read_text())
+    key = next((k for k in table if k.lower() in name.lower()), name)
+    old = table.get(key, {"efficiency": 0.6})
+    n, seconds = max(((int(k), v) for k, v in result["eigh_float64_s"].items()), key=lambda kv: kv[0])
+    flops = {k: float(f"{v / 1e12:.4g}") for k, v in result["matmul_flops_per_s"].items()}
+    flops.setdefault("float16", flops.get("bfloat16", flops["float32"]))
+    memory = (torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available()
+              else old.get("memory_gb", 0) * 1e9)
+    table[key] = {"memory_gb": round(memory / 1e9, 1),
+                  "bandwidth_gbs": round(result["bandwidth_bytes_per_s"] / 1e9),
+                  "matmul_tflops": flops, "efficiency": old["efficiency"],
+                  "eigh_tflops": float(f"{9 * n**3 / seconds / 1e12:.4g}"),
+                  "source": f"measured by benchmarks/bench_gpu.py on {name}, torch {torch.__version__}"}
+    path.write_text(json.dumps(table, indent=2) + "\n")
+    return table[key]
 
 
 def phase_datainf(args) -> dict:
@@ -459,6 +490,8 @@ def run_phases(args) -> dict:
             res = {"error": f"{type(exc).__name__}: {exc}"}
         if name == "throughput" and "matmul_flops_per_s" in res:
             throughput.update(res["matmul_flops_per_s"])
+            if args.record:
+                res["recorded"] = record_device(res, results["device"], Path(args.record))
         results["phases"][name] = {"wall_s": round(time.perf_counter() - start, 1), "result": res}
         (out / "bench_gpu.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(json.dumps({name: results["phases"][name]}, default=str), flush=True)
@@ -478,6 +511,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    "without it, random token ids.")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--scale", choices=["full", "tiny"], default="full")
+    p.add_argument("--record", default=None, metavar="DEVICES.json",
+                   help="Write the throughput phase's numbers as this device's row of the plan's "
+                        "device table (layerif_core/devices.json, or a copy of it).")
     p.add_argument("--tinyllama-layers", type=int, default=8)
     p.add_argument("--mistral-layers", type=int, default=8, help="Blocks of Mistral-7B (of 32).")
     p.add_argument("--budget-gb", type=float, default=None, help="EK-FAC's memory_budget_gb.")

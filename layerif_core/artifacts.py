@@ -5,8 +5,10 @@ inputs match skips the step and says so. Nothing is pickled.
 
 Reliability rules (docs/reliability.md):
 
-- one process writes a run directory at a time: ``.lock`` holds the writer's PID and host; a second
-  run is refused naming that process, and a lock whose process is dead is taken over with a warning;
+- one process writes a run directory at a time: ``.lock`` is an OS lock that dies with its process,
+  ``.lock.json`` names the writer (:mod:`layerif_core.runlock`); a second run is refused naming that
+  process, and a dead writer's record is taken over with a warning;
+- files and directories are written atomically (:mod:`layerif_core.atomic`);
 - every file of the run directory has its SHA-256 in the manifest (``artifacts``); a cache file
   (factors, influences, pruning or training state) that is truncated, garbled or does not match its
   recorded checksum is derived data: it is deleted with a warning and recomputed, never trusted.
@@ -14,7 +16,6 @@ Reliability rules (docs/reliability.md):
 
 from __future__ import annotations
 
-import atexit
 import errno
 import functools
 import hashlib
@@ -23,13 +24,11 @@ import json
 import logging
 import os
 import platform
-import socket
-import sys
+import shutil
 import tempfile
 import time
 import weakref
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from layerif_core.atomic import atomic_dir, atomic_path, disk_error
 from layerif_core.distributed import is_main
 from layerif_core.errors import ArtifactError
+from layerif_core.runlock import HOLDER, LOCK, acquire_lock, release_all_locks, release_lock
+
+__all__ = ["HOLDER", "LOCK", "RunDir", "acquire_lock", "atomic_dir", "atomic_path", "discard_partial_all",
+           "file_sha256", "hardware", "package_versions", "read_scores", "release_all_locks",
+           "release_lock", "scores_input", "verify_run_dir"]
 
 log = logging.getLogger("layerif")
 
@@ -84,176 +89,12 @@ def hardware() -> dict[str, str]:
     return out
 
 
-def _disk_error(path: Path, exc: OSError) -> ArtifactError:
-    code = exc.errno
-    if code == errno.ENOSPC:
-        return ArtifactError(f"disk full while writing '{path}'; free space and rerun: finished "
-                             "artifacts are kept and reused.")
-    if code in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return ArtifactError(f"cannot write '{path}' ({os.strerror(code)}); choose a writable "
-                             "output_dir (--set output_dir=...).")
-    if code in (errno.ENOTDIR, errno.EEXIST):
-        return ArtifactError(f"cannot write '{path}': a part of that path is a file, not a directory; "
-                             "choose another output_dir or name (--set output_dir=...).")
-    return ArtifactError(f"cannot write '{path}' ({exc.strerror or exc}); choose a writable "
-                         "output_dir (--set output_dir=...).")
-
-
-_SAFETENSORS_IO = {"StorageFull": errno.ENOSPC, "code: 28": errno.ENOSPC, "ReadOnlyFilesystem": errno.EROFS,
-                   "PermissionDenied": errno.EACCES}
-
-
-def _as_os_error(exc: Exception) -> OSError | None:
-    """The OSError behind ``exc``: safetensors' writer reports I/O failures as its own error type."""
-    if isinstance(exc, OSError):
-        return exc
-    text = str(exc)
-    for needle, code in _SAFETENSORS_IO.items():
-        if needle in text:
-            return OSError(code, os.strerror(code))
-    return None
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success (the temporary
-    file is removed on any failure, so nothing half-written is ever left under the final name)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as exc:
-        raise _disk_error(path, exc) from None
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except Exception as exc:
-        os_error = _as_os_error(exc)
-        if os_error is None:
-            raise
-        raise _disk_error(path, os_error) from None
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-# --- the run directory's lock --------------------------------------------------------------------
-LOCK = ".lock"
-_HELD: set[Path] = set()  # lock files this process holds (released at exit)
-
-
-def _start_time(pid: int) -> str | None:
-    """The start time of process ``pid`` (Linux), to tell a live writer from a reused PID."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    now = _start_time(pid)
-    return started is None or now is None or now == started
-
-
-def _lock_record() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid()),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)[:300]}
-
-
-def release_all_locks() -> None:
-    """Release every run-directory lock this process holds (at exit, and when a CLI command ends)."""
-    for path in list(_HELD):
-        release_lock(path)
-
-
-atexit.register(release_all_locks)
-
-
-def release_lock(lock: Path) -> None:
-    """Remove ``lock`` if this process holds it."""
-    _HELD.discard(lock)
-    try:
-        if json.loads(lock.read_text()).get("pid") == os.getpid():
-            lock.unlink()
-    except (OSError, ValueError):
-        pass
-
-
-def acquire_lock(run_path: Path) -> Path:
-    """Take ``run_path/.lock`` for this process (re-entrant within one process).
-
-    Another live process holding it is an :class:`ArtifactError` that names it; a lock whose process
-    is gone (killed, crashed) is taken over with a warning.
-    """
-    lock = run_path / LOCK
-    me = _lock_record()
-    for _ in range(20):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise _disk_error(lock, exc) from None
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(me))
-            _HELD.add(lock)
-            return lock
-        try:
-            held = json.loads(lock.read_text())
-            pid, host = int(held["pid"]), str(held["host"])
-        except FileNotFoundError:
-            continue  # released meanwhile
-        except (OSError, ValueError, KeyError, TypeError):
-            try:  # a writer creating its lock right now, or one killed while writing it
-                fresh = time.time() - lock.stat().st_mtime < 2.0
-            except OSError:
-                continue
-            if fresh:
-                time.sleep(0.2)
-                continue
-            held, pid, host = {}, -1, me["host"]  # unreadable and old: stale
-        if pid == me["pid"] and host == me["host"]:
-            _HELD.add(lock)
-            return lock
-        if host == me["host"] and pid > 0 and _alive(pid, held.get("started")):
-            raise ArtifactError(
-                f"run directory '{run_path}' is in use by process {pid} on {host} (since "
-                f"{held.get('since', '?')}: {held.get('command', '?')}); wait for it to finish, or "
-                "choose another name (--set name=...).")
-        if host != me["host"]:
-            raise ArtifactError(
-                f"run directory '{run_path}' is locked by process {pid} on host {host}; if that run "
-                f"is over, delete '{lock}', else choose another name (--set name=...).")
-        log.warning("taking over run directory '%s': its lock belongs to process %d, which is no "
-                    "longer running (killed?); finished artifacts are verified and reused.",
-                    run_path, pid)
-        with atomic_path(lock) as tmp:
-            tmp.write_text(json.dumps(me))
-        try:
-            if json.loads(lock.read_text()).get("pid") == me["pid"]:
-                _HELD.add(lock)
-                return lock
-        except (OSError, ValueError):
-            continue
-    raise ArtifactError(f"cannot take the lock of run directory '{run_path}'; another run is "
-                        "starting there: wait for it, or choose another name (--set name=...).")
 
 
 _OPEN: weakref.WeakSet[RunDir] = weakref.WeakSet()  # run directories this process has open
@@ -268,7 +109,7 @@ def discard_partial_all() -> list[str]:
 
 
 def _is_scratch(name: str) -> bool:
-    return name.endswith(".tmp") or name.startswith(".tmp-") or name in (LOCK, ".write-test")
+    return name.endswith(".tmp") or name.startswith(".tmp-") or name in (LOCK, HOLDER, ".write-test")
 
 
 class RunDir:
@@ -290,11 +131,13 @@ class RunDir:
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            raise _disk_error(self.path, exc) from None
+            raise disk_error(self.path, exc) from None
         # under torch.distributed (or a launcher that set RANK) rank 0 alone writes, so it alone locks
         main = is_main() and os.environ.get("RANK", "0") == "0"
         self.lock = acquire_lock(self.path) if lock and main else None
         if self.lock is not None:  # temporary files of a killed writer: never renamed, never trusted
+            for stale in [p for p in self.path.rglob("*") if p.name.endswith(".tmp") and p.is_dir()]:
+                shutil.rmtree(stale, ignore_errors=True)  # of atomic_dir
             for stale in [p for p in self.path.rglob("*") if p.is_file() and (
                     p.name.endswith(".tmp") or p.name.startswith(".tmp-write-test-"))]:
                 stale.unlink(missing_ok=True)
@@ -333,7 +176,7 @@ class RunDir:
         arts = self.manifest.get("artifacts", {})
         removed = []
         for path in self._own_files():
-            if path.name == LOCK or path == self._manifest_path:
+            if path.name in (LOCK, HOLDER) or path == self._manifest_path:
                 continue
             rel = path.relative_to(self.path).as_posix()
             if _is_scratch(path.name) or (rel not in self._mark and arts.get(rel, {"external": True})

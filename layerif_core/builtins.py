@@ -2,7 +2,9 @@
 
 Factories and options are lazy ``"module:attr"`` references: listing them imports no torch, and a
 component's module is imported when the component is first built. Adding a built-in is one
-``register`` line here plus its module.
+``register`` line here plus its module. Scorers and estimators say whether their result can change
+with the run's seed (``seeded=``); the owl_outlier, block_influence and gradient_norm scorers state
+nothing and are treated as seeded.
 """
 
 from __future__ import annotations
@@ -19,19 +21,22 @@ _AGG = "layerif_core.aggregators"
 
 @hookimpl
 def layerif_register_estimators(register) -> None:
-    register("ekfac", f"{_EST}.ekfac:EKFAC", options=f"{_EST_OPTS}:EKFACOptions",
+    fisher = f"{_EST_OPTS}:fisher_uses_seed"  # the true Fisher samples labels with the seed
+    register("ekfac", f"{_EST}.ekfac:EKFAC", options=f"{_EST_OPTS}:EKFACOptions", seeded=fisher,
              help="EK-FAC (default): K-FAC eigenbases with per-example refitted eigenvalues.")
-    register("kfac", f"{_EST}.kfac:KFAC", options=f"{_EST_OPTS}:KFACOptions",
+    register("kfac", f"{_EST}.kfac:KFAC", options=f"{_EST_OPTS}:KFACOptions", seeded=fisher,
              help="K-FAC: per-module A ⊗ S curvature, inverse in the Kronecker eigenbasis.")
-    register("lissa", f"{_EST}.lissa:Lissa", options=f"{_EST_OPTS}:LissaOptions",
+    register("lissa", f"{_EST}.lissa:Lissa", options=f"{_EST_OPTS}:LissaOptions", seeded=True,
              help="LiSSA recursion with layer-restricted curvature-vector products.")
-    register("exact", f"{_EST}.exact:Exact", options=f"{_EST_OPTS}:ExactOptions",
+    register("exact", f"{_EST}.exact:Exact", options=f"{_EST_OPTS}:ExactOptions", seeded=fisher,
              help="Explicit per-layer curvature block and a solve (tiny models; the test oracle).")
     register("datainf", f"{_EST}.datainf:DataInf", options=f"{_EST_OPTS}:DataInfOptions",
+             seeded=False,
              help="DataInf (Kwon et al. 2024), the LayerIF authors' estimator: streamed in "
                   "Kronecker form on full weights, stored per-example gradients on LoRA tensors.")
-    register("grad_dot", f"{_EST}.grad_dot:GradDot", help="Gradient inner product (no curvature).")
-    register("grad_cosine", f"{_EST}.grad_cosine:GradCosine",
+    register("grad_dot", f"{_EST}.grad_dot:GradDot", seeded=False,
+             help="Gradient inner product (no curvature).")
+    register("grad_cosine", f"{_EST}.grad_cosine:GradCosine", seeded=False,
              help="Cosine of query and training gradients per layer (no curvature).")
 
 
@@ -52,9 +57,9 @@ def layerif_register_aggregators(register) -> None:
 
 @hookimpl
 def layerif_register_scorers(register) -> None:
-    register("layerif", f"{_SCO}.layerif:LayerIFScorer",
+    register("layerif", f"{_SCO}.layerif:LayerIFScorer", seeded=f"{_SCO}.layerif:uses_seed",
              help="Per-layer influence (estimator + aggregator).")
-    register("htsr_alpha", f"{_SCO}.htsr:HTSRScorer", options=f"{_SCO_OPTS}:HTSROptions",
+    register("htsr_alpha", f"{_SCO}.htsr:HTSRScorer", options=f"{_SCO_OPTS}:HTSROptions", seeded=False,
              help="HT-SR power-law exponent α of each layer's ESD (AlphaPruning); lower = better.")
     register("owl_outlier", f"{_SCO}.owl:OWLScorer", options=f"{_SCO_OPTS}:OWLOptions",
              help="OWL outlier ratio of |W|·‖X‖ per block (Yin et al. 2023); higher = keep more.")
@@ -64,11 +69,11 @@ def layerif_register_scorers(register) -> None:
     register("gradient_norm", f"{_SCO}.gradient_norm:GradientNormScorer",
              options=f"{_SCO_OPTS}:GradientNormOptions",
              help="‖∇ of the validation loss‖ per layer; higher = worse trained.")
-    register("uniform", f"{_SCO}.controls:UniformScorer",
+    register("uniform", f"{_SCO}.controls:UniformScorer", seeded=False,
              help="Control: every layer equal (uniform allocation).")
     register("random", f"{_SCO}.controls:RandomScorer", options=f"{_SCO_OPTS}:RandomOptions",
-             help="Control: seeded U(0, 1) score per layer.")
-    register("depth", f"{_SCO}.controls:DepthScorer",
+             seeded=f"{_SCO_OPTS}:random_uses_seed", help="Control: seeded U(0, 1) score per layer.")
+    register("depth", f"{_SCO}.controls:DepthScorer", seeded=False,
              help="Control: the layer index (deeper = more sparsity / experts), a depth ramp.")
 
 

@@ -73,8 +73,8 @@ def _finite(values: Any, what: str) -> None:
 def _check_estimator(comp: Component, workdir: Path) -> None:
     import torch
 
-    from layerif_core.pipeline import load_task_splits
     from layerif_core.protocols import Estimator
+    from layerif_core.splits import load_task_splits
 
     ctx = _ctx(workdir)
     est = comp.build(example_options(comp))

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import torch
 
 from layerif_core.artifacts import RunDir
-from layerif_core.config import RunConfig
+from layerif_core.config import RunConfig, TaskSpec
 from layerif_core.layers import LayerMap
 
 T = TypeVar("T")
@@ -29,6 +29,15 @@ class RunContext:
     model_fingerprint: str
     show_progress: bool = True
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("layerif"))
+    task: TaskSpec | None = None  # the task whose allocation is applied (pipeline.apply_allocation)
+
+    @property
+    def applied_task(self) -> TaskSpec:
+        """The task an application acts for: the one whose allocation it received (``apply_to``),
+        set by :func:`~layerif_core.pipeline.apply_allocation`; the config's first task when the
+        application is called directly. Its data are the application's default data (LoRA-MoE
+        training and validation, pruning calibration, LoRA-ranks fine-tuning)."""
+        return self.task if self.task is not None else self.config.tasks[0]
 
     @property
     def device(self) -> torch.device:

@@ -19,9 +19,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from layerif_core.config import FinetuneSpec, RunConfig
+from layerif_core.atomic import atomic_dir, atomic_path
+from layerif_core.config import FinetuneSpec, RunConfig, TaskSpec
 from layerif_core.data import IGNORE, Batch, TokenizedSplit, tokenize_split
 from layerif_core.errors import ConfigError, ModelError
 from layerif_core.models import fingerprint_model, load_model, max_context
@@ -121,9 +120,7 @@ class _Checkpoints:
 
     def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, losses: list[float]
              ) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
-        try:
+        with atomic_dir(self.root / f"step-{step:06d}") as tmp:
             model.save_pretrained(tmp)
             opt_state = opt.state_dict()
             tensors = {f"state.{i}.{k}": v for i, s in opt_state["state"].items() for k, v in s.items()}
@@ -135,11 +132,6 @@ class _Checkpoints:
             (tmp / "state.json").write_text(json.dumps({
                 "fingerprint": self.fingerprint, "step": step, "losses": losses,
                 "param_groups": opt_state["param_groups"]}))
-            target = self.root / f"step-{step:06d}"
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         for old in self.root.glob("step-*"):
             if old.name != f"step-{step:06d}":
                 shutil.rmtree(old, ignore_errors=True)
@@ -197,8 +189,9 @@ def _track(items: list[Batch], description: str, show: bool) -> Iterator[tuple[B
 
 def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer: Any = None,
              show_progress: bool = True, force: bool = False, on_step: StepFn | None = None,
-             lora: Any = None) -> FinetuneResult:
-    """Train a LoRA adapter on ``config.finetune.data`` (default: the first task's train split).
+             lora: Any = None, task: TaskSpec | None = None) -> FinetuneResult:
+    """Train a LoRA adapter on ``config.finetune.data`` (default: the train split of ``task``, or of
+    the config's first task).
 
     ``model``/``tokenizer`` default to ``config.model`` loaded *without* its adapter (the adapter is
     what this makes). ``on_step(step, loss)`` is called after every optimizer step. ``lora`` (a
@@ -212,7 +205,7 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
     if any("lora_" in name for name, _ in model.named_parameters()):
         raise ModelError("the model to fine-tune already has LoRA parameters; fine-tune the base model "
                          "(finetune loads model.source without model.adapter).")
-    data_spec = spec.data or config.tasks[0].train
+    data_spec = spec.data or (task or config.tasks[0]).train
     data = tokenize_split(data_spec, tokenizer, seed, "finetune", max_context(model))
     out = adapter_dir(config)
     key = [spec.model_dump(exclude={"output"}), seed, data.fingerprint,
@@ -262,10 +255,11 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
                 on_step(step, loss)
     peft_model.eval()
     _save_adapter(peft_model, out)
-    (out / STATE_FILE).write_text(json.dumps({
-        "fingerprint": fingerprint, "steps": step, "losses": losses, "base": config.model.source,
-        "data": {"source": data_spec.source, "examples": len(data), "fingerprint": data.fingerprint},
-        "seconds": round(time.perf_counter() - start, 2), "resumed_from": resumed}, indent=2) + "\n")
+    with atomic_path(out / STATE_FILE) as tmp:
+        tmp.write_text(json.dumps({
+            "fingerprint": fingerprint, "steps": step, "losses": losses, "base": config.model.source,
+            "data": {"source": data_spec.source, "examples": len(data), "fingerprint": data.fingerprint},
+            "seconds": round(time.perf_counter() - start, 2), "resumed_from": resumed}, indent=2) + "\n")
     checkpoints.clear()
     return FinetuneResult(out, peft_model, step, losses, resumed)
 
@@ -293,12 +287,7 @@ def _optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, params: 
 
 
 def _save_adapter(model: torch.nn.Module, out: Path) -> None:
-    """Save the adapter in peft's format, replacing the files at ``out`` only once written."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-"))
-    try:
+    """Save the adapter in peft's format into ``out``, each file replaced only once written (``out``
+    also holds the training checkpoints and the state file, which stay)."""
+    with atomic_dir(out, existing="merge") as tmp:
         model.save_pretrained(tmp)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

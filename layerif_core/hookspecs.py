@@ -15,7 +15,7 @@ estimator from the scorer hook::
         register("my_estimator", "my_package.estimator:MyEstimator",
                  options="my_package.options:MyOptions", help="One line for `layerif plugins`.")
 
-``register(name, factory, options=None, help="")``:
+``register(name, factory, options=None, help="", seeded=True)``:
 
 - ``name``: unique per kind (a clash is reported and the second plugin skipped);
 - ``factory``: a callable, or a lazy ``"module:attr"`` reference resolved on first use (keeps
@@ -25,7 +25,11 @@ estimator from the scorer hook::
 - ``options``: a pydantic model class (or a ``"module:attr"`` reference to one, in a module that does
   not import torch) validating the ``options:`` mapping of the config; ``extra="forbid"`` makes a
   misspelled option an error with the closest name;
-- ``help``: one line (default: the first line of the factory's docstring).
+- ``help``: one line (default: the first line of the factory's docstring);
+- ``seeded`` (scorers and estimators): whether the result can change with the run's seed: a bool, or
+  a callable (or ``"module:attr"`` reference) that answers for the options the component is built
+  with, receiving by parameter name any of ``options``, ``spec`` (the configured component) and
+  ``config`` (the run). A study computes seed-free scores once for all its seeds; unset: seeded.
 
 The built-ins register through these very hooks (:mod:`layerif_core.builtins`), so a third-party
 plugin is a peer of the core. Every plugin is checked when it loads: a ``layerif_*`` function that is

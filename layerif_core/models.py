@@ -12,13 +12,12 @@ import hashlib
 import importlib.metadata as md
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from layerif_core.atomic import atomic_dir
 from layerif_core.config import ModelSpec
 from layerif_core.errors import ModelError
 
@@ -80,7 +79,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     """De-quantise ``gguf`` once and save it as a safetensors model directory at ``target``.
 
     A GGUF-loaded transformers model refuses ``save_pretrained``, so the model is rebuilt from its
-    config and given the loaded state dict. The directory appears atomically (temp dir + rename);
+    config and given the loaded state dict. The directory appears atomically (:func:`atomic_dir`);
     when another process (a parallel study shard, say) renamed its copy into place first, that
     copy is kept.
     """
@@ -97,20 +96,12 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     del loaded
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(state, strict=False)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with atomic_dir(target, existing="keep") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-            log.info("%s was converted by another process meanwhile; using that copy", gguf.name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not (target / "config.json").is_file():
+        raise ModelError(f"'{target}' exists but holds no converted model (no config.json); delete it "
+                         "and rerun to convert the GGUF again.")
     return target
 
 

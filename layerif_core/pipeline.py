@@ -18,19 +18,19 @@ import torch
 
 from layerif_core import logs
 from layerif_core.allocators.preprocess import postprocess
+from layerif_core.apply import ApplyResult, apply_allocation  # noqa: F401 (the Python API)
 from layerif_core.artifacts import RunDir, read_scores, scores_input
 from layerif_core.config import RunConfig, TaskSpec
 from layerif_core.context import RunContext
-from layerif_core.data import TokenizedSplit, tokenize_split
 from layerif_core.distributed import init_from_env, shard_model
 from layerif_core.errors import DataError
-from layerif_core.evaluation import evaluate_model
 from layerif_core.layers import LayerMap
-from layerif_core.models import fingerprint_model, load_model, max_context, resolve_device
+from layerif_core.models import fingerprint_model, load_model, resolve_device
 from layerif_core.plotting import plot_scores
 from layerif_core.registry import check_components, get_registry
 from layerif_core.results import Allocation, LayerScores
 from layerif_core.scope import application_layers
+from layerif_core.splits import load_task_splits as load_task_splits  # re-exported: the Python API
 
 log = logging.getLogger("layerif")
 
@@ -71,41 +71,6 @@ def open_run(config: RunConfig, force: bool = False, show_progress: bool = True,
         plugins=get_registry().versions(),
     )
     return RunContext(config, model, tokenizer, layer_map, run_dir, fp, show_progress)
-
-
-def load_task_splits(ctx: RunContext, task: TaskSpec) -> tuple[TokenizedSplit, TokenizedSplit]:
-    """Tokenise a task's train and validation splits, recording sizes, truncation and skipped
-    examples (no token in the loss) in the manifest.
-
-    Args:
-        ctx: the run (its tokenizer, the model's context length, the seed of sampled data).
-        task: the task whose ``train`` and ``validation`` data specs are read.
-
-    Returns:
-        ``(train, validation)``: the training examples ``i`` of ``I[l, i]`` and the query, with the
-        per-example loss of ``scorer.loss`` (its ``tokens`` replace each split's ``loss_on``).
-    """
-    ctx_len = max_context(ctx.model)
-    loss = ctx.config.scorer.loss
-    specs = (task.train, task.validation)
-    if loss.tokens is not None:
-        specs = tuple(s.model_copy(update={"loss_on": loss.tokens}) for s in specs)
-    train, query = (tokenize_split(spec, ctx.tokenizer, ctx.seed, f"{task.name}/{part}", ctx_len,
-                                   loss.reduction)
-                    for spec, part in zip(specs, ("train", "validation"), strict=True))
-    if len(train) < ctx.batch_size:
-        log.warning("task '%s': %d training examples, fewer than batch_size %d", task.name,
-                    len(train), ctx.batch_size)
-    data = ctx.run_dir.manifest.setdefault("data", {})
-    data[task.name] = {
-        split.name: {"examples": len(split), "truncated": split.n_truncated,
-                     "skipped": split.n_skipped, "packed": spec.pack,
-                     "fingerprint": split.fingerprint, "source": spec.source,
-                     "loss": {"tokens": spec.loss_on, "reduction": split.reduction}}
-        for split, spec in zip((train, query), specs, strict=True)
-    }
-    ctx.run_dir.save_manifest()
-    return train, query
 
 
 def score_task(ctx: RunContext, task: TaskSpec) -> LayerScores:
@@ -204,7 +169,8 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def run(config: RunConfig, force: bool = False, show_progress: bool = True) -> RunResult:
+def run(config: RunConfig, force: bool = False, show_progress: bool = True,
+        scores_path: str | Path | None = None) -> RunResult:
     """The whole job: scores, then (if configured) allocation, application and evaluation.
 
     Args:
@@ -214,25 +180,25 @@ def run(config: RunConfig, force: bool = False, show_progress: bool = True) -> R
             metrics under ``<run>/<task>/`` (metric keys prefixed ``<task>/``).
         force: recompute artifacts a rerun would otherwise reuse.
         show_progress: progress bars on long passes.
+        scores_path: the layer scores of an earlier run instead of computing them (:func:`layer_scores`).
+
+    Returns:
+        The scores, allocations and metrics: the application's own (``sparsity/achieved``, a
+        validation loss) and the evaluators', as in ``metrics.json`` (:func:`apply_allocation`).
     """
     ctx = open_run(config, force=force, show_progress=show_progress)
-    scores = compute_layer_scores(ctx)
+    scores = layer_scores(ctx, scores_path)
     allocations = allocate(ctx, scores)
     if config.application is not None and not allocations:
         raise DataError("an application needs an allocation; add an `allocation:` section.")
     if config.application is None:
-        metrics = evaluate_model(ctx, ctx.model, ctx.tokenizer).metrics if config.evaluation else {}
-        return RunResult(ctx.run_dir.path, scores, allocations, metrics)
+        return RunResult(ctx.run_dir.path, scores, allocations, apply_allocation(ctx, None, None).metrics)
     each = config.apply_to == "each"
     metrics: dict[str, float] = {}
     for task in config.application_tasks():
         target = task_context(ctx, task) if each else ctx
-        app = get_registry().build("application", config.application.name, config.application.options)
-        log.info("applying '%s' to the allocation of task '%s'", config.application.name, task)
-        model = app.apply(target, target.model, allocations[task])
-        if config.evaluation:
-            found = evaluate_model(target, model, target.tokenizer).metrics
-            metrics.update({f"{task}/{k}" if each else k: v for k, v in found.items()})
+        found = apply_allocation(target, task, allocations[task]).metrics
+        metrics.update({f"{task}/{k}" if each else k: v for k, v in found.items()})
     return RunResult(ctx.run_dir.path, scores, allocations, metrics)
 
 

@@ -80,14 +80,16 @@ class Allocator(Protocol):
 class Application(Protocol):
     """Turns an allocation into a changed model (pruned, LoRA-MoE trained), writing artifacts.
 
-    Optional attributes, set by ``apply``, that a study records per cell: ``metrics`` (name ->
-    float, e.g. ``sparsity/achieved``) and ``curves`` (name -> ``[[step, value], ...]``, plotted by
-    the report for the first seed).
+    Optional attributes, set by ``apply``, that ``metrics.json`` and a study record: ``metrics``
+    (name -> float, e.g. ``sparsity/achieved``) and ``curves`` (name -> ``[[step, value], ...]``,
+    plotted by the report for the first seed).
     """
 
     def apply(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> torch.nn.Module:
-        """Args: ctx: the run (its directory receives the artifacts); model: the base model, changed
-        in place or wrapped; allocation: one value per layer. Returns the model to evaluate."""
+        """Args: ctx: the run (its directory receives the artifacts; ``ctx.applied_task`` is the
+        task whose allocation this is, the source of the application's default data); model: the
+        base model, changed in place or wrapped; allocation: one value per layer. Returns the model
+        to evaluate."""
 
 
 @runtime_checkable

@@ -11,6 +11,10 @@ is removed); the others keep working.
 Components are registered as objects or as lazy ``"module:attr"`` references, resolved on first use,
 so that listing them (``layerif plugins``, ``layerif --help``) does not import torch.
 
+A scorer or estimator also declares whether its result can change with the run's seed
+(``seeded=``): a study computes the scores of a seed-free configuration once for every seed
+(:meth:`Registry.uses_seed`). A component that declares nothing is seeded, which is always safe.
+
 The environment variable ``LAYERIF_PLUGINS`` (comma-separated distribution names) is an allow-list
 of third-party plugins for shared machines: entry points of other distributions are not imported,
 and ``layerif plugins`` lists them as not loaded.
@@ -51,6 +55,8 @@ CORE = "layerif"
 FIRST_PARTY = frozenset({CORE, "layerif-prune", "layerif-eval", "layerif-lora-moe", "layerif-lora-ranks"})
 
 Ref = Callable[..., Any] | str
+Seeded = bool | Callable[..., bool] | str  # a constant, or a callable (or "module:attr") answering it
+SEED_ARGUMENTS = ("options", "spec", "config")  # what a `seeded` callable may ask for
 
 
 def resolve(ref: Any, what: str) -> Any:
@@ -79,6 +85,7 @@ class Component:
     provider: str
     version: str
     help: str = ""
+    seeded: Seeded = True
 
     @property
     def factory(self) -> Callable[..., Any]:
@@ -117,6 +124,25 @@ class Component:
         opts = self.options(raw)
         return self.factory() if self.options_ref is None else self.factory(opts)
 
+    def uses_seed(self, raw: dict[str, Any] | BaseModel | None = None, spec: Any = None,
+                  config: Any = None) -> bool:
+        """Whether what this component computes with the options ``raw`` can change with the run's
+        seed: its ``seeded`` declaration, a constant or a callable that receives, by parameter
+        name, any of ``options`` (validated), ``spec`` (the configured component: ``name``,
+        ``options``, and for a scorer its whole ``scorer:`` section) and ``config`` (the run)."""
+        if isinstance(self.seeded, bool):
+            return self.seeded
+        what = f"seed declaration of {self.kind} '{self.name}' from '{self.provider}'"
+        fn = resolve(self.seeded, what)
+        asked = list(inspect.signature(fn).parameters)
+        unknown = [a for a in asked if a not in SEED_ARGUMENTS]
+        if unknown:
+            raise PluginError(f"{what} asks for {unknown}; it may take {', '.join(SEED_ARGUMENTS)}: "
+                              "rename its parameters.")
+        offered = {"options": self.options(raw) if "options" in asked else None, "spec": spec,
+                   "config": config}
+        return bool(fn(**{a: offered[a] for a in asked}))
+
 
 def _options_message(comp: Component, cls: type[BaseModel], exc: ValidationError) -> str:
     errors = exc.errors()
@@ -154,15 +180,18 @@ class Register:
     """The ``register`` function a hook receives, bound to the hook's kind::
 
         register("my_estimator", "my_pkg.estimator:MyEstimator", options="my_pkg.options:Opts",
-                 help="One line for `layerif plugins`.")
+                 help="One line for `layerif plugins`.", seeded=False)
+
+    ``seeded`` (scorers and estimators): whether the result can change with the run's seed, as a
+    bool or a callable (or ``"module:attr"``) of the options; unset: seeded (never shared).
     """
 
     def __init__(self, registry: Registry, kind: str):
         self.registry, self.kind = registry, kind
 
     def __call__(self, name: str, factory: Ref, options: type[BaseModel] | str | None = None,
-                 help: str = "") -> None:
-        self.registry.add(self.kind, name, factory, options=options, help=help)
+                 help: str = "", seeded: Seeded = True) -> None:
+        self.registry.add(self.kind, name, factory, options=options, help=help, seeded=seeded)
 
     def __repr__(self) -> str:
         return f"<register {self.kind}>"
@@ -181,8 +210,12 @@ class Registry:
     _provider: tuple[str, str] = (CORE, "0")
 
     def add(self, kind: str, name: str, factory: Ref, options: type[BaseModel] | str | None = None,
-            help: str = "") -> None:
-        """Register ``factory`` under ``kind``/``name``; ``options`` validates its options."""
+            help: str = "", seeded: Seeded = True) -> None:
+        """Register ``factory`` under ``kind``/``name``; ``options`` validates its options;
+        ``seeded`` says whether its result can change with the seed (:meth:`Component.uses_seed`)."""
+        if not (isinstance(seeded, bool | str) or callable(seeded)):
+            raise PluginError(f"{kind} '{name}': seeded must be True, False or a callable (or "
+                              f"'module:attr') of the options, got {seeded!r}; fix the plugin.")
         if kind not in self.components:
             raise PluginError(f"unknown component kind '{kind}'; use one of {', '.join(KINDS)}.")
         if not isinstance(name, str) or not name:
@@ -195,7 +228,8 @@ class Registry:
                 f"'{taken.provider}'; rename it in one of the two plugins."
             )
         doc = help or ("" if isinstance(factory, str) else (factory.__doc__ or "").strip().split("\n")[0])
-        self.components[kind][name] = Component(kind, name, factory, options, provider, version, doc)
+        self.components[kind][name] = Component(kind, name, factory, options, provider, version, doc,
+                                                seeded)
 
     def get(self, kind: str, name: str) -> Component:
         """The component ``name`` of ``kind``, or an error listing the registered names."""
@@ -211,6 +245,13 @@ class Registry:
     def build(self, kind: str, name: str, options: dict[str, Any] | None = None) -> Any:
         """Instantiate component ``name`` of ``kind`` with ``options``."""
         return self.get(kind, name).build(options)
+
+    def uses_seed(self, kind: str, spec: Any, config: Any = None) -> bool:
+        """Whether the result of the configured component ``spec`` (its ``name`` and ``options``)
+        can change with the run's seed, as the component declared when it registered; ``config``:
+        the run, for declarations that depend on it (the ``layerif`` scorer asks its estimator and
+        looks at the data)."""
+        return self.get(kind, spec.name).uses_seed(spec.options, spec, config)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])

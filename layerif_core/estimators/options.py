@@ -48,6 +48,12 @@ class CurvatureOptions(BaseModel):
         return {"fisher": self.fisher}
 
 
+def fisher_uses_seed(options: CurvatureOptions) -> bool:
+    """Whether a curvature estimator's influence changes with the seed (its registry declaration):
+    the true Fisher samples its labels with it, the empirical Fisher uses the data labels."""
+    return options.sample_seed(0) is not None
+
+
 class KFACOptions(CurvatureOptions):
     """Options of ``kfac`` (Fisher and damping)."""
 

@@ -20,6 +20,15 @@ fit), whose candidate sets are:
 - ``xmin="ks"``: every eigenvalue but the largest is a candidate (WeightWatcher's default fit).
 - ``xmin="mid"``: no search; ``λ_min`` is the eigenvalue at position ``N / xmin_pos`` (``alpha_mid``).
 
+The spectra are taken of a float32 copy of each weight matrix, whatever dtype the model was loaded
+in (a bfloat16 or float16 weight converts to float32 exactly; the eigenvalues are then those of its
+Gram matrix in float64, see :func:`esd`); ``weights_precision="float16"``
+rounds that copy to float16 first, which is what AlphaPruning's published runs computed (their
+``get_llm`` loads the model with ``torch_dtype=torch.float16``, then ``net_esd_estimator`` takes
+``svdvals`` of ``matrix.to(torch.float32)``). On SmolLM2-135M the two precisions give alphas that
+differ by up to 72% on one matrix (20% on a layer's mean), so the scores' details record the dtype
+the weights were loaded in and the precision used.
+
 A layer's score is the mean of its matrices' exponents (AlphaPruning's ``block_wise`` mapping;
 ``aggregate="median"`` is offered). ``metric="alpha_hat"`` scores ``α · log10 λ_max`` per matrix
 (the source's ``alphahat``, WeightWatcher's ``alpha_weighted``). A smaller α means a heavier tail,
@@ -63,6 +72,15 @@ def esd(weight: torch.Tensor) -> torch.Tensor:
     w = weight.detach().double()
     gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
     return torch.linalg.eigvalsh(gram).clamp(min=0)
+
+
+def weights_copy(weight: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+    """A float32 copy of ``weight`` (``precision="float32"``), or of ``weight`` rounded to float16
+    (``precision="float16"``: ``W.half().float()``, round to nearest even)."""
+    w = weight.detach()
+    if precision == "float16":
+        w = w.to(torch.float16)
+    return w.to(torch.float32)
 
 
 def _candidates(eigs: torch.Tensor, opts: HTSROptions) -> torch.Tensor:
@@ -142,10 +160,13 @@ class HTSRScorer:
         opts = self.options
         per_layer: list[list[float]] = []
         xmins: list[list[float]] = []
+        loaded: set[str] = set()
         for layer in ctx.track(ctx.layer_map.layers, len(ctx.layer_map), "HT-SR spectra"):
             values, mins = [], []
             for tm in layer:
-                fit = fit_power_law(esd(tm.weight_matrix(tm.module.weight)), opts)
+                weight = tm.weight_matrix(tm.module.weight)
+                loaded.add(str(weight.dtype).removeprefix("torch."))
+                fit = fit_power_law(esd(weights_copy(weight, opts.weights_precision)), opts)
                 value = fit.alpha * math.log10(fit.lambda_max) if opts.metric == "alpha_hat" else fit.alpha
                 values.append(value)
                 mins.append(fit.xmin)
@@ -155,6 +176,7 @@ class HTSRScorer:
         scores = torch.stack([reduce(torch.tensor(v, dtype=torch.float64)) for v in per_layer]).float()
         return LayerScores(scores, False, "htsr_alpha", {
             "metric": opts.metric, "xmin": opts.xmin, "aggregate": opts.aggregate,
+            "weights_dtype": ", ".join(sorted(loaded)), "weights_precision": opts.weights_precision,
             "modules": [m.short for m in ctx.layer_map.layers[0]],
             "per_matrix": per_layer, "xmin_values": xmins,
         })

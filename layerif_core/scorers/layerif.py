@@ -14,10 +14,12 @@ import json
 import logging
 
 from layerif_core.aggregators import HarmfulSum, HelpfulSum
-from layerif_core.config import TaskSpec
+from layerif_core.config import RunConfig, ScorerSpec, TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.registry import get_registry
 from layerif_core.results import LayerScores
+from layerif_core.seeds import adapter_uses_seed, data_uses_seed
+from layerif_core.splits import load_task_splits
 
 log = logging.getLogger("layerif")
 
@@ -29,12 +31,20 @@ def influence_fingerprint(ctx: RunContext, task: TaskSpec, train_fp: str, query_
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def uses_seed(spec: ScorerSpec, config: RunConfig | None) -> bool:
+    """Whether LayerIF scores change with the run's seed (its registry declaration): when its
+    estimator says so (a true Fisher's sampled labels, LiSSA's sampled batches), when the task data
+    are drawn with the seed, or when they go through an adapter fine-tuned with it
+    (:mod:`layerif_core.seeds`). Without the run's config: seeded."""
+    if get_registry().uses_seed("estimator", spec.estimator, config):
+        return True
+    return config is None or data_uses_seed(config) or adapter_uses_seed(config)
+
+
 class LayerIFScorer:
     """Influence-based layer scores: estimator → ``I[L, N]`` → aggregator → ``S[L]``."""
 
     def score(self, ctx: RunContext, task: TaskSpec) -> LayerScores:
-        from layerif_core.pipeline import load_task_splits
-
         registry = get_registry()
         est_spec, agg_spec = ctx.config.scorer.estimator, ctx.config.scorer.aggregator
         estimator = registry.build("estimator", est_spec.name, est_spec.options)

@@ -48,6 +48,12 @@ class RandomOptions(BaseModel):
     seed: int | None = Field(None, description="Seed of the scores; default: the run's seed.")
 
 
+def random_uses_seed(options: RandomOptions) -> bool:
+    """Whether the ``random`` scores change with the run's seed (its registry declaration): they
+    do unless the options fix their own seed."""
+    return options.seed is None
+
+
 class HTSROptions(BaseModel):
     """Options of the ``htsr_alpha`` scorer."""
 
@@ -73,3 +79,8 @@ class HTSROptions(BaseModel):
         False, description="Drop eigenvalues below evals_thresh before fitting (AlphaPruning: off)."
     )
     evals_thresh: float = Field(1e-5, gt=0, description="Threshold of filter_zeros.")
+    weights_precision: Literal["float32", "float16"] = Field(
+        "float32", description="The weights' values the spectra are taken of: a float32 copy of the "
+        "weights as loaded, or that copy rounded to float16 first (AlphaPruning's published runs load "
+        "the model in float16)."
+    )

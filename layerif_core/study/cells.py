@@ -161,6 +161,7 @@ def build_cells(study: StudyConfig, base: dict[str, Any], output_dir: str = "run
         try:
             cell.config = cell_config(base, study, cell, output_dir)
             check_components(cell.config)
+            cell.config.application_task("layerif study")  # a cell applies one task's allocation
         except StudyError:
             raise
         except LayerifError as exc:

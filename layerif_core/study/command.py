@@ -10,10 +10,11 @@ from typing import Annotated
 
 import typer
 
+from layerif_core.cli_kit import STATE, console, guarded
+
 
 def register(app: typer.Typer) -> None:
     """Attach the ``study`` command to the ``layerif`` app."""
-    from layerif_core.cli import STATE, console, guarded
 
     @app.command("study", no_args_is_help=True)
     @guarded
@@ -63,6 +64,13 @@ def register(app: typer.Typer) -> None:
         slurm_arg: Annotated[list[str] | None, typer.Option(
             "--slurm-arg", metavar="KEY=VALUE", help="Any other sbatch option, e.g. account=proj or "
             "qos=high (repeatable).")] = None,
+        plan: Annotated[bool, typer.Option(
+            "--plan", help="Run nothing: check every cell's config, list the stages the cells share "
+            "and predict each stage's time and peak memory on --device (nothing is downloaded, "
+            "loaded or written).")] = False,
+        device: Annotated[str, typer.Option(
+            "--device", help="With --plan: the device to plan for, a row of the device table "
+            "(H200, H100, A100-80GB, RTX6000-Ada, L40S) or cpu (this machine, measured).")] = "H100",
     ) -> None:
         """Run a comparative study: cells = arms × grid × seeds of a base run config, shared scores,
         factors and dense evaluation done once, one result JSON per cell (a rerun skips finished
@@ -82,6 +90,14 @@ def register(app: typer.Typer) -> None:
         if directory is not None:
             raise ConfigError(f"unexpected argument '{directory}'; run a study with `layerif study "
                               "STUDY.yaml`, or rebuild a report with `layerif study report DIR`.")
+        if plan:
+            from rich.markdown import Markdown
+
+            from layerif_core.study.plan import plan_study
+
+            found = plan_study(Path(target), device, arms=arm, seeds=seed, points=grid)
+            console.print(Markdown(found.markdown()))
+            return
         from layerif_core.study.executor import ExecutorOptions, parse_slurm_args
 
         parsed = parse_shard(shard)

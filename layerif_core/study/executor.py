@@ -184,7 +184,7 @@ def run_job(directory: str, fingerprint: str, cell_id: str) -> dict[str, Any]:
     log.info("cell %s (%s)", cell.id, cell.describe())
     record = execute_cell(cell, study, shared, study_dir, package_versions(),
                           lambda stage: log.info("%s: %s", cell.id, stage))
-    return {"cell": cell.id, "status": record["status"], "computed": dict(shared.computed)}
+    return {"cell": cell.id, "status": record.status, "computed": dict(shared.computed)}
 
 
 def job_cell(directory: Path, fingerprint: str, cell_id: str) -> tuple[StudyConfig, Cell]:
@@ -317,7 +317,7 @@ class Submission:
                 log.warning("cell %s: job %s ended without writing it (killed, timed out or cancelled; "
                             "logs: %s)", cell_id, job.job_id, job.paths.stderr)
             else:
-                (outcome.ran if found.get("status") == "ok" else outcome.failed).append(cell_id)
+                (outcome.ran if found.ok else outcome.failed).append(cell_id)
             result = job_result(job)
             for key, value in (result or {}).get("computed", {}).items():
                 totals[key] = totals.get(key, 0) + value

@@ -27,7 +27,6 @@ import json
 import logging
 import shutil
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,15 +35,12 @@ from typing import Any
 
 from layerif_core.artifacts import atomic_path, package_versions
 from layerif_core.config import RunConfig
-from layerif_core.errors import LayerifError
 from layerif_core.study.cells import Cell, build_cells, select_cells
 from layerif_core.study.config import StudyConfig, StudyError, load_study
+from layerif_core.study.records import CellError, CellRecord
 
 log = logging.getLogger("layerif")
 
-SEED_FREE_SCORERS = frozenset({"uniform", "depth", "htsr_alpha"})  # scores that do not depend on the seed
-SEED_FREE_ESTIMATORS = frozenset({"datainf", "grad_dot", "grad_cosine"})  # no sampling inside
-FISHER_ESTIMATORS = frozenset({"kfac", "ekfac", "exact"})  # seeded only through the true Fisher's labels
 Stage = Callable[[str], None]
 
 
@@ -84,8 +80,13 @@ def open_study_dir(study: StudyConfig, base: dict[str, Any], directory: Path, fo
                       "created": created or datetime.now(UTC).isoformat(timespec="seconds")})
 
 
-def cell_result(directory: Path, cell_id: str) -> dict[str, Any] | None:
-    return read_json(directory / "cells" / f"{cell_id}.json")
+def cell_result(directory: Path, cell_id: str) -> CellRecord | None:
+    """The record of cell ``cell_id``, or None when it has none that reads (it is then rerun)."""
+    found = read_json(directory / "cells" / f"{cell_id}.json")
+    try:
+        return None if found is None else CellRecord.from_json(found)
+    except StudyError:
+        return None
 
 
 # --- shared stages -----------------------------------------------------------------------------
@@ -136,22 +137,13 @@ class Shared:
         return data
 
     def scores_use_seed(self, cfg: RunConfig) -> bool:
-        """Whether the layer scores of ``cfg`` can change with the run's seed. They cannot for the
-        seed-free scorers, and for ``layerif`` with an estimator that samples nothing (DataInf,
-        gradient products, K-FAC/EK-FAC on the empirical Fisher) on data no seed generates, through
-        no adapter fine-tuned with the run's seed: such scores are computed once for every seed."""
-        from layerif_core.data import is_generated_task
+        """Whether the layer scores of ``cfg`` can change with the run's seed, as the scorer declared
+        when it registered (:meth:`~layerif_core.registry.Registry.uses_seed`; ``layerif`` asks its
+        estimator, the data and the scoring adapter). Scores that cannot are computed once for
+        every seed."""
+        from layerif_core.registry import get_registry
 
-        if cfg.scorer.name in SEED_FREE_SCORERS:
-            return False
-        if cfg.scorer.name != "layerif":
-            return True
-        est = cfg.scorer.estimator
-        sampled = not (est.name in SEED_FREE_ESTIMATORS or (
-            est.name in FISHER_ESTIMATORS and est.options.get("fisher") == "empirical"))
-        generated = any(is_generated_task(spec.source) for t in cfg.tasks for spec in (t.train, t.validation))
-        seeded_adapter = self._needs_finetune(cfg) and cfg.finetune.seed is None
-        return sampled or generated or seeded_adapter
+        return get_registry().uses_seed("scorer", cfg.scorer, cfg)
 
     def adapter(self, cfg: RunConfig, stage: Stage) -> RunConfig:
         """The paper's route: LoRA-fine-tune once, then score through the adapter."""
@@ -175,13 +167,14 @@ class Shared:
         return self.directory / "shared" / "scores" / f"{_key(self.scoring_config(cfg))}.json"
 
     def scores(self, cfg: RunConfig, stage: Stage) -> tuple[Any, bool]:
-        """The first task's :class:`LayerScores` of ``cfg``'s scorer, and whether they were reused."""
+        """The :class:`LayerScores` of ``cfg``'s scorer for the task ``apply_to`` names (the only
+        task when there is one), and whether they were reused."""
         from layerif_core.artifacts import read_scores
         from layerif_core.pipeline import compute_layer_scores, open_run
 
         scoring = self.scoring_config(cfg)
         path = self.scores_path(cfg)
-        task = cfg.tasks[0].name
+        task = cfg.application_task("layerif study")
         if path.is_file():
             return read_scores(path)[task], True
         stage("scores")
@@ -234,23 +227,10 @@ class Shared:
 
 # --- one cell ----------------------------------------------------------------------------------
 
-def application_metrics(app: Any) -> dict[str, float]:
-    """What an application measured on what it produced (achieved sparsity, validation loss): its
-    optional ``metrics`` attribute (:class:`~layerif_core.protocols.Application`)."""
-    return {k: float(v) for k, v in (getattr(app, "metrics", None) or {}).items()}
-
-
-def application_curves(app: Any) -> dict[str, list[list[float]]]:
-    """What it measured along the way as ``[step, value]`` pairs (a LoRA-MoE validation loss), so a
-    report can show whether training had converged: its optional ``curves`` attribute."""
-    return {k: [[float(x), float(y)] for x, y in v] for k, v in (getattr(app, "curves", None) or {}).items()}
-
-
 def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
-    """Scores → allocation → application → evaluation of one cell; returns its result record."""
-    from layerif_core.evaluation import evaluate_model
-    from layerif_core.pipeline import open_run
-    from layerif_core.registry import get_registry
+    """Scores → allocation → application → evaluation of one cell, on the task ``apply_to`` names;
+    returns its result record."""
+    from layerif_core.pipeline import allocate, apply_allocation, open_run
     from layerif_core.scope import application_layers
 
     cfg = cell.config
@@ -268,32 +248,20 @@ def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
     stage("loading the model")
     model, tokenizer = shared.models.get(app_cfg.model)
     ctx = open_run(app_cfg, show_progress=False, model=model, tokenizer=tokenizer)
-    registry = get_registry()
+    task = cfg.application_task("layerif study")
     allocation = None
     if cfg.allocation is not None:
         stage("allocation")
-        allocator = registry.build("allocator", cfg.allocation.name, cfg.allocation.options)
-        allocation = allocator.allocate(scores, [float(w) for w in ctx.layer_map.num_params()])
-        ctx.run_dir.write_json("allocation.json", {cfg.tasks[0].name: allocation.to_json()})
+        allocation = allocate(ctx, {task: scores})[task]
         record["allocation"] = {"kind": allocation.kind, "allocator": allocation.allocator,
                                 "values": [float(v) for v in allocation.values]}
-    metrics: dict[str, float] = {}
+    if cfg.application is not None and allocation is None:
+        raise StudyError(f"{cell.describe()}: an application needs an `allocation:` section.")
+    applied = apply_allocation(ctx, task, allocation, model, tokenizer, stage=stage)
     if cfg.application is not None:
-        if allocation is None:
-            raise StudyError(f"{cell.describe()}: an application needs an `allocation:` section.")
-        stage(f"application {cfg.application.name}")
-        t0 = time.perf_counter()
-        app = registry.build("application", cfg.application.name, cfg.application.options)
-        model = app.apply(ctx, model, allocation)
-        timings["application"] = round(time.perf_counter() - t0, 3)
-        metrics.update(application_metrics(app))
-        record["curves"] = application_curves(app)
-    if cfg.evaluation:
-        stage("evaluation")
-        t0 = time.perf_counter()
-        metrics.update(evaluate_model(ctx, model, tokenizer).metrics)
-        timings["evaluation"] = round(time.perf_counter() - t0, 3)
-    record["metrics"] = {k: float(v) for k, v in metrics.items()}
+        record["curves"] = applied.curves
+    timings.update(applied.seconds)
+    record["metrics"] = {k: float(v) for k, v in applied.metrics.items()}
     record["timings"] = timings
     return record
 
@@ -377,48 +345,46 @@ def unfinished(directory: Path, cells: list[Cell]) -> tuple[list[Cell], list[str
     todo, skipped = [], []
     for cell in cells:
         found = cell_result(directory, cell.id)
-        if found is not None and found.get("status") == "ok":
+        if found is not None and found.ok:
             skipped.append(cell.id)
         else:
             todo.append(cell)
     return todo, skipped
 
 
-def new_record(cell: Cell, study: StudyConfig) -> dict[str, Any]:
-    return {"id": cell.id, "arm": cell.arm, "grid": cell.point, "seed": cell.seed,
-            "control": cell.arm == study.control.label}
+def new_record(cell: Cell, study: StudyConfig) -> CellRecord:
+    return CellRecord(id=cell.id, arm=cell.arm, grid=cell.point, seed=cell.seed,
+                      control=cell.arm == study.control.label)
 
 
-def record_failure(record: dict[str, Any], exc: Exception) -> None:
-    record.update(status="failed", error={
-        "type": type(exc).__name__, "message": str(exc), "user_error": isinstance(exc, LayerifError),
-        "traceback": traceback.format_exc(limit=20)})
-    log.warning("cell %s failed: %s: %s", record["id"], type(exc).__name__, exc)
+def record_failure(record: CellRecord, exc: Exception) -> None:
+    """Mark ``record`` failed with ``exc`` (call it in the ``except`` block: it keeps the traceback)."""
+    record.status, record.error = "failed", CellError.from_exception(exc)
+    log.warning("cell %s failed: %s: %s", record.id, type(exc).__name__, exc)
 
 
-def finish_record(directory: Path, study: StudyConfig, record: dict[str, Any], seconds: float,
+def finish_record(directory: Path, study: StudyConfig, record: CellRecord, seconds: float,
                   versions: dict[str, str]) -> None:
     """Write ``cells/<id>.json`` atomically (a killed process leaves no half cell) and remove the
     cell's run directory unless ``keep_runs``."""
     from layerif_core import logs
 
-    record["seconds"] = round(seconds, 3)
-    record["versions"] = versions
-    record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    write_json(directory / "cells" / f"{record['id']}.json", record)
+    record.seconds = round(seconds, 3)
+    record.versions = versions
+    record.finished = datetime.now(UTC).isoformat(timespec="seconds")
+    write_json(directory / "cells" / f"{record.id}.json", record.to_json())
     logs.attach_run_log(directory)  # between cells the study's log.txt (a cell's run dir may go)
-    if record["status"] == "ok" and not study.keep_runs:
-        shutil.rmtree(directory / "runs" / record["id"], ignore_errors=True)
+    if record.ok and not study.keep_runs:
+        shutil.rmtree(directory / "runs" / record.id, ignore_errors=True)
 
 
 def execute_cell(cell: Cell, study: StudyConfig, shared: Shared, directory: Path,
-                 versions: dict[str, str], stage: Stage) -> dict[str, Any]:
+                 versions: dict[str, str], stage: Stage) -> CellRecord:
     """Run one cell and record it: its result, or its error (a failed cell does not stop a study)."""
     record = new_record(cell, study)
     start = time.perf_counter()
     try:
-        record.update(run_cell(cell, shared, stage))
-        record["status"] = "ok"
+        record = record.with_result(run_cell(cell, shared, stage))
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # a failed cell is recorded; the others go on
@@ -460,7 +426,7 @@ def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: boo
             display.update(stage="starting", cell=cell.id)
             record = execute_cell(cell, study, shared, directory, versions,
                                   lambda s: display.update(stage=s))
-            (outcome.ran if record["status"] == "ok" else outcome.failed).append(cell.id)
-            display.finish(record["status"] == "ok")
+            (outcome.ran if record.ok else outcome.failed).append(cell.id)
+            display.finish(record.ok)
     outcome.shared = dict(shared.computed)
     return outcome

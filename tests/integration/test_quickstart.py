@@ -80,6 +80,7 @@ def test_gguf_conversion_keeps_a_copy_another_process_finished_first(smollm2, tm
     the first one's copy instead of failing; a target that holds no model is still an error."""
     import shutil
 
+    from layerif_core.errors import ModelError
     from layerif_core.models import _gguf_cache_path, convert_gguf, embedded_gguf
 
     gguf = embedded_gguf("smollm2-135m")
@@ -92,5 +93,6 @@ def test_gguf_conversion_keeps_a_copy_another_process_finished_first(smollm2, tm
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "partial.bin").write_bytes(b"x")
-    with pytest.raises(OSError):
+    with pytest.raises(ModelError, match=r"exists but holds no converted model .*delete it and rerun"):
         convert_gguf(gguf, broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "gguf"]  # no temp dir left behind

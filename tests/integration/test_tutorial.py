@@ -61,7 +61,7 @@ def test_every_command_of_the_tutorial_runs(tmp_path):
     corr = json.loads((work / "compare.json").read_text())
     assert [s["scorer"] for s in corr["series"]] == ["layerif", "htsr_alpha"]
 
-    metrics = {run: json.loads((work / "runs" / run / "metrics.json").read_text())
+    metrics = {run: json.loads((work / "runs" / run / "metrics.json").read_text())["metrics"]
                for run in ("uniform", "layerif")}
     metrics["dense"] = json.loads((work / "runs" / "dense" / "metrics.json").read_text())["metrics"]
     for run in ("uniform", "layerif"):

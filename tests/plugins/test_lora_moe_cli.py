@@ -63,6 +63,10 @@ def test_run_with_lora_moe_then_moe_from_its_scores(tmp_path, model_dir):
     alloc = json.loads((run / "allocation.json").read_text())["caps"]
     assert alloc["kind"] == "experts" and sum(alloc["values"]) == 7
     assert (run / "lora_moe/adapter/lora_moe.safetensors").is_file()
+    # `layerif run` reports the application's own metric: the last validation loss of its log
+    last = json.loads((run / "lora_moe/train_log.json").read_text())["validation"][-1]["loss"]
+    assert json.loads((run / "metrics.json").read_text())["metrics"] == {"lora_moe/validation_loss": last}
+    assert '"lora_moe/validation_loss"' in out.output
     # the same scores, a uniform allocation with the same total, through `layerif moe --scores`
     other = tmp_path / "uniform"
     other.mkdir()

@@ -140,7 +140,7 @@ def test_prune_command_with_scores_of_an_earlier_run(tmp_path):
     alloc = json.loads((run / "allocation.json").read_text())["caps"]["values"]
     assert alloc[0] == max(alloc) and alloc[1] == min(alloc)  # layer 0 scored worst
     assert report["pruner"] == "sparsegpt" and (run / "pruned_model" / "config.json").is_file()
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     assert metrics["sparsity/achieved"] == report["achieved_overall"]
     assert metrics["perplexity/eval"] > 1  # the evaluators ran on the pruned model
 

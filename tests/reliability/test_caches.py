@@ -200,7 +200,7 @@ def test_after_a_crash_only_what_the_failed_step_began_is_removed(tmp_path):
     assert task.discard_partial() == ["half.bin"]
     root = tmp_path / "r"
     left = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    assert [p for p in left if not p.endswith((".lock", "manifest.json"))] == ["caps/block.json",
-                                                                              "finished.json"]
+    assert [p for p in left if not p.endswith((".lock", ".lock.json", "manifest.json"))] == [
+        "caps/block.json", "finished.json"]
     task.close()
     run.close()

@@ -1,6 +1,7 @@
-"""Two runs, one directory: a live writer's lock refuses a second run (naming the process and host);
-a dead writer's lock is taken over with a warning. Runs in different directories on the same inputs
-both finish with equal results and no half-written file."""
+"""Two runs, one directory: a live writer's lock refuses a second run (naming the process, host and
+start time); a dead writer's lock (an OS lock, freed when its process dies) is taken over with a
+warning. Runs in different directories on the same inputs both finish with equal results and no
+half-written file."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -44,7 +46,7 @@ def test_a_live_writer_refuses_a_second_run_and_its_dead_lock_is_taken_over(mode
                 break
             time.sleep(0.05)
         assert proc.poll() is None and state == "T"
-        lock = json.loads((run / ".lock").read_text())
+        lock = json.loads((run / ".lock.json").read_text())
         assert lock["pid"] == proc.pid and lock["host"] == socket.gethostname()
         out = invoke("run", str(config))
         assert out.exit_code == 2
@@ -62,27 +64,65 @@ def test_a_live_writer_refuses_a_second_run_and_its_dead_lock_is_taken_over(mode
     assert json.loads((run / "manifest.json").read_text())["steps"]  # the run finished there
 
 
+HOLDER_SCRIPT = """
+import sys
+from layerif_core.artifacts import RunDir
+RunDir(sys.argv[1])
+print("locked", flush=True)
+sys.stdin.read()  # hold the lock until killed
+"""
+
+
+def test_a_killed_holder_process_frees_the_lock(tmp_path, caplog):
+    """A real process takes the lock: while it lives a second opening is refused with its host, pid
+    and start time; once it is killed (SIGKILL: no exit handler runs) the lock is free and its
+    leftover record is taken over with a warning."""
+    run = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, str(run)], cwd=REPO, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=sub_env())
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        record = json.loads((run / ".lock.json").read_text())
+        with pytest.raises(ArtifactError) as err:
+            RunDir(run)
+        assert str(err.value) == (
+            f"run directory '{run}' is in use by process {proc.pid} on {socket.gethostname()} (since "
+            f"{record['since']}: -c {run}); wait for it to finish, or choose another name (--set name=...).")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (run / ".lock.json").exists()  # killed: its record is left behind
+    caplog.set_level("WARNING", logger="layerif")
+    RunDir(run).close()
+    assert f"its lock belongs to process {proc.pid}, which is no longer running" in caplog.text
+
+
 def test_the_lock_is_reentrant_in_one_process_and_released_on_close(tmp_path):
     first = RunDir(tmp_path / "r")
     second = RunDir(tmp_path / "r")  # the same process may reopen its own run (the Python API does)
-    assert json.loads((tmp_path / "r" / ".lock").read_text())["pid"] == os.getpid()
+    assert json.loads((tmp_path / "r" / ".lock.json").read_text())["pid"] == os.getpid()
     second.close()
-    assert not (tmp_path / "r" / ".lock").exists()
+    assert not (tmp_path / "r" / ".lock.json").exists()
+    probe = subprocess.run([sys.executable, "-c", "import sys; from layerif_core.artifacts import RunDir; "
+                            "RunDir(sys.argv[1]).close()", str(tmp_path / "r")], cwd=REPO, env=sub_env(),
+                           capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr[-2000:]  # another process can take it now
     first.close()
 
 
 def test_a_lock_from_another_host_is_never_taken_over(tmp_path):
     (tmp_path / "r").mkdir()
-    (tmp_path / "r" / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere.example"}))
+    (tmp_path / "r" / ".lock.json").write_text(json.dumps({"pid": 1, "host": "elsewhere.example"}))
     with pytest.raises(ArtifactError, match=r"locked by process 1 on host elsewhere.example; if that "
-                                            r"run is over, delete '.*\.lock'"):
+                                            r"run is over, delete '.*\.lock\.json'"):
         RunDir(tmp_path / "r")
+    (tmp_path / "r" / ".lock.json").unlink()  # the fix the message names
+    RunDir(tmp_path / "r").close()
 
 
-def test_a_garbled_lock_counts_as_stale(tmp_path, caplog):
+def test_a_garbled_lock_record_counts_as_stale(tmp_path, caplog):
     (tmp_path / "r").mkdir()
-    (tmp_path / "r" / ".lock").write_text('{"pid": 12')  # a writer killed while writing its lock
-    os.utime(tmp_path / "r" / ".lock", (time.time() - 60, time.time() - 60))
+    (tmp_path / "r" / ".lock.json").write_text('{"pid": 12')  # edited, or an older version's partial write
     RunDir(tmp_path / "r").close()
     assert "taking over run directory" in caplog.text
 
@@ -99,4 +139,4 @@ def test_two_directories_on_the_same_inputs_in_parallel(model_dir, tmp_path):
     scores = [json.loads((r / "scores.json").read_text()) for r in runs]
     assert scores[0]["caps"]["values"] == scores[1]["caps"]["values"]
     for r in runs:
-        assert half_written(r) == [] and not (r / ".lock").exists()
+        assert half_written(r) == [] and not (r / ".lock.json").exists()

@@ -14,14 +14,9 @@ import pytest
 from scipy import stats
 
 from layerif_core.study.config import StudyConfig
-from layerif_core.study.report import (
-    build_report,
-    curve_cells,
-    mean_ci,
-    paired_p,
-    read_study,
-    wants_log_scale,
-)
+from layerif_core.study.plots import wants_log_scale
+from layerif_core.study.report import build_report, curve_cells, read_study
+from layerif_core.study.stats import mean_ci, paired_p
 
 ACC = {  # arm -> seed -> accuracy at the one grid point ("higher is better")
     "uniform": [0.50, 0.55, 0.60, 0.52, 0.58],
@@ -150,7 +145,7 @@ def test_a_recorded_curve_is_plotted_for_the_first_seed(tmp_path):
     assert (directory / "plots" / "curve_lora_moe_validation_loss.png").stat().st_size > 5_000
     assert "curve_lora_moe_validation_loss" in (directory / "report.html").read_text()
     seed, plotted = curve_cells(read_study(directory), "lora_moe/validation_loss")
-    assert seed == 0 and sorted(c["arm"] for c in plotted) == ["layerif", "uniform"]
+    assert seed == 0 and sorted(c.arm for c in plotted) == ["layerif", "uniform"]
 
 
 def test_the_curve_plot_takes_the_first_seed_that_recorded_one(tmp_path):
@@ -160,7 +155,7 @@ def test_the_curve_plot_takes_the_first_seed_that_recorded_one(tmp_path):
         c["curves"] = {"loss": [[0, 2.0], [10, 1.0]]}
     directory = write_dir(tmp_path / "s", study(seeds=[0, 1]), cells)
     seed, plotted = curve_cells(read_study(directory), "loss")
-    assert seed == 1 and sorted(c["id"] for c in plotted) == sorted([cells[1]["id"], cells[3]["id"]])
+    assert seed == 1 and sorted(c.id for c in plotted) == sorted([cells[1]["id"], cells[3]["id"]])
 
 
 def test_equal_means_of_different_values_differ_by_exactly_zero(tmp_path):

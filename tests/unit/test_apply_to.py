@@ -45,6 +45,11 @@ def test_apply_to_a_task_uses_that_task_allocation(tmp_path):
     target = result.allocations["second"].values
     assert result.allocations["first"].values != target  # the tasks' scores differ
     assert [round(v, 6) for v in report["target_per_layer"]] == [round(v, 6) for v in target]
+    # `layerif run` reports what the application measured, in the one metrics.json format
+    assert result.metrics == {"sparsity/achieved": report["achieved_overall"]}
+    written = json.loads((result.run_dir / "metrics.json").read_text())
+    assert (written["format"], written["task"], written["application"]["name"]) == (2, "second", "prune")
+    assert written["metrics"] == result.metrics and written["evaluators"] == []
 
 
 def test_apply_to_each_applies_every_task_on_a_fresh_model(tmp_path):
@@ -53,4 +58,7 @@ def test_apply_to_each_applies_every_task_on_a_fresh_model(tmp_path):
         report = json.loads((result.run_dir / task / "sparsity.json").read_text())
         assert [round(v, 6) for v in report["target_per_layer"]] == [
             round(v, 6) for v in result.allocations[task].values]
+        written = json.loads((result.run_dir / task / "metrics.json").read_text())
+        assert written["task"] == task
+        assert result.metrics[f"{task}/sparsity/achieved"] == report["achieved_overall"]
     assert not (result.run_dir / "sparsity.json").exists()

@@ -3,6 +3,7 @@ AlphaPruning's loop, and the scorer averages its matrices per layer."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -147,3 +148,36 @@ def test_median_and_alpha_hat_options(tmp_path):
 def test_unknown_option_names_the_valid_ones(tmp_path):
     with pytest.raises(ConfigError, match="xmin"):
         make_ctx(tmp_path, scorer={"name": "htsr_alpha", "options": {"xmim": "ks"}})
+
+
+def test_a_bfloat16_model_scores_as_its_float32_copy(tmp_path):
+    """The spectra are of a float32 copy of the weights: a model loaded in bfloat16 gives the alphas
+    of the same weights held in float32, and the scores say in which dtype the weights came."""
+    half = tiny_model("llama").to(torch.bfloat16)
+    full = copy.deepcopy(half).float()
+    got = score_task(c := make_ctx(tmp_path / "bf16", model=half, scorer={"name": "htsr_alpha"}),
+                     c.config.tasks[0])
+    want = score_task(c := make_ctx(tmp_path / "fp32", model=full, scorer={"name": "htsr_alpha"}),
+                      c.config.tasks[0])
+    torch.testing.assert_close(got.values, want.values, rtol=1e-6, atol=0)
+    assert got.details["weights_dtype"] == "bfloat16" and want.details["weights_dtype"] == "float32"
+    assert got.details["weights_precision"] == "float32"
+
+
+def test_float16_precision_is_alpha_of_the_weights_rounded_to_half(tmp_path):
+    """AlphaPruning's published runs: the model loaded in float16, svdvals of ``matrix.to(float32)``."""
+    ctx = make_ctx(tmp_path, scorer={"name": "htsr_alpha", "options": {"weights_precision": "float16"}})
+    scores = score_task(ctx, ctx.config.tasks[0])
+    want = [sum(reference_alpha(torch.linalg.svdvals(w.half().float()).double() ** 2, "peak")
+                for w in layer) / len(layer) for layer in _matrices(ctx)]
+    full = [sum(reference_alpha(torch.linalg.svdvals(w.double()) ** 2, "peak") for w in layer)
+            / len(layer) for layer in _matrices(ctx)]
+    torch.testing.assert_close(scores.values, torch.tensor(want, dtype=torch.float32), rtol=1e-4, atol=0)
+    assert want != full  # rounding to float16 moves the alphas of this model (else this tests nothing)
+    assert scores.details["weights_precision"] == "float16"
+
+
+def test_unknown_weights_precision_is_one_line_naming_the_choices(tmp_path):
+    with pytest.raises(ConfigError, match="weights_precision") as err:
+        make_ctx(tmp_path, scorer={"name": "htsr_alpha", "options": {"weights_precision": "bfloat16"}})
+    assert "\n" not in str(err.value) and "float16" in str(err.value)

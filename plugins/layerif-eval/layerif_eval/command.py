@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from layerif_core.cli import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
+from layerif_core.cli_kit import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Evaluate this model instead of the config's (hub name, local directory, "

@@ -176,6 +176,12 @@ class LmEval:
         self.opts = opts
         self.report: dict[str, Any] = {}
 
+    def estimate(self, work):
+        """What the evaluation will cost (``layerif study --plan``; :mod:`layerif_eval.cost`)."""
+        from layerif_eval.cost import lm_eval
+
+        return lm_eval(self.opts, work)
+
     def evaluate(self, ctx: Any, model: torch.nn.Module, tokenizer: Any) -> dict[str, float]:
         import lm_eval
         from lm_eval.models.huggingface import HFLM

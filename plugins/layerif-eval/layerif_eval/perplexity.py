@@ -131,6 +131,12 @@ class Perplexity:
         self.opts = opts
         self.report: dict[str, Any] = {}
 
+    def estimate(self, work):
+        """What the evaluation will cost (``layerif study --plan``; :mod:`layerif_eval.cost`)."""
+        from layerif_eval.cost import perplexity
+
+        return perplexity(self.opts, work)
+
     def evaluate(self, ctx: Any, model: torch.nn.Module, tokenizer: Any) -> dict[str, float]:
         opts = self.opts
         seqlen = resolve_seqlen(opts, model)

@@ -39,8 +39,9 @@ def experts_of(allocation: Allocation, n_layers: int) -> list[int]:
 
 
 def task_splits(ctx: RunContext, opts: LoraMoeOptions) -> tuple[TokenizedSplit, TokenizedSplit | None]:
-    """Tokenised training and validation data (the first task's splits unless given)."""
-    task = ctx.config.tasks[0]
+    """Tokenised training and validation data: the options' ``train`` and ``validation``, else the
+    splits of the task whose allocation is applied (``ctx.applied_task``: ``apply_to``)."""
+    task = ctx.applied_task
     train_spec = opts.train or task.train
     val_spec = opts.validation or task.validation
     n_ctx = max_context(ctx.model)
@@ -78,6 +79,12 @@ class LoraMoeApplication:
         self.log: TrainLog | None = None
         self.metrics: dict[str, float] = {}  # what a study records (layerif_core.protocols.Application)
         self.curves: dict[str, list[list[float]]] = {}
+
+    def estimate(self, work):
+        """What training will cost (``layerif study --plan``; :mod:`layerif_lora_moe.cost`)."""
+        from layerif_lora_moe.cost import estimate
+
+        return estimate(self.opts, work)
 
     def inject(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> LoraMoeModel:
         """Experts on the base model: a scoring adapter (``model.adapter`` with ``layers.lora_only``)

@@ -12,7 +12,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from layerif_core.cli import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
+    from layerif_core.cli_kit import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
 
     @app.command("moe")
     @guarded

@@ -28,9 +28,12 @@ class LoraMoeOptions(BaseModel):
     top_k: int = Field(2, ge=1, description="Experts mixed per token; capped at a layer's expert count.")
     aux_loss_weight: float = Field(0.01, ge=0, description="Weight of the Switch load-balancing loss "
                                    "(summed over the routed modules) added to the task loss.")
-    train: DataSpec | None = Field(None, description="Training data (default: the first task's train split).")
+    train: DataSpec | None = Field(
+        None, description="Training data (default: the train split of the task whose allocation is "
+        "applied, apply_to).")
     validation: DataSpec | None = Field(
-        None, description="Validation data for the loss curve (default: the first task's validation split).")
+        None, description="Validation data for the loss curve (default: the validation split "
+        "of the task whose allocation is applied, apply_to).")
     lr: float = Field(2e-4, gt=0, description="AdamW learning rate (peak, after warmup).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps; cosine decay to 10% after it.")

@@ -154,6 +154,12 @@ class LoraRanks:
         self.metrics: dict[str, float] = {}  # measured by the application itself
         self.metrics_uniform: dict[str, float] = {}
 
+    def estimate(self, work):
+        """What fine-tuning will cost, if it does (``layerif study --plan``)."""
+        from layerif_lora_ranks.cost import estimate
+
+        return estimate(self.train_enabled(work.config), work)
+
     def plan(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation
              ) -> tuple[Allocation, Any]:
         """The exact allocation for ``model``'s target modules and its LoraConfig, written to disk."""
@@ -168,8 +174,7 @@ class LoraRanks:
         exact = LoraRankAllocator(rank_opts).allocate(scores, budget=budget)
         cfg = lora_config(targets, exact, ctx.config, names, self.opts.alpha)
         run = ctx.run_dir
-        task = ctx.config.tasks[0].name
-        run.write_json("allocation.json", {task: exact.to_json()})
+        run.write_json("allocation.json", {ctx.applied_task.name: exact.to_json()})
         cfg.save_pretrained(str(run.file("lora_config")))
         params = exact.details["params"]
         run.write_json("lora_ranks.json", {
@@ -207,7 +212,8 @@ class LoraRanks:
 
 def train_adapter(ctx: RunContext, model: torch.nn.Module, name: str, lora: Any) -> torch.nn.Module:
     """Fine-tune ``model`` with ``lora`` (None: the uniform adapter of ``finetune:``) into
-    ``<run>/<name>``; a finished adapter with the same inputs is loaded instead of retrained."""
+    ``<run>/<name>``, on ``finetune.data`` or the training split of the task whose allocation is
+    applied; a finished adapter with the same inputs is loaded instead of retrained."""
     from peft import PeftModel
 
     from layerif_core.finetune import finetune
@@ -215,7 +221,7 @@ def train_adapter(ctx: RunContext, model: torch.nn.Module, name: str, lora: Any)
     spec = ctx.config.finetune.model_copy(update={"output": str(ctx.run_dir.file(name))})
     config = ctx.config.model_copy(update={"finetune": spec})
     result = finetune(config, model=model, tokenizer=ctx.tokenizer, show_progress=ctx.show_progress,
-                      lora=lora)
+                      lora=lora, task=ctx.applied_task)
     tuned = result.model or PeftModel.from_pretrained(model, str(result.adapter_dir))
     tuned.eval()
     return tuned
@@ -224,13 +230,14 @@ def train_adapter(ctx: RunContext, model: torch.nn.Module, name: str, lora: Any)
 @torch.no_grad()
 def validation_loss(ctx: RunContext, model: torch.nn.Module) -> float:
     """Mean next-token cross-entropy over the loss tokens (the answers, with ``loss_on:
-    completion``) of the first task's validation split: the fine-tuning objective on held-out data."""
+    completion``) of the validation split of the task whose allocation is applied: the fine-tuning
+    objective on held-out data."""
     import torch.nn.functional as F
 
     from layerif_core.data import IGNORE, tokenize_split
     from layerif_core.models import max_context
 
-    task = ctx.config.tasks[0]
+    task = ctx.applied_task
     split = tokenize_split(task.validation, ctx.tokenizer, ctx.seed, f"{task.name}/validation",
                            max_context(model))
     total, count = 0.0, 0

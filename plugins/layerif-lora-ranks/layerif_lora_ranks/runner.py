@@ -7,8 +7,7 @@ from pathlib import Path
 
 from layerif_core.config import ComponentSpec, RunConfig
 from layerif_core.errors import ConfigError
-from layerif_core.evaluation import evaluate_model
-from layerif_core.pipeline import RunResult, layer_scores, open_run
+from layerif_core.pipeline import RunResult, allocate, apply_allocation, layer_scores, open_run
 from layerif_core.registry import get_registry
 from layerif_lora_ranks.allocator import check_bounds
 from layerif_lora_ranks.options import RankOptions
@@ -45,18 +44,17 @@ def check_options(config: RunConfig) -> RankOptions:
 
 def run_lora_ranks(config: RunConfig, scores_path: Path | None = None, force: bool = False,
                    show_progress: bool = True) -> RunResult:
-    """Scores → ranks → LoraConfig (→ fine-tune → evaluators); on the scores of the task apply_to names."""
+    """Scores → ranks → LoraConfig (→ fine-tune → evaluators), on the scores and the data of the
+    task apply_to names (:func:`layerif_core.pipeline.apply_allocation`). The evaluators run only on
+    a fine-tuned adapter; the metrics are those of ``metrics.json`` and, with ``compare_uniform``,
+    the uniform adapter's (``uniform/...``)."""
     config = with_defaults(config)
     check_options(config)
-    registry = get_registry()
-    app = registry.build("application", NAME, config.application.options)
+    task = config.application_task("layerif lora-ranks")
+    trains = get_registry().build("application", NAME, config.application.options).train_enabled(config)
     ctx = open_run(config, force=force, show_progress=show_progress)
     scores = layer_scores(ctx, scores_path)
-    allocator = registry.build("allocator", NAME, config.allocation.options)
-    task = config.application_task("layerif lora-ranks")
-    model = app.apply(ctx, ctx.model, allocator.allocate(scores[task]))
-    metrics: dict[str, float] = dict(app.metrics)
-    if app.train_enabled(config) and config.evaluation:
-        metrics.update(evaluate_model(ctx, model, ctx.tokenizer).metrics)
-    metrics.update(app.metrics_uniform)
-    return RunResult(ctx.run_dir.path, scores, {task: app.allocation}, metrics)
+    applied = apply_allocation(ctx, task, allocate(ctx, scores)[task], evaluate=trains)
+    app = applied.application
+    return RunResult(ctx.run_dir.path, scores, {task: app.allocation},
+                     {**applied.metrics, **app.metrics_uniform})

@@ -59,14 +59,14 @@ def target_sparsities(allocation: Allocation, layer_map: LayerMap, opts: PruneOp
 
 
 def calibration(ctx: RunContext, model: torch.nn.Module, opts: PruneOptions) -> torch.Tensor:
-    """The calibration windows ``[samples, seqlen]`` of the run."""
+    """The calibration windows ``[samples, seqlen]`` of the run: from ``calibration.source``, or
+    the training split of the task whose allocation is applied (``ctx.applied_task``)."""
     spec = opts.calibration
     context = max_context(model)
     if context is not None and spec.seqlen > context:
         raise ConfigError(f"calibration.seqlen {spec.seqlen} exceeds the model's context of {context} "
                           f"tokens; set calibration.seqlen <= {context}.")
-    task = ctx.config.tasks[0] if ctx.config.tasks else None
-    tokens, name = calibration_tokens(spec, ctx.tokenizer, task, ctx.seed)
+    tokens, name = calibration_tokens(spec, ctx.tokenizer, ctx.applied_task, ctx.seed)
     return calibration_windows(tokens, spec.samples, spec.seqlen, ctx.seed, name)
 
 
@@ -161,6 +161,12 @@ class Prune:
         self.opts = opts
         self.result: PruneResult | None = None
         self.metrics: dict[str, float] = {}  # what a study records (layerif_core.protocols.Application)
+
+    def estimate(self, work):
+        """What pruning will cost (``layerif study --plan``; :mod:`layerif_prune.cost`)."""
+        from layerif_prune.cost import estimate
+
+        return estimate(self.opts, work)
 
     def apply(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> torch.nn.Module:
         self.result = prune_model(ctx, model, allocation, self.opts)

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from layerif_core.cli import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
+from layerif_core.cli_kit import STATE, ConfigArg, ForceOpt, SetOpt, console, guarded
 from layerif_core.config import ComponentSpec, RunConfig
 from layerif_core.errors import ConfigError
-
-if TYPE_CHECKING:  # the CLI loads this module to list the command: no torch at import
-    pass
 
 ScoresOpt = Annotated[Path | None, typer.Option(
     "--scores", help="Use the layer scores of an earlier run (its scores.json or run directory) "
@@ -43,23 +40,15 @@ def prepare_config(cfg: RunConfig) -> RunConfig:
 
 def run_prune(cfg: RunConfig, scores_path: Path | None = None, force: bool = False,
               show_progress: bool = True) -> dict:
-    """Scores (computed or read), allocation, pruning and evaluation; returns the metrics."""
-    from layerif_core.pipeline import allocate, layer_scores, open_run
-    from layerif_core.registry import get_registry
+    """Scores (computed or read), allocation, pruning and evaluation of the task ``apply_to``
+    names (:func:`layerif_core.pipeline.run`); returns the run directory and the metrics
+    (``sparsity/achieved`` and the evaluators', as in ``metrics.json``)."""
+    from layerif_core.pipeline import run
 
     cfg = prepare_config(cfg)
-    ctx = open_run(cfg, force=force, show_progress=show_progress)
-    scores = layer_scores(ctx, scores_path)
-    allocation = allocate(ctx, scores)[cfg.application_task("layerif prune")]
-    registry = get_registry()
-    app = registry.build("application", "prune", cfg.application.options)
-    model = app.apply(ctx, ctx.model, allocation)
-    metrics: dict[str, float] = {"sparsity/achieved": app.result.achieved["overall"]}
-    for spec in cfg.evaluation:
-        metrics.update(registry.build("evaluator", spec.name, spec.options).evaluate(ctx, model,
-                                                                                     ctx.tokenizer))
-    ctx.run_dir.write_json("metrics.json", metrics)
-    return {"run_dir": str(ctx.run_dir.path), "metrics": metrics}
+    cfg.application_task("layerif prune")  # one allocation: refuse apply_to: each before loading
+    result = run(cfg, force=force, show_progress=show_progress, scores_path=scores_path)
+    return {"run_dir": str(result.run_dir), "metrics": result.metrics}
 
 
 @guarded

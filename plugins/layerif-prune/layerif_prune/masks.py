@@ -3,7 +3,8 @@
 - ``magnitude``: metric ``|W_ij|``, the ``⌊s·numel⌋`` smallest of the whole matrix are pruned
   (Han et al. 2015; ``prune_magnitude`` in locuslab/wanda ``lib/prune.py``).
 - ``wanda`` (Sun et al. 2024): metric ``|W_ij| · ‖X_j‖₂`` with ``‖X_j‖₂`` the norm of input feature j
-  over every calibration token; the ``⌊s·d_in⌋`` smallest of each output row are pruned.
+  over every calibration token; the ``⌊s·d_in⌋`` smallest of each output row are pruned, exact ties
+  lower column index first (the reference's stable sort).
 - N:M: in every group of M consecutive inputs of a row, the M − N smallest are pruned, so N stay.
 """
 
@@ -15,24 +16,32 @@ from layerif_core.errors import ConfigError
 
 
 def smallest_mask(metric: torch.Tensor, k: int, dim: int | None) -> torch.Tensor:
-    """True at the ``k`` smallest entries of ``metric`` (per row when ``dim=1``, overall when None)."""
-    # metric: [d_out, d_in]
-    mask = torch.zeros(metric.shape, dtype=torch.bool, device=metric.device)
-    if k <= 0:
-        return mask
+    """True at the ``k`` smallest entries of ``metric`` (per row when ``dim=1``, overall when None).
+
+    Ties go to the lower index, as the first ``k`` indices of a stable ascending sort: Wanda's
+    reference (locuslab/wanda ``lib/prune.py``: ``torch.sort(W_metric, dim=-1, stable=True)``, then
+    ``indices[:, :k]``). With ``t`` the k-th smallest value of a row, that is every entry ``< t`` and,
+    of the entries ``= t``, the first ``k − #{< t}`` by index.
+    """
     if dim is None:
-        idx = torch.topk(metric.flatten(), k, largest=False).indices
-        mask.view(-1)[idx] = True
-        return mask
-    if dim != 1 or k >= metric.shape[1]:
-        return mask.scatter_(dim, torch.topk(metric, k, dim=dim, largest=False).indices, True)
-    # the k-th smallest per row as a threshold (3× faster than topk on a CPU at 1536 × 576); rows
-    # where ties at the threshold select more than k fall back to topk
-    mask = metric <= torch.kthvalue(metric, k, dim=1, keepdim=True).values
+        return smallest_mask(metric.reshape(1, -1), k, dim=1).reshape(metric.shape)
+    if dim != 1:
+        raise ValueError(f"smallest_mask selects per row (dim=1) or overall (dim=None), not dim={dim}")
+    # metric: [d_out, d_in]
+    if k <= 0:
+        return torch.zeros(metric.shape, dtype=torch.bool, device=metric.device)
+    if k >= metric.shape[1]:
+        return torch.ones(metric.shape, dtype=torch.bool, device=metric.device)
+    # the k-th smallest per row as a threshold (3× faster than a sort on a CPU at 1536 × 576); only
+    # rows where entries tie at the threshold need the index order
+    threshold = torch.kthvalue(metric, k, dim=1, keepdim=True).values  # [d_out, 1]
+    mask = metric <= threshold
     tied = (mask.sum(dim=1) != k).nonzero().squeeze(1)
     if len(tied):
-        idx = torch.topk(metric[tied], k, dim=1, largest=False).indices
-        mask[tied] = torch.zeros_like(mask[tied]).scatter_(1, idx, True)
+        rows, thr = metric[tied], threshold[tied]
+        below, at = rows < thr, rows == thr
+        need = k - below.sum(dim=1, keepdim=True)  # how many of the tied entries are pruned
+        mask[tied] = below | (at & (at.cumsum(dim=1) <= need))
     return mask
 
 

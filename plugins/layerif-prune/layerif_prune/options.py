@@ -19,7 +19,8 @@ class CalibrationSpec(BaseModel):
     source: str | None = Field(
         None, description="A .txt file (read whole), or a data source layerif reads (.jsonl/.csv/"
         ".parquet, hub dataset, 'bundled:<task>', the WikiText-2 text 'bundled:wikitext2') whose "
-        "records are joined with '\\n\\n'. Default: the first task's training split.")
+        "records are joined with '\\n\\n'. Default: the training split of the task whose "
+        "allocation is applied (apply_to; the only task when there is one).")
     split: str = Field("train", description="Split of a dataset source (ignored for .txt).")
     config_name: str | None = Field(None, description="Hub dataset configuration name.")
     data_files: str | list[str] | None = Field(

@@ -3,15 +3,13 @@ its plot: target versus achieved sparsity per layer."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 
+from layerif_core.atomic import atomic_dir
 from layerif_core.errors import ArtifactError
 from layerif_core.layers import LayerMap
 from layerif_core.plotting import save_figure
@@ -19,18 +17,10 @@ from layerif_core.plotting import save_figure
 
 def save_model(model: torch.nn.Module, tokenizer: Any, target: Path) -> Path:
     """``save_pretrained`` (safetensors) of model and tokenizer into ``target``, atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -19,4 +19,5 @@ class Options(BaseModel):
 @hookimpl
 def layerif_register_estimators(register):
     register("unit_query_dot", "layerif_example.estimator:UnitQueryDot", options=Options,
+             seeded=False,  # samples nothing: a study shares its scores across seeds
              help="Gradient inner product with a unit-norm query gradient per layer.")

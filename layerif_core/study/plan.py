@@ -1,0 +1,208 @@
+"""``layerif study STUDY.yaml --plan``: what a study will cost before anything runs.
+
+Every cell's config is checked (as a run would), the cells are grouped into the stages they share
+(the dense evaluation once, a scoring adapter per fine-tuning config, layer scores per scoring
+config: the keys the runner uses), and each stage's cost is estimated from the model's shapes (read
+offline: :mod:`layerif_core.shapes`) and the components' options (:mod:`layerif_core.estimates`;
+applications and evaluators state theirs through an ``estimate`` method), then turned into seconds
+and peak memory on a device of the table (:mod:`layerif_core.cost`). Nothing is downloaded, loaded
+or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layerif_core.config import RunConfig
+from layerif_core.cost import Cost, Device, gib, load_device, weights_bytes
+from layerif_core.estimates import Workload, component_cost, dtype_of, finetune_cost, scorer_cost
+from layerif_core.scope import application_layers
+from layerif_core.study.cells import Cell, build_cells, select_cells
+from layerif_core.study.config import load_study
+
+DISK_BYTES_PER_S = 2e9  # loading a model's weights into memory
+
+
+@dataclass
+class Stage:
+    """One unit of work: a shared stage (run once for the cells that use it) or a cell's own part."""
+
+    kind: str  # "dense evaluation", "adapter", "scores", "cell"
+    label: str
+    cells: list[str]
+    cost: Cost
+    seconds: float
+    runs: int = 1
+
+    @property
+    def total_seconds(self) -> float:
+        return self.seconds * self.runs
+
+
+@dataclass
+class StudyPlan:
+    """The stages of a study with their predicted cost on one device."""
+
+    name: str
+    device: Device
+    cells: list[Cell]
+    stages: list[Stage] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)  # source -> "dtype, params, bytes"
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.total_seconds for s in self.stages)
+
+    @property
+    def peak_bytes(self) -> float:
+        return max((s.cost.peak_bytes for s in self.stages), default=0.0)
+
+    def notes(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for s in self.stages:
+            for note in filter(None, s.cost.note.split("; ")):
+                seen.setdefault(note, None)
+        return list(seen)
+
+    def markdown(self) -> str:
+        """The plan as a Markdown report (what ``--plan`` prints)."""
+        dev = self.device
+        lines = [f"# Plan of study '{self.name}': {len(self.cells)} cells on {dev.name}",
+                 "", f"Device: {dev.name}, {gib(dev.memory_bytes)}; throughput: {dev.source}."]
+        lines += [f"Model: {src} ({what})." for src, what in self.models.items()]
+        lines += ["", "| stage | runs | cells | time each | peak memory | time |",
+                  "|---|---|---|---|---|---|"]
+        for s in self.stages:
+            fits = "" if s.cost.peak_bytes <= dev.memory_bytes else " **does not fit**"
+            lines.append(f"| {s.kind}: {s.label} | {s.runs} | {len(s.cells)} | {duration(s.seconds)} | "
+                         f"{gib(s.cost.peak_bytes)}{fits} | {duration(s.total_seconds)} |")
+        shared = sum(s.total_seconds for s in self.stages if s.kind != "cell")
+        lines += ["", f"**Total: {self.seconds / 3600:.2f} device-hours** on {dev.name} (shared stages "
+                  f"{duration(shared)}, cells {duration(self.seconds - shared)}); largest stage peak "
+                  f"{gib(self.peak_bytes)} of {gib(dev.memory_bytes)}."]
+        if self.peak_bytes > dev.memory_bytes:
+            lines.append("Stages marked **does not fit** need a larger device, FSDP over several "
+                         "(model.fsdp under torchrun) or smaller batches.")
+        notes = self.notes()
+        if notes:
+            lines += ["", "Assumptions:"] + [f"- {n}" for n in notes]
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"study": self.name, "device": self.device.name, "device_source": self.device.source,
+                "cells": len(self.cells), "seconds": self.seconds, "peak_bytes": self.peak_bytes,
+                "stages": [{"kind": s.kind, "label": s.label, "runs": s.runs, "cells": s.cells,
+                            "seconds": s.seconds, "peak_bytes": s.cost.peak_bytes,
+                            "flops": s.cost.total_flops, "note": s.cost.note} for s in self.stages]}
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Shapes:
+    """Meta-device models by (source, dtype), built once each."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
+
+    def get(self, cfg: RunConfig, dtype: torch.dtype) -> torch.nn.Module:
+        from layerif_core.shapes import meta_model, model_config
+
+        key = (cfg.model.source, dtype)
+        if key not in self._models:
+            self._models[key] = meta_model(model_config(cfg.model.source, cfg.model.trust_remote_code),
+                                           dtype)
+        return self._models[key]
+
+
+def plan_study(path: str | Path, device: str, data: dict[str, Any] | None = None,
+               arms: list[str] | None = None, seeds: list[int] | None = None,
+               points: list[str] | None = None) -> StudyPlan:
+    """The plan of the study file ``path`` on ``device`` (a name of the device table, or ``cpu``)."""
+    from layerif_core.study.runner import Shared
+
+    study, base = load_study(path, data)
+    directory = Path(study.output_dir) / study.name
+    cells = select_cells(build_cells(study, base, output_dir=str(directory / "runs")), arms, seeds, points)
+    dev = load_device(device)
+    plan = StudyPlan(study.name, dev, cells)
+    shapes, shared = Shapes(), Shared(directory)
+    gpu = device.lower() != "cpu"
+    found: dict[tuple[str, str], Stage] = {}
+
+    def stage(kind: str, key: str, label: str, cell: Cell, estimate: Any, dtype: torch.dtype) -> None:
+        if (kind, key) not in found:
+            cost = estimate()
+            found[(kind, key)] = Stage(kind, label, [], cost, cost.seconds(dev, dtype))
+            plan.stages.append(found[(kind, key)])
+        found[(kind, key)].cells.append(cell.id)
+
+    for cell in cells:
+        cfg = cell.config
+        dtype = dtype_of(cfg, gpu)
+        model = shapes.get(cfg, dtype)
+        plan.models.setdefault(cfg.model.source, f"{str(dtype).removeprefix('torch.')}, "
+                               f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, "
+                               f"{gib(weights_bytes(model, dtype))}")
+        work = Workload(cfg, model, dtype)
+        if study.dense and cfg.evaluation:
+            stage("dense evaluation", "dense", "the unmodified model", cell,
+                  lambda w=work: evaluation_cost(w), dtype)
+        if cfg.layers.lora_only and not cfg.model.adapter:
+            stage("adapter", repr(cfg.finetune.model_dump()), "LoRA fine-tuning for scoring", cell,
+                  lambda w=work: finetune_cost(w), dtype)
+        stage("scores", str(shared.scores_path(cfg)), scorer_label(cfg), cell,
+              lambda w=work: scorer_cost(w), dtype)
+        app = Workload(cfg.model_copy(update={"layers": application_layers(cfg.layers)}), model, dtype)
+        stage("cell", cell.id, cell.arm, cell, lambda w=app: cell_cost(w), dtype)
+    merge_rows(plan)
+    return plan
+
+
+def scorer_label(cfg: RunConfig) -> str:
+    spec = cfg.scorer
+    if spec.name != "layerif":
+        return spec.name
+    return f"layerif {spec.estimator.name} on {cfg.tasks[0].name}"
+
+
+def evaluation_cost(work: Workload) -> Cost:
+    total = Cost(peak_bytes=work.weights())
+    for spec in work.config.evaluation:
+        total = total + component_cost(work, "evaluator", spec.name, spec.options)
+    return total
+
+
+def cell_cost(work: Workload) -> Cost:
+    """A cell's own stages: loading the model's weights, the application, the evaluation."""
+    cfg = work.config
+    total = Cost(peak_bytes=work.weights(), fixed_seconds=work.weights() / DISK_BYTES_PER_S)
+    if cfg.application is not None:
+        total = total + component_cost(work, "application", cfg.application.name, cfg.application.options)
+    return total + evaluation_cost(work)
+
+
+def merge_rows(plan: StudyPlan) -> None:
+    """Stages of one kind and label with the same predicted cost become one row (``runs`` = their
+    number): a cell row per arm, a score row per seed-dependent scorer."""
+    arm_of = {c.id: c.arm for c in plan.cells}
+    rows: dict[tuple[str, str, float], Stage] = {}
+    for s in plan.stages:
+        if s.kind == "cell":
+            s.label = f"{arm_of[s.cells[0]]}: load, application, evaluation"
+        key = (s.kind, s.label, round(s.seconds, 6))
+        if key in rows:
+            rows[key].runs += s.runs
+            rows[key].cells += s.cells
+        else:
+            rows[key] = s
+    plan.stages = list(rows.values())

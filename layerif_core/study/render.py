@@ -1,0 +1,232 @@
+"""The study's summary in words and tables: ``summary.md``, ``results.csv``, and ``report.html``
+rendered from the same Markdown through markdown-it-py (CommonMark with its table extension), with the
+plots embedded as PNG, the study config and the provenance added: one self-contained page.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from layerif_core.study.power import MAX_SEEDS
+from layerif_core.study.records import StudyData, point_label
+
+
+def fmt(x: float | None) -> str:
+    """A number of the tables: 4 significant digits; "–" for none (an undefined CI or p-value)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.4g}"
+
+
+def tables(summary: dict[str, Any], axes: list[str]) -> list[dict[str, Any]]:
+    """Per metric: a values table and a paired-difference table (header + rows of strings)."""
+    out = []
+    for m in summary["metrics"]:
+        points = m["points"]
+        header = ["arm"] + [point_label(p["grid"], axes) for p in points]
+        arms = [r["arm"] for r in points[0]["rows"]] if points else []
+        values, diffs = [], []
+        for i, arm in enumerate(arms):
+            label = arm + (" (control)" if arm == summary["control"] else "")
+            cells = []
+            for p in points:
+                r = p["rows"][i]
+                text = fmt(r["mean"]) + ("" if math.isnan(r["ci95"]) else f" ± {fmt(r['ci95'])}")
+                cells.append(f"**{text}**" if r.get("best") else text)
+            values.append([label] + cells)
+            if arm == summary["control"]:
+                continue
+            dcells, total = [], [0, 0, 0]
+            for p in points:
+                d = p["rows"][i]["paired"]
+                total = [total[0] + d["wins"], total[1] + d["ties"], total[2] + d["losses"]]
+                wtl = f"; {d['wins']}/{d['ties']}/{d['losses']}" if m["better"] != "none" else ""
+                dcells.append(f"{fmt(d['diff_mean'])} (p={fmt(d['p'])}{wtl})")
+            overall = f"{total[0]}/{total[1]}/{total[2]}" if m["better"] != "none" else "–"
+            diffs.append([arm] + dcells + [overall])
+        power = power_table(m, summary, axes) if m["better"] != "none" else None
+        out.append({"metric": m["name"], "better": m["better"], "dense": m["dense"],
+                    "values": (header, values), "diffs": (header + ["all W/T/L"], diffs),
+                    "power": power})
+    return out
+
+
+FOOTNOTE_MARKS = "¹²³⁴"
+
+
+def power_table(m: dict[str, Any], summary: dict[str, Any], axes: list[str]) -> dict[str, Any] | None:
+    """The power of every comparison with the control of metric ``m``: one row per arm and grid
+    point, with its MDE at 80% power and, when the metric has a target effect, the seeds it needs;
+    a missing figure is "n/a" with a footnote saying why."""
+    target = m.get("target_effect")
+    header = (["arm"] + (["grid point"] if axes else []) + ["pairs", "SD of differences", "MDE (80%)"]
+              + (["seeds for target"] if target else []))
+    notes: list[str] = []
+
+    def missing(note: str) -> str:
+        if note not in notes:
+            notes.append(note)
+        return "n/a" + FOOTNOTE_MARKS[notes.index(note)]
+
+    rows = []
+    for p in m["points"]:
+        for r in p["rows"]:
+            if r["arm"] == summary["control"]:
+                continue
+            pw = r["paired"]["power"]
+            row = [r["arm"]] + ([point_label(p["grid"], axes)] if axes else [])
+            row += [str(pw["n"]), fmt(pw["sd"]),
+                    fmt(pw["mde"]) if pw["mde"] is not None else missing(pw["note"])]
+            if target:
+                row.append(str(pw["seeds_for_target"]) if pw["seeds_for_target"] is not None
+                           else f"> {MAX_SEEDS}" if pw["seeds_over_cap"] else missing(pw["note"]))
+            rows.append(row)
+    if not rows:
+        return None
+    return {"header": header, "rows": rows, "explain": power_sentence(summary["test"], target),
+            "notes": [f"{FOOTNOTE_MARKS[i]} {note}." for i, note in enumerate(notes)]}
+
+
+def power_sentence(test: str, target: float | None) -> str:
+    """What the power columns mean, in plain words."""
+    name = "paired t-test" if test == "t" else "Wilcoxon signed-rank test"
+    text = (f"MDE (80%) is the smallest true difference to the control, either way, that a {name} "
+            "over this many paired seeds would find significant (two-sided p < 0.05) in 80% of "
+            "repeats of the study, given the spread of the paired differences seen here (SD), so a "
+            "smaller difference that came out non-significant may be real but needs more seeds")
+    if test == "wilcoxon":
+        text += (" (for the Wilcoxon test an approximation through its efficiency relative to the "
+                 "t-test, optimistic below about 10 pairs)")
+    if target:
+        text += (f"; seeds for target is how many seeds the same test needs to detect a difference "
+                 f"of {fmt(target)} with 80% power at that spread")
+    return text + "."
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown (GFM) table; a ``|`` inside a cell (an arm's label) is escaped."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return [line(header), "|" + "---|" * len(header)] + [line(r) for r in rows]
+
+
+def cell_hardware(data: StudyData) -> dict[str, int]:
+    """How many finished cells ran on each processor (``versions``' cpu, its vector instruction
+    set and GPU); cells whose record does not say are counted as "not recorded"."""
+    counts: dict[str, int] = {}
+    for c in data.ok:
+        v = c.versions
+        kind = f"{v['cpu']} ({v.get('cpu_capability', '?')})" if v.get("cpu") else "not recorded"
+        if v.get("gpu"):
+            kind += f" + {v['gpu']}"
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def hardware_line(data: StudyData) -> list[str]:
+    """summary.md's hardware line; with more than one processor, what that means for comparisons."""
+    counts = cell_hardware(data)
+    if not counts:
+        return []
+    line = "Hardware: " + "; ".join(f"{k}, {n} cell{'s' * (n != 1)}" for k, n in counts.items()) + "."
+    if len([k for k in counts if k != "not recorded"]) > 1:
+        line += (" Processors round floating-point sums differently, and a result that follows "
+                 "near-ties (a pruning mask) can move on a rerun on another one: compare arms whose "
+                 "cells ran on the same hardware, or rerun the others there.")
+    return [line, ""]
+
+
+def markdown(data: StudyData, summary: dict[str, Any]) -> str:
+    """summary.md: what ran, how to read the tables, the hardware, per metric its tables, the failures."""
+    s = data.study
+    n_cells = len(s.arms) * len(data.points()) * len(s.seeds)
+    test = "paired t-test (scipy.stats.ttest_rel)" if s.test == "t" else \
+        "Wilcoxon signed-rank test (scipy.stats.wilcoxon)"
+    lines = [f"# Study `{s.name}`", "",
+             f"{len(data.ok)} of {n_cells} cells finished, {len(data.failed)} failed; "
+             f"{len(s.arms)} arms × {len(data.points())} grid points × {len(s.seeds)} seeds "
+             f"(seeds {', '.join(map(str, s.seeds))}). Control: **{summary['control']}**.", "",
+             "Values: mean over seeds ± half-width of the 95% confidence interval of the mean "
+             "(t distribution); the best mean of each column in bold. Differences: arm − control on "
+             f"the same seed, mean over seeds, two-sided p-value of a {test}, and wins/ties/losses "
+             "over the seeds (a win is better in the metric's direction).", ""]
+    lines += hardware_line(data)
+    for t in tables(summary, data.axes):
+        goal = "a measurement" if t["better"] == "none" else f"{t['better']} is better"
+        lines += [f"## {t['metric']} ({goal})", ""]
+        if t["dense"] is not None:
+            lines += [f"Unmodified model: {fmt(t['dense'])}.", ""]
+        lines += md_table(*t["values"]) + [""]
+        if t["diffs"][1]:
+            lines += ["Paired difference to the control:", ""] + md_table(*t["diffs"]) + [""]
+        if t["power"]:
+            pw = t["power"]
+            lines += ["Power of the paired comparison:", ""] + md_table(pw["header"], pw["rows"])
+            lines += ["", pw["explain"], ""] + [f"{n}  " for n in pw["notes"]] + ([""] if pw["notes"] else [])
+    if data.failed:
+        lines += ["## Failed cells", ""]
+        lines += [f"- `{c.id}`: {c.error.type}: {c.error.first_line}" if c.error else
+                  f"- `{c.id}`: no error recorded" for c in data.failed]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_csv(data: StudyData, path: Path, metrics: list[str]) -> None:
+    """results.csv: one row per finished cell × metric, every grid axis a column."""
+    axes = data.axes
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["cell", "arm", "control", *axes, "seed", "metric", "value"])
+        for c in sorted(data.ok, key=lambda c: c.id):
+            for metric in metrics:
+                if metric in c.metrics:
+                    w.writerow([c.id, c.arm, c.control,
+                                *(json.dumps(c.grid.get(a)) if isinstance(c.grid.get(a), (list, dict))
+                                  else c.grid.get(a) for a in axes),
+                                c.seed, metric, repr(c.metrics[metric])])
+
+
+def provenance(data: StudyData) -> dict[str, Any]:
+    """Where the numbers come from: hardware, package versions, cell count and times."""
+    versions = next((c.versions for c in data.cells if c.versions), {})
+    seconds = sum(c.seconds or 0 for c in data.cells)
+    finished = [c.finished or "" for c in data.cells]
+    return {"hardware": cell_hardware(data), "versions": versions,
+            "cells": len(data.cells), "cell_seconds_total": round(seconds, 1),
+            "first_finished": min(finished, default=""), "last_finished": max(finished, default="")}
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+         "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:14px}"
+         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+         "th:first-child,td:first-child{text-align:left}thead{background:#f3f3f3}"
+         "img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}")
+
+
+def write_html(data: StudyData, summary_md: str, plots: list[Path], path: Path) -> None:
+    """report.html: ``summary_md`` rendered by markdown-it-py (raw HTML in it, e.g. from an error
+    message, is shown as text), then the plots embedded as PNG, the study config and the provenance."""
+    import yaml
+    from markdown_it import MarkdownIt
+
+    parts = [MarkdownIt("commonmark", {"html": False}).enable("table").render(summary_md), "<h2>Plots</h2>"]
+    for p in plots:
+        b64 = base64.b64encode(p.read_bytes()).decode()
+        parts.append(f"<figure><img alt='{html.escape(p.name)}' src='data:image/png;base64,{b64}'>"
+                     f"<figcaption>{html.escape(p.name)}</figcaption></figure>")
+    config = yaml.safe_dump({"study": data.study.model_dump(mode="json", exclude={"base"}),
+                             "base": data.base}, sort_keys=False)
+    parts.append(f"<h2>Study config</h2><pre>{html.escape(config)}</pre>")
+    parts.append(f"<h2>Provenance</h2><pre>{html.escape(json.dumps(provenance(data), indent=2))}</pre>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Study "
+            f"{html.escape(data.study.name)}</title><style>{STYLE}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+    path.write_text(page)
+

@@ -1,0 +1,79 @@
+"""``layerif study --plan``: the stages a study shares and what each costs, before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from study_helpers import PPL, tiny_dir, tiny_study, write_study  # noqa: F401 (tiny_dir: fixture)
+from torch import nn
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from layerif_core.cli import app
+from layerif_core.study.plan import plan_study
+from layerif_core.study.runner import run_study
+
+
+def test_plan_shares_the_stages_the_runner_shares(tiny_dir, tmp_path):  # noqa: F811
+    data = tiny_study(tiny_dir, tmp_path / "out")
+    plan = plan_study(write_study(tmp_path / "s.yaml", data), "H100")
+    by_kind: dict[str, int] = {}
+    for stage in plan.stages:
+        by_kind[stage.kind] = by_kind.get(stage.kind, 0) + stage.runs
+    assert len(plan.cells) == 8
+    assert by_kind["cell"] == 8 and by_kind["dense evaluation"] == 1
+    assert not (tmp_path / "out").exists()  # a plan writes nothing
+    outcome = run_study(write_study(tmp_path / "s.yaml", data), show_progress=False)
+    assert by_kind["scores"] == outcome.shared["scores"]  # uniform once, LayerIF once per seed
+
+
+def test_perplexity_stage_costs_its_forward_flops(tiny_dir, tmp_path):  # noqa: F811
+    """2 d_in d_out per token and linear map, plus causal attention 3 T d_attn per token and layer
+    (QKᵀ and AV, half of each masked), over max_windows × seqlen tokens."""
+    data = tiny_study(tiny_dir, tmp_path / "out")
+    plan = plan_study(write_study(tmp_path / "s.yaml", data), "H100")
+    dense = next(s for s in plan.stages if s.kind == "dense evaluation")
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    width = heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    windows, seqlen = 4, 32
+    tokens = windows * seqlen
+    expected = 2 * linear * tokens + 3 * cfg.num_hidden_layers * width * seqlen * tokens
+    assert abs(dense.cost.total_flops - expected) <= 1e-9 * expected
+
+
+def test_a_7b_study_plans_offline_and_flags_what_does_not_fit(tiny_dir, tmp_path):  # noqa: F811
+    data = tiny_study(tiny_dir, tmp_path / "out")
+    data["base"]["model"] = {"source": "mistralai/Mistral-7B-v0.1", "dtype": "float32"}
+    path = write_study(tmp_path / "s.yaml", data)
+    result = CliRunner().invoke(app, ["study", str(path), "--plan", "--device", "L40S"])
+    assert result.exit_code == 0, result.output
+    assert "7.24B parameters" in result.output and "does not fit" in result.output
+    roomy = plan_study(path, "H200")
+    assert roomy.peak_bytes < roomy.device.memory_bytes
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_device_is_one_line(tiny_dir, tmp_path):  # noqa: F811
+    path = write_study(tmp_path / "s.yaml", tiny_study(tiny_dir, tmp_path / "out"))
+    result = CliRunner().invoke(app, ["study", str(path), "--plan", "--device", "H20O"])
+    assert result.exit_code == 2
+    assert "device 'H20O' is not in the device table (did you mean 'H200'?)" in result.output
+
+
+def test_a_model_of_unknown_shape_is_one_line(tiny_dir, tmp_path):  # noqa: F811
+    data = tiny_study(tiny_dir, tmp_path / "out")
+    data["base"]["model"] = {"source": "someone/unknown-model-xyz"}
+    result = CliRunner().invoke(app, ["study", str(write_study(tmp_path / "s.yaml", data)), "--plan"])
+    assert result.exit_code == 2
+    assert "the shape of model 'someone/unknown-model-xyz' is not known offline" in result.output
+
+
+def test_a_bad_cell_fails_the_plan(tmp_path):
+    data = tiny_study(Path("/nonexistent/model"), tmp_path / "out",
+                      grid={"allocation.options.sparsity": [0.5, "high"]})
+    result = CliRunner().invoke(app, ["study", str(write_study(tmp_path / "s.yaml", data)), "--plan"])
+    assert result.exit_code == 2
+    assert "allocation.options.sparsity=high" in result.output
