@@ -44,6 +44,11 @@ ALPACA_PROMPT_INPUT = ("Below is an instruction that describes a task, paired wi
                        "### Response:\n")
 RESPONSE_SPLIT = "### Response:"
 SIZES = {"train": 300, "validation": 50, "test": None}  # the authors' IF sets; None: the whole split
+# for plans made offline: records of each task's test split and the mean characters of its
+# instruction (both counted on the authors' evaluation files)
+TEST_SIZES = {"mrpc": 1725, "cola": 1043, "commonsense_qa": 1221, "openbookqa": 500, "scienceqa": 2224}
+INSTRUCTION_CHARS = {"mrpc": 316, "cola": 104, "commonsense_qa": 159, "openbookqa": 162,
+                     "scienceqa": 258}
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,11 @@ def paper_task(name: str) -> PaperTask:
         raise DataError(f"no paper task '{name}'; the paper's tasks are "
                         f"{', '.join('paper:' + n for n in PAPER_TASKS)}.")
     return PAPER_TASKS[name]
+
+
+def split_examples(name: str, split: str) -> int:
+    """How many records split ``split`` of paper task ``name`` has, known without the hub."""
+    return SIZES.get(split) or TEST_SIZES[paper_task(name).name]
 
 
 def paper_records(name: str, split: str, data_files: str | list[str] | None = None

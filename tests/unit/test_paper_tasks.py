@@ -134,3 +134,26 @@ def test_an_unreachable_hub_is_one_line_naming_the_dataset_and_data_files(tmp_pa
     assert "\n" not in msg
     assert "'allenai/openbookqa', config 'main', split 'validation'" in msg
     assert "set data_files: FILE.parquet" in msg
+
+
+def test_plans_know_the_sizes_of_the_paper_splits_without_the_hub():
+    from layerif_core.estimates import split_size
+
+    assert split_size(DataSpec(source="paper:mrpc", split="train", max_length=128)) == (300, 128, "")
+    assert split_size(DataSpec(source="paper:scienceqa", split="validation", max_length=128))[0] == 50
+    assert split_size(DataSpec(source="paper:cola", split="test", max_length=64))[0] == 1043
+    assert split_size(DataSpec(source="paper:cola", split="test", limit=100, max_length=64))[0] == 100
+
+
+def test_the_paper_evaluation_is_planned_as_generation_over_the_test_split(tmp_path):
+    import torch
+
+    from conftest import make_config
+    from layerif_core.estimates import Workload
+    from layerif_core.registry import get_registry
+    from layerif_core.testing import tiny_model
+
+    work = Workload(config=make_config(tmp_path), model=tiny_model(), dtype=torch.float32)
+    ev = get_registry().build("evaluator", "paper_tasks", {"task": "openbookqa"})
+    cost = ev.estimate(work)
+    assert cost.bytes_read == 500 * 128 * work.weights()  # every new token reads the weights once

@@ -85,6 +85,12 @@ class PaperAccuracy:
         self.task = paper_task(opts.task)
         self.report: dict[str, Any] = {}
 
+    def estimate(self, work):
+        """What the evaluation will cost (``layerif study --plan``; :mod:`layerif_eval.cost`)."""
+        from layerif_eval.cost import paper_tasks
+
+        return paper_tasks(self.opts, work)
+
     def evaluate(self, ctx: Any, model: torch.nn.Module, tokenizer: Any) -> dict[str, float]:
         opts = self.opts
         records = paper_records(opts.task, opts.split, opts.data_files)[: opts.limit]
