@@ -19,6 +19,12 @@ Phases (``--phases``, default all; each writes ``$OUT/bench_gpu.json`` as it fin
   ``--datainf-val``; fewer are extrapolated); seconds per block and for the whole model against the
   paper's 402.77 s per block (goal: the whole model in under 10 minutes on one H200), over a plain
   training pass over the same examples, and peak device memory;
+- ``ekfac_qwen`` (not in the default set): the cell the newest influence libraries publish: EK-FAC
+  at the Qwen2.5-0.5B and Qwen2.5-1.5B shapes, float32, 64 training × 1 query sequences of 512
+  tokens, every linear module at full dimension, one GPU: seconds of each stage (covariances +
+  eigendecomposition, eigenvalue correction, query + score) and peak device memory, printed next to
+  the published anchors on one H200 (kronfluence, full dimension: 84.7 s and 287.8 s; dattri's LLM
+  benchmark, rank-64 projection: 12.8 s and 14.2 s);
 - ``profile`` (not in the default set): ``torch.profiler`` of a plain training pass and EK-FAC's two
   fit stages at the SmolLM2 shape in bf16: the top operators by device time and the kernels
   launched per batch.
@@ -64,9 +70,21 @@ SHAPES = {  # the real configs' sizes (random init)
                            num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
     "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=8, vocab_size=32000),
+    # Qwen2.5 config.json: q/k/v with bias, tied embeddings
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                         tie_word_embeddings=True, rope_theta=1000000.0),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
+                         tie_word_embeddings=True, rope_theta=1000000.0),
 }
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
 PAPER_DATAINF_SECONDS_PER_LAYER = 402.77
+# published EK-FAC-cell times on one H200 (64 train × 1 query × 512 tokens, float32)
+QWEN_ANCHORS_S = {
+    "qwen2.5-0.5b": {"kronfluence (full dimension)": 84.7, "dattri-llm (rank-64 projection)": 12.8},
+    "qwen2.5-1.5b": {"kronfluence (full dimension)": 287.8, "dattri-llm (rank-64 projection)": 14.2},
+}
 
 
 def build_model(shape: str, layers: int | None, dtype: torch.dtype, device: torch.device,
@@ -79,7 +97,8 @@ def build_model(shape: str, layers: int | None, dtype: torch.dtype, device: torc
         cfg["num_hidden_layers"] = layers
     if tiny:
         cfg.update(TINY, num_hidden_layers=min(cfg["num_hidden_layers"], 2))
-    cls = tf.MistralConfig if shape == "mistral-7b" else tf.LlamaConfig
+    cls = {"mistral-7b": tf.MistralConfig, "qwen2.5-0.5b": tf.Qwen2Config,
+           "qwen2.5-1.5b": tf.Qwen2Config}.get(shape, tf.LlamaConfig)
     config = cls(max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2, **cfg)
     torch.manual_seed(0)
     with torch.device(device):
@@ -331,6 +350,52 @@ def phase_datainf_stream(args) -> dict:
             "goal_met": projected < 600, "finite": bool(torch.isfinite(influence).all())}
 
 
+def phase_ekfac_qwen(args) -> dict:
+    """EK-FAC at the Qwen2.5-0.5B and -1.5B shapes (float32, full dimension, every linear module of
+    every block), 64 training × 1 query sequences of 512 tokens: per-stage seconds and peak memory,
+    with the published H200 anchors (``QWEN_ANCHORS_S``) alongside."""
+    rows = [qwen_row(shape, args) for shape in ("qwen2.5-0.5b", "qwen2.5-1.5b")]
+    return {"rows": rows, "table": qwen_table(rows)}
+
+
+def qwen_row(shape: str, args) -> dict:
+    """One shape of :func:`phase_ekfac_qwen`: a plain training pass (the floor) and EK-FAC's stages."""
+    dev = torch.device(args.device)
+    tiny = args.scale == "tiny"
+    n_train, n_query, seq = (8, 1, 32) if tiny else (64, 1, 512)
+    batch = 4 if tiny else args.qwen_batch
+    model = build_model(shape, None, torch.float32, dev, tiny)
+    tok = load_tokenizer(args.tokenizer)
+    train = windows(tok, model.config.vocab_size, n_train, seq, "train")
+    query = windows(tok, model.config.vocab_size, n_query, seq, "query", offset=n_train)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = context(model, tok, f"{shape}-ekfac", batch, Path(tmp))
+        plain_pass(ctx, query)  # warm-up
+        t_plain, m_plain, _ = measure(dev, lambda: plain_pass(ctx, train))
+        ek = ekfac_phases(ctx, train, query, Path(tmp))
+    ek.pop("_groups")
+    ek.pop("_influence")
+    row = {"model": shape, "dtype": "float32", "layers": model.config.num_hidden_layers,
+           "n_train": n_train, "n_query": n_query, "seq_len": seq, "batch": batch,
+           "plain_train_pass_s": round(t_plain, 2), "plain_pass_peak_gib": round(m_plain, 2),
+           "ekfac": ek, "published_h200_s": QWEN_ANCHORS_S[shape]}
+    return row  # the model is freed on return, before the next shape is built
+
+
+def qwen_table(rows: list[dict]) -> list[str]:
+    """The EK-FAC cell as markdown lines: our stage seconds and peak next to the published anchors."""
+    names = list(QWEN_ANCHORS_S["qwen2.5-0.5b"])
+    lines = ["| shape | covariance+eigh s | correction s | query+score s | total s | peak GiB | "
+             + " | ".join(f"{n}, H200 s" for n in names) + " |",
+             "|---" * (6 + len(names)) + "|"]
+    for r in rows:
+        ek = r["ekfac"]
+        lines.append(f"| {r['model']} | {ek['covariance_eigh_s']} | {ek['correction_s']} | "
+                     f"{ek['query_score_s']} | {ek['seconds']} | {ek['peak_gib']} | "
+                     + " | ".join(str(r["published_h200_s"][n]) for n in names) + " |")
+    return lines
+
+
 VIEW_OPS = {"view", "as_strided", "slice", "select", "transpose", "t", "expand", "reshape", "unsqueeze",
             "squeeze", "permute", "detach", "alias", "empty", "empty_strided", "empty_like", "to",
             "_unsafe_view", "unbind", "split", "narrow", "lift_fresh", "_reshape_alias", "flatten",
@@ -415,6 +480,7 @@ def run_phases(args) -> dict:
         "datainf7b": lambda: phase_datainf(args),
         "datainf_stream7b": lambda: phase_datainf_stream(args),
         "profile": lambda: phase_profile(args),
+        "ekfac_qwen": lambda: phase_ekfac_qwen(args),
     }
     for name in args.phases:
         start = time.perf_counter()
@@ -440,7 +506,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phases", nargs="+", default=["throughput", "smollm2", "tinyllama", "mistral7b",
                                                    "datainf7b", "datainf_stream7b"],
                    help="Any of: throughput smollm2 tinyllama mistral7b datainf7b datainf_stream7b "
-                        "profile.")
+                        "profile ekfac_qwen.")
     p.add_argument("--tokenizer", default=None, help="A local tokenizer directory (SmolLM2's); "
                    "without it, random token ids.")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -457,6 +523,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Training sequences of datainf_stream7b (fewer: extrapolated to 300).")
     p.add_argument("--datainf-val", type=int, default=50,
                    help="Validation sequences of datainf_stream7b (fewer: extrapolated to 50).")
+    p.add_argument("--qwen-batch", type=int, default=8,
+                   help="Sequences per batch of ekfac_qwen (64 training sequences in all).")
     return p.parse_args(argv)
 
 

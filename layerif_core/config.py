@@ -52,10 +52,17 @@ class DataSpec(Strict):
 
     source: str = Field(
         ..., description="Local file (.jsonl/.json/.csv/.parquet/.txt: one record per line), hub "
-        "dataset name, or 'bundled:<name>': a generated task (see `layerif tasks`) or the text corpus "
-        "'bundled:wikitext2' (WikiText-2, splits 'validation' and 'test', one record per line)."
+        "dataset name, 'bundled:<name>': a generated task (see `layerif tasks`) or the text corpus "
+        "'bundled:wikitext2' (WikiText-2, splits 'validation' and 'test', one record per line), or "
+        "'paper:<task>': one of the LayerIF paper's tasks (mrpc, cola, commonsense_qa, openbookqa, "
+        "scienceqa) from its hub dataset, in the authors' instruction format (docs/paper.md)."
     )
     config_name: str | None = Field(None, description="Hub dataset configuration name.")
+    data_files: str | list[str] | None = Field(
+        None, description="Files of the dataset to read: of a hub dataset, its file(s) in the "
+        "repository (e.g. 'en/c4-train.00000-of-01024.json.gz' of 'allenai/c4'); of a 'paper:<task>' "
+        "preset, a local copy of the split it reads (parquet/json/jsonl/csv in the hub's schema)."
+    )
     split: str = Field("train", description="Split name ('train', 'validation', 'test', ...).")
     prompt: str | None = Field(
         None, description="Template of the prompt part, e.g. '{question}\\n'. Fields in braces."

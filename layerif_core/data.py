@@ -107,6 +107,10 @@ def load_records(spec: DataSpec, seed: int = 0) -> list[dict[str, Any]]:
     ``limit`` is set (its split sizes otherwise), so ``limit`` may exceed the default size."""
     if spec.source.startswith("bundled:"):
         records = _bundled(spec, seed)
+    elif spec.source.startswith("paper:"):
+        from layerif_core.tasks.paper import paper_records
+
+        records = paper_records(spec.source.split(":", 1)[1], spec.split, spec.data_files)
     else:
         path = Path(spec.source).expanduser()
         if path.suffix in _FORMATS or path.exists():
@@ -189,7 +193,8 @@ def _hub(spec: DataSpec) -> list[dict[str, Any]]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(spec.source, spec.config_name, split=spec.split)
+        ds = datasets.load_dataset(spec.source, spec.config_name, split=spec.split,
+                                   data_files=spec.data_files)
     except (ConnectionError, OSError) as exc:
         raise DataError(f"cannot fetch hub dataset '{spec.source}' (offline? {type(exc).__name__}); "
                         "download it to a local jsonl/csv/parquet file and point data.source at "

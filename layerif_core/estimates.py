@@ -61,8 +61,9 @@ class Workload:
 
 def split_size(spec: DataSpec, seed: int = 0) -> tuple[int, int, str]:
     """``(examples, tokens per example, note)`` of a data split, read offline: packed windows
-    exactly; bundled tasks from a sample of their records; a local file by its lines; a hub dataset
-    only through ``limit`` (else a note says the size is unknown)."""
+    exactly; bundled tasks from a sample of their records; the paper's tasks from their known sizes;
+    a local file by its lines; a hub dataset only through ``limit`` (else a note says the size is
+    unknown)."""
     from layerif_core.data import is_generated_task
     from layerif_core.tasks import TEXTS, bundled_records, corpus_text
 
@@ -80,6 +81,12 @@ def split_size(spec: DataSpec, seed: int = 0) -> tuple[int, int, str]:
                     for r in records[:64]) / min(64, len(records))
         n = min(spec.limit or len(records), len(records) - spec.skip)
         return n, min(length, int(chars / CHARS_PER_TOKEN) + 8), ""
+    if spec.source.startswith("paper:"):
+        from layerif_core.tasks.paper import split_examples
+
+        n = split_examples(spec.source.split(":", 1)[1], spec.split)
+        n = min(spec.limit or n, max(n - spec.skip, 0))
+        return n, length, "" if spec.max_length else f"{spec.source}: {length} tokens per example assumed"
     path = Path(spec.source).expanduser()
     if path.is_file():
         lines = sum(1 for _ in path.open(encoding="utf-8", errors="ignore"))

@@ -29,3 +29,23 @@ def test_every_phase_runs_at_the_tiny_scale_on_a_cpu(tmp_path):
     assert set(got["profile"]) == {"plain_training_pass", "covariance_eigh", "correction"}
     assert all(stage["launches_per_batch"] > 0 for stage in got["profile"].values())
     assert (tmp_path / "bench_gpu.json").is_file()
+
+
+def test_the_qwen_ekfac_cell_runs_at_the_tiny_scale_with_the_published_anchors(tmp_path):
+    results = run_phases(parse(["--scale", "tiny", "--device", "cpu", "--out", str(tmp_path),
+                                "--phases", "ekfac_qwen"]))
+    res = results["phases"]["ekfac_qwen"]["result"]
+    assert "error" not in res, res
+    rows = res["rows"]
+    assert [r["model"] for r in rows] == ["qwen2.5-0.5b", "qwen2.5-1.5b"]
+    anchors = [{"kronfluence (full dimension)": 84.7, "dattri-llm (rank-64 projection)": 12.8},
+               {"kronfluence (full dimension)": 287.8, "dattri-llm (rank-64 projection)": 14.2}]
+    assert [r["published_h200_s"] for r in rows] == anchors
+    for row in rows:
+        assert row["dtype"] == "float32" and (row["n_train"], row["n_query"]) == (8, 1)
+        ek = row["ekfac"]
+        assert ek["finite"] and ek["modules"] == 14  # 7 linears × 2 blocks
+        stages = ek["covariance_eigh_s"] + ek["correction_s"] + ek["query_score_s"]
+        assert min(ek["covariance_eigh_s"], ek["correction_s"], ek["query_score_s"]) >= 0
+        assert abs(ek["seconds"] - stages) <= 0.02
+    assert len(res["table"]) == 4 and "84.7" in res["table"][2] and "287.8" in res["table"][3]

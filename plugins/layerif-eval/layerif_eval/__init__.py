@@ -13,6 +13,8 @@ _EXPORTS = {
     "evaluate_model": "layerif_core.evaluation",
     "LmEval": "layerif_eval.harness",
     "LmEvalOptions": "layerif_eval.options",
+    "PaperAccuracy": "layerif_eval.paper",
+    "PaperTaskOptions": "layerif_eval.options",
     "Perplexity": "layerif_eval.perplexity",
     "PerplexityOptions": "layerif_eval.options",
 }

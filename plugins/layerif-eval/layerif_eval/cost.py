@@ -61,3 +61,14 @@ def generation(work: Workload, docs: int, prompt_chars: float, new_tokens: int) 
     return Cost({"prompt": pass_flops(work.model, docs, prompt) / 2},
                 bytes_read=docs * new_tokens * work.weights(),
                 peak_bytes=work.weights() + work.activations(1, prompt + new_tokens, False))
+
+
+def paper_tasks(opts, work: Workload) -> Cost:
+    """The authors' evaluation of a paper task: greedy generation over its test records, each prompt
+    the Alpaca header (about 150 characters) and the task's instruction."""
+    from layerif_core.tasks.paper import INSTRUCTION_CHARS, paper_task, split_examples
+
+    name = paper_task(opts.task).name
+    docs = split_examples(name, opts.split)
+    docs = min(docs, opts.limit) if opts.limit is not None else docs
+    return generation(work, docs, 150 + INSTRUCTION_CHARS[name], opts.max_new_tokens)

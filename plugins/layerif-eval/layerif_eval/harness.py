@@ -225,7 +225,8 @@ class LmEval:
         self.report = {
             "evaluator": "lm_eval", "provider": "layerif-eval", "version": _version("layerif-eval"),
             "lm_eval_version": _version("lm_eval"), "options": opts.model_dump(),
-            "offline": offline, "tasks": task_provenance(results),
+            "batch_size": batch_size, "num_fewshot": opts.num_fewshot, "offline": offline,
+            "tasks": task_provenance(results),
         }
         record_provenance(ctx, "lm_eval", self.report)
         return flatten_results(results)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
+
+# three hand-written records in CoLA's schema: the example `layerif plugins check` runs offline
+PAPER_SAMPLE = str(Path(__file__).parent / "tasks" / "paper_cola_sample.jsonl")
 
 
 class PerplexityOptions(BaseModel):
@@ -78,3 +83,24 @@ class LmEvalOptions(BaseModel):
                                    "default the model's.")
     apply_chat_template: bool = Field(False, description="Format prompts with the tokenizer's chat "
                                       "template (instruction-tuned models).")
+
+
+class PaperTaskOptions(BaseModel):
+    """Options of the ``paper_tasks`` evaluator (the LayerIF authors' generation accuracy)."""
+
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model, no hub
+        json_schema_extra={"examples": [{"task": "cola", "data_files": PAPER_SAMPLE,
+                                         "max_new_tokens": 8}]})
+
+    task: str = Field(..., description="One of the paper's tasks: mrpc, cola, commonsense_qa, "
+                      "openbookqa, scienceqa (the presets 'paper:<task>').")
+    split: str = Field("test", description="Split of the preset: 'test' (the split the authors "
+                       "evaluate on), 'validation' or 'train'.")
+    data_files: str | list[str] | None = Field(
+        None, description="A local copy of the split (parquet/json/jsonl/csv in the hub's schema) "
+        "instead of the hub.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first `limit` examples.")
+    max_new_tokens: int = Field(128, ge=1, description="Tokens generated per prompt (the authors' 128).")
+    batch_size: int | None = Field(None, ge=1, description="Prompts per generate call (left-padded); "
+                                   "default the run's batch_size.")

@@ -35,7 +35,8 @@ def calibration_tokens(spec: CalibrationSpec, tokenizer: Any, task: TaskSpec | N
         text = path.read_text(encoding="utf-8")
     else:
         records = load_records(DataSpec(source=spec.source, split=spec.split,
-                                        config_name=spec.config_name, limit=spec.limit), seed)
+                                        config_name=spec.config_name, data_files=spec.data_files,
+                                        limit=spec.limit), seed)
         template = spec.text
         if spec.source.startswith("bundled:") and template == "{text}":
             template = BUNDLED_PROMPT + BUNDLED_COMPLETION

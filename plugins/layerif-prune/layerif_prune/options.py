@@ -23,6 +23,9 @@ class CalibrationSpec(BaseModel):
         "allocation is applied (apply_to; the only task when there is one).")
     split: str = Field("train", description="Split of a dataset source (ignored for .txt).")
     config_name: str | None = Field(None, description="Hub dataset configuration name.")
+    data_files: str | list[str] | None = Field(
+        None, description="File(s) of a hub dataset to read, e.g. 'en/c4-train.00000-of-01024.json.gz' "
+        "of 'allenai/c4' (the first C4 shard the pruning papers calibrate on).")
     text: str = Field("{text}", description="Template of one record's text, fields in braces "
                       "(bundled tasks default to their question and answer).")
     limit: int | None = Field(None, ge=1, description="Use only the first `limit` records.")
