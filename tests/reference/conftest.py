@@ -27,10 +27,17 @@ def _qa(task: str, split: str, n: int) -> list[dict[str, str]]:
 # 8 training examples of varied lengths (42-78 characters) and 4 validation examples, from the
 # bundled tasks; the last two training examples are off-task strings so that some influences are
 # harmful (positive in the authors' sign) and the "+VE" cell's "delete the entries > 0" step matters.
-TRAIN_QA = (_qa("capitals", "train", 3) + _qa("antonyms", "train", 2) + _qa("arithmetic", "train", 1)
-            + [{"question": "QQQQQQQQQQQQQQQQQQ", "answer": "QQ"},
+# The arithmetic questions are written out (those of the task's generator version 1) so that a new
+# version of the generator does not change these inputs.
+TRAIN_QA = (_qa("capitals", "train", 3) + _qa("antonyms", "train", 2)
+            + [{"question": "Ben has 18 marbles and gives away 4. How many marbles are left?",
+                "answer": "14"},
+               {"question": "QQQQQQQQQQQQQQQQQQ", "answer": "QQ"},
                {"question": "ZXJZXJZXJZXJZXJZXJZXJ", "answer": "ZXJ"}])
-VAL_QA = _qa("capitals", "validation", 2) + _qa("arithmetic", "validation", 2)
+VAL_QA = _qa("capitals", "validation", 2) + [
+    {"question": "Nia has 15 apples and gives away 5. How many apples are left?", "answer": "10"},
+    {"question": "Mateo has 12 books, finds 14 more and then loses 8. How many books does Mateo have "
+                 "now?", "answer": "18"}]
 
 
 def as_text(record: dict[str, str]) -> str:
