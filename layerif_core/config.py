@@ -161,6 +161,13 @@ class LossSpec(Strict):
         "Hugging Face loss of one example, as the LayerIF authors compute it: each example's gradient "
         "scaled by 1 / its number of loss tokens)."
     )
+    padding: Literal["none", "authors"] = Field(
+        "none", description="'none': each example is its own tokens. 'authors': as the LayerIF "
+        "authors tokenise (padding=True, pad token = EOS, right side, labels = input_ids): every "
+        "example of a split is right-padded with EOS to the split's longest (after truncation to the "
+        "split's max_length, 128 when unset), the pads masked as attention keys but in the loss, "
+        "each predicting EOS; with reduction 'mean' the loss is the mean over all T - 1 positions."
+    )
 
 
 class ScorerSpec(Strict):
