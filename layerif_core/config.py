@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from layerif_core.errors import ConfigError, closest
 
@@ -168,6 +176,15 @@ class LossSpec(Strict):
         "split's max_length, 128 when unset), the pads masked as attention keys but in the loss, "
         "each predicting EOS; with reduction 'mean' the loss is the mean over all T - 1 positions."
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_padding(self, handler: Any) -> dict[str, Any]:
+        # the default is left out of dumps, so the keys of scores cached before the option existed
+        # (study stages, manifests) still match
+        data = handler(self)
+        if self.padding == "none":
+            data.pop("padding", None)
+        return data
 
 
 class ScorerSpec(Strict):
