@@ -268,16 +268,17 @@ def tokenize_split(spec: DataSpec, tokenizer: Any, seed: int = 0, name: str | No
     packed into windows of ``max_length`` tokens instead (:func:`pack_tokens`). ``reduction``
     ("sum" or "mean" over an example's loss tokens) is part of the split and of its fingerprint.
     ``padding="authors"``: truncation to ``max_length`` (``AUTHORS_MAX_LENGTH`` when the spec sets
-    none), then :func:`pad_like_authors` (packed windows are of one length already)."""
+    none), then :func:`pad_like_authors`; packed windows (of one length already) are left as they
+    are."""
     if max_context is not None and spec.max_length is not None and spec.max_length > max_context:
         raise DataError(f"max_length {spec.max_length} of '{spec.source}' exceeds the model's "
                         f"context of {max_context} tokens; set max_length <= {max_context}.")
     max_length = spec.max_length or max_context or DEFAULT_MAX_LENGTH
-    if padding == "authors" and spec.max_length is None:
-        max_length = min(AUTHORS_MAX_LENGTH, max_length)
     records = load_records(spec, seed)
     if spec.pack:
         return _packed_split(spec, tokenizer, records, max_length, name, reduction)
+    if padding == "authors" and spec.max_length is None:
+        max_length = min(AUTHORS_MAX_LENGTH, max_length)
     prompt_t, completion_t, text_t = _templates(spec)
     eos = [tokenizer.eos_token_id] if spec.add_eos and tokenizer.eos_token_id is not None else []
     all_ids, all_labels, kept, truncated, skipped = [], [], [], 0, 0

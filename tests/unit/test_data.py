@@ -419,3 +419,14 @@ def test_authors_padding_without_an_eos_token_names_the_fix(tmp_path):
     path.write_text(json.dumps({"text": "abc"}) + "\n")
     with pytest.raises(DataError, match="padding: none"):
         tokenize_split(DataSpec(source=str(path)), tok, padding="authors")
+
+
+def test_authors_padding_leaves_packed_windows_as_they_are(tmp_path):
+    tok = char_tokenizer()
+    path = tmp_path / "t.txt"
+    path.write_text("abcdefghij\nklmnopqrstu\nvwxyz\n" * 20)
+    spec = DataSpec(source=str(path), pack=True)
+    packed = tokenize_split(spec, tok, max_context=200, padding="authors")
+    assert packed.attended is None
+    assert packed.input_ids == tokenize_split(spec, tok, max_context=200).input_ids
+    assert {len(w) for w in packed.input_ids} == {200}
