@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from layerif_core.errors import ConfigError, closest
 
@@ -170,6 +178,22 @@ class LossSpec(Strict):
         "Hugging Face loss of one example, as the LayerIF authors compute it: each example's gradient "
         "scaled by 1 / its number of loss tokens)."
     )
+    padding: Literal["none", "authors"] = Field(
+        "none", description="'none': each example is its own tokens. 'authors': as the LayerIF "
+        "authors tokenise (padding=True, pad token = EOS, right side, labels = input_ids): every "
+        "example of a split is right-padded with EOS to the split's longest (after truncation to the "
+        "split's max_length, 128 when unset), the pads masked as attention keys but in the loss, "
+        "each predicting EOS; with reduction 'mean' the loss is the mean over all T - 1 positions."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_padding(self, handler: Any) -> dict[str, Any]:
+        # the default is left out of dumps, so the keys of scores cached before the option existed
+        # (study stages, manifests) still match
+        data = handler(self)
+        if self.padding == "none":
+            data.pop("padding", None)
+        return data
 
 
 class ScorerSpec(Strict):
