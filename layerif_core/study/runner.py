@@ -163,6 +163,15 @@ class Shared:
             self.computed["adapters"] += 1
         return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(out)})})
 
+    def influence_key(self, cfg: RunConfig) -> str:
+        """The name of the run directory ``cfg``'s scores are computed in: the scoring config without
+        the aggregator and the post-processing, so the arms that differ only in those (+VE, TOP-25%,
+        ALL, ``postprocess.bottom``) share the influence matrix and factors cached there."""
+        run_part = copy.deepcopy(self.scoring_config(cfg))
+        run_part["scorer"].pop("aggregator", None)
+        run_part["scorer"].pop("postprocess", None)
+        return _key(run_part)
+
     def scores_path(self, cfg: RunConfig) -> Path:
         """Where the layer scores of ``cfg`` are kept (one file per distinct scoring config)."""
         return self.directory / "shared" / "scores" / f"{_key(self.scoring_config(cfg))}.json"
@@ -180,10 +189,7 @@ class Shared:
             return read_scores(path)[task], True
         stage("scores")
         scored = self.adapter(cfg.model_copy(update={"seed": scoring["seed"]}), stage)
-        run_part = copy.deepcopy(scoring)
-        run_part["scorer"].pop("aggregator", None)
-        run_part["scorer"].pop("postprocess", None)  # I[l, i] and factors are shared across these
-        run_cfg = scored.model_copy(update={"name": _key(run_part), "allocation": None,
+        run_cfg = scored.model_copy(update={"name": self.influence_key(cfg), "allocation": None,
                                             "application": None, "evaluation": [],
                                             "output_dir": str(self.directory / "shared" / "runs"),
                                             "seed": scoring["seed"]})
