@@ -6,14 +6,15 @@
    dense evaluation, and the layer scores of every distinct scoring config (with the LoRA adapter of
    the paper's route, and the influence matrix and factors under them).
 2. One job per unfinished cell is submitted (a job array on Slurm). A job is
-   :func:`run_job` ``(study directory, study fingerprint, cell id)``: it reads the study from the
-   directory's ``study.json``, finds its scores on disk, runs its one cell and writes
+   :func:`run_job` ``(study directory, study fingerprint, cell id, allow mixed hardware)``: it reads
+   the study from the directory's ``study.json``, checks its processor against the finished
+   cells' (:mod:`layerif_core.study.hardware`), finds its scores on disk, runs its one cell and writes
    ``cells/<id>.json`` atomically, as the inline loop does. A job that is killed leaves no cell
    file; a rerun of the same command submits only the unfinished cells.
 3. With ``wait`` the submitting process waits for the jobs, then the report is built; without it,
    it prints the job ids and the ``layerif study report DIR`` command.
 
-submitit pickles the call (this module's :func:`run_job` and three strings) into
+submitit pickles the call (this module's :func:`run_job`, three strings and a flag) into
 ``<study>/submitit/<submission>/``, next to each job's logs and returned value; the job unpickles
 it. Nothing else crosses the process boundary.
 """

@@ -114,3 +114,17 @@ def test_the_run_check_accepts_only_one_processor_throughout():
                            ({"A (AVX2)": 3}, {"A (AVX2)", "G (GPU)"})):
         with pytest.raises(StudyError, match="--allow-mixed-hardware"):
             check_run(Path("d"), finished, here, allow=False)
+
+
+def test_a_job_on_another_processor_records_its_cell_as_failed_unless_allowed(finished):
+    """--executor slurm|local: each job checks its own node; the refusal is its cell's error."""
+    from layerif_core.study.executor import run_job
+
+    _, directory, (first, second) = finished
+    move_to_other_cpu(first)
+    second.unlink()
+    fingerprint = json.loads((directory / "study.json").read_text())["fingerprint"]
+    assert run_job(str(directory), fingerprint, second.stem)["status"] == "failed"
+    error = json.loads(second.read_text())["error"]
+    assert error["type"] == "StudyError" and "run on Other CPU (DEFAULT)" in error["message"]
+    assert run_job(str(directory), fingerprint, second.stem, True)["status"] == "ok"
