@@ -163,6 +163,19 @@ class PostprocessSpec(Strict):
     normalize: Literal["none", "minmax"] = Field(
         "none", description="'minmax' rescales the (smoothed) scores to [0, 1]."
     )
+    bottom: list[int] = Field(
+        default_factory=list, description="Layers (0-based indices) whose raw score is set to the "
+        "lowest raw score of all layers before smoothing and normalisation: an ablation that moves "
+        "only these layers to the bottom of the score (smoothing then spreads it to neighbours)."
+    )
+
+    @field_validator("bottom")
+    @classmethod
+    def _layer_indices(cls, layers: list[int]) -> list[int]:
+        if any(i < 0 for i in layers) or len(set(layers)) != len(layers):
+            raise ValueError(f"bottom {layers} must list distinct layer indices >= 0 (layer 0 is the "
+                             "first decoder block), e.g. bottom: [0]")
+        return layers
 
 
 class LossSpec(Strict):
