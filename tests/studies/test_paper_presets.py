@@ -61,3 +61,52 @@ def test_the_plan_prices_every_stage_on_an_h100(path, monkeypatch):
             assert stage.seconds > 0, stage.label
         assert stage.cost.peak_bytes <= plan.device.memory_bytes, stage.label
     assert math.isfinite(plan.seconds) and plan.seconds > 0
+
+
+def test_wikitext2_from_the_hub_is_sized_from_the_bundled_copy_of_the_same_text():
+    from layerif_core.config import DataSpec
+    from layerif_core.estimates import split_size
+    from layerif_core.tasks import corpus_text
+
+    windows = int(len(corpus_text("wikitext2", "test")) / 4.0 / 2048)  # 4 characters a token
+    spec = DataSpec(source="Salesforce/wikitext", config_name="wikitext-2-raw-v1", split="test",
+                    pack=True, max_length=2048)
+    assert split_size(spec) == (windows, 2048, "")
+
+
+@pytest.mark.slow
+def test_a_moe_preset_runs_with_only_its_model_and_data_swapped_for_local_ones(tmp_path):
+    """The CoLA preset's uniform and LayerIF +VE arms, one seed, on a tiny random model and a
+    hand-written CoLA split in the hub's schema: the preset's scoring, templated training and the
+    authors' evaluation run as configured, cut to one optimizer step and two test questions."""
+    import datasets
+    import yaml
+    from typer.testing import CliRunner
+
+    from layerif_core.cli import app
+    from layerif_core.testing import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny", max_position_embeddings=1024)
+    rows = [{"sentence": f"The cat number {k} sat.", "label": k % 2, "idx": k} for k in range(300)]
+    cola = str(tmp_path / "cola.parquet")
+    datasets.Dataset.from_list(rows).to_parquet(cola)
+    data = yaml.safe_load((PRESETS[0].parent / "moe_mistral7b_cola.yaml").read_text())
+    data["output_dir"] = str(tmp_path / "studies")
+    data["seeds"] = [0]
+    data["dense"] = False
+    data["arms"] = [a for a in data["arms"] if a["label"] in ("uniform", "LayerIF +VE")]
+    base = data["base"]
+    base["model"] = {"source": str(model), "dtype": "float32", "device": "cpu"}
+    for spec in (base["tasks"][0]["train"], base["tasks"][0]["validation"]):
+        spec["data_files"] = cola
+    opts = base["application"]["options"]
+    for spec in (opts["train"], opts["validation"]):
+        spec["data_files"] = cola
+    opts.update(max_steps=1, batch_size=2, grad_accum=1, precision="fp32")
+    base["evaluation"][0]["options"].update(data_files=cola, limit=2, max_new_tokens=4)
+    path = tmp_path / "cola.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = CliRunner().invoke(app, ["--quiet", "study", str(path)])
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "studies" / "paper_moe_mistral7b_cola" / "results.csv").read_text()
+    assert rows.count("paper/cola/accuracy_pct") == 2  # one per arm
