@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from layerif_core.errors import ConfigError, closest
 
@@ -155,6 +163,19 @@ class PostprocessSpec(Strict):
     normalize: Literal["none", "minmax"] = Field(
         "none", description="'minmax' rescales the (smoothed) scores to [0, 1]."
     )
+    bottom: list[int] = Field(
+        default_factory=list, description="Layers (0-based indices) whose raw score is set to the "
+        "lowest raw score of all layers before smoothing and normalisation: an ablation that moves "
+        "only these layers to the bottom of the score (smoothing then spreads it to neighbours)."
+    )
+
+    @field_validator("bottom")
+    @classmethod
+    def _layer_indices(cls, layers: list[int]) -> list[int]:
+        if any(i < 0 for i in layers) or len(set(layers)) != len(layers):
+            raise ValueError(f"bottom {layers} must list distinct layer indices >= 0 (layer 0 is the "
+                             "first decoder block), e.g. bottom: [0]")
+        return layers
 
 
 class LossSpec(Strict):
@@ -170,6 +191,22 @@ class LossSpec(Strict):
         "Hugging Face loss of one example, as the LayerIF authors compute it: each example's gradient "
         "scaled by 1 / its number of loss tokens)."
     )
+    padding: Literal["none", "authors"] = Field(
+        "none", description="'none': each example is its own tokens. 'authors': as the LayerIF "
+        "authors tokenise (padding=True, pad token = EOS, right side, labels = input_ids): every "
+        "example of a split is right-padded with EOS to the split's longest (after truncation to the "
+        "split's max_length, 128 when unset), the pads masked as attention keys but in the loss, "
+        "each predicting EOS; with reduction 'mean' the loss is the mean over all T - 1 positions."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_padding(self, handler: Any) -> dict[str, Any]:
+        # the default is left out of dumps, so the keys of scores cached before the option existed
+        # (study stages, manifests) still match
+        data = handler(self)
+        if self.padding == "none":
+            data.pop("padding", None)
+        return data
 
 
 class ScorerSpec(Strict):

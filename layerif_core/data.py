@@ -6,6 +6,9 @@ number of truncated ones is reported. Records with no token in the loss (a blank
 or an answer lost to truncation) are skipped and counted, with one warning; only a split whose every
 record is skipped is an error.
 
+With the LayerIF authors' padding (``padding="authors"``), every example of a split is then
+right-padded with EOS to the split's longest and the pads stay in the loss (:func:`pad_like_authors`).
+
 With ``pack``, the texts are language-model data instead: each record's tokens followed by EOS,
 concatenated into one stream, cut into windows of exactly ``max_length`` tokens (the last partial
 window dropped), every token in the loss: how LM training data, pruning calibration sets and
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 IGNORE = -100
 DEFAULT_MAX_LENGTH = 2048  # when neither the spec nor the model states a length
+AUTHORS_MAX_LENGTH = 128  # the LayerIF authors' truncation (create_tokenized_datasets)
 BUNDLED_PROMPT = "Question: {question}\nAnswer: "
 BUNDLED_COMPLETION = "{answer}"
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -39,31 +43,61 @@ _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parqu
 
 @dataclass
 class Batch:
-    """A padded batch: ``input_ids``/``attention_mask``/``labels`` ``[B, T]``, ``index`` ``[B]``."""
+    """A padded batch: ``input_ids``/``attention_mask``/``labels`` ``[B, T]``, ``index`` ``[B]``.
+
+    ``example_mask`` ``[B, T]`` marks the positions that belong to each example where that differs
+    from the attention mask: under the authors' padding the pads are masked as attention keys but
+    are part of the example (in its loss); None: the attention mask."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     index: torch.Tensor
+    example_mask: torch.Tensor | None = None
+
+    def positions(self) -> torch.Tensor:
+        """``[B, T]``: 1 at the positions of each example (its activations count), 0 at padding."""
+        return self.attention_mask if self.example_mask is None else self.example_mask
 
     def to(self, device: torch.device) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device),
-                     self.labels.to(device), self.index)
+                     self.labels.to(device), self.index,
+                     None if self.example_mask is None else self.example_mask.to(device))
 
 
 def pad_rows(input_ids: list[list[int]], labels: list[list[int]], pad_id: int,
-             index: list[int]) -> Batch:
+             index: list[int], attended: list[int] | None = None) -> Batch:
     """Sequences right-padded to the longest as one :class:`Batch` (padding: ``pad_id``, label
-    ``IGNORE``, attention mask 0)."""
+    ``IGNORE``, attention mask 0). ``attended`` (the authors' padding): the number of leading tokens
+    of each sequence that are attention keys; its other tokens are pads in the loss, attention mask
+    0 but ``example_mask`` 1."""
     width = max(len(x) for x in input_ids)
     ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
     lab = torch.full((len(input_ids), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    example = None if attended is None else torch.zeros((len(input_ids), width), dtype=torch.long)
     for r, (x, y) in enumerate(zip(input_ids, labels, strict=True)):
         ids[r, :len(x)] = torch.tensor(x)
         lab[r, :len(x)] = torch.tensor(y)
-        mask[r, :len(x)] = 1
-    return Batch(ids, mask, lab, torch.tensor(index))
+        mask[r, :len(x) if attended is None else attended[r]] = 1
+        if example is not None:
+            example[r, :len(x)] = 1
+    return Batch(ids, mask, lab, torch.tensor(index), example)
+
+
+def pad_like_authors(input_ids: list[list[int]], labels: list[list[int]], eos_id: int
+                     ) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """The LayerIF authors' padding of one split (``create_tokenized_datasets`` in
+    HadiAskari/Expert_Allocation ``LayerIF_Computation/lora_model_alpha.py``: ``padding=True``, pad
+    token = EOS, right side, then ``labels = input_ids``): every sequence right-padded with ``eos_id``
+    to the longest, each pad labelled ``eos_id`` (in the loss), so that with the mean reduction an
+    example of T positions has the Hugging Face loss ``(1/(T−1)) Σ_{t<T} CE(logits_t, x_{t+1})``
+    over its own tokens and its pads alike. Returns ``(input_ids, labels, attended)``, ``attended``
+    the number of each sequence's own tokens (the attention mask's ones)."""
+    width = max(len(x) for x in input_ids)
+    ids = [x + [eos_id] * (width - len(x)) for x in input_ids]
+    lab = [y + [eos_id] * (width - len(y)) for y in labels]
+    return ids, lab, [len(x) for x in input_ids]
 
 
 @dataclass
@@ -78,6 +112,7 @@ class TokenizedSplit:
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     n_skipped: int = 0  # records with no token in the loss (blank, or too short), left out
     reduction: str = "sum"  # an example's loss: "sum" or "mean" of its token cross-entropies
+    attended: list[int] | None = None  # the authors' padding: each example's own tokens (the rest pads)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -88,14 +123,17 @@ class TokenizedSplit:
         return TokenizedSplit(self.name, [self.input_ids[i] for i in indices],
                               [self.labels[i] for i in indices], h, 0,
                               [self.records[i] for i in indices] if self.records else [],
-                              reduction=self.reduction)
+                              reduction=self.reduction,
+                              attended=None if self.attended is None else
+                              [self.attended[i] for i in indices])
 
     def batches(self, batch_size: int, pad_id: int = 0) -> Iterator[Batch]:
         """Right-padded batches in order; ``index`` holds positions in this split."""
         for start in range(0, len(self), batch_size):
             rows = list(range(start, min(start + batch_size, len(self))))
             yield pad_rows([self.input_ids[i] for i in rows], [self.labels[i] for i in rows],
-                           pad_id, rows)
+                           pad_id, rows,
+                           None if self.attended is None else [self.attended[i] for i in rows])
 
     def num_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size
@@ -232,12 +270,16 @@ def _fill(template: str, record: dict[str, Any], spec: DataSpec, index: int) -> 
 
 
 def tokenize_split(spec: DataSpec, tokenizer: Any, seed: int = 0, name: str | None = None,
-                   max_context: int | None = None, reduction: str = "sum") -> TokenizedSplit:
+                   max_context: int | None = None, reduction: str = "sum", padding: str = "none"
+                   ) -> TokenizedSplit:
     """Load ``spec`` and tokenise it: ``prompt`` tokens are masked out of the loss when
     ``loss_on='completion'``; the EOS token ends each sequence when ``add_eos``. Records with no
     token in the loss are skipped (``n_skipped``, one warning); with ``spec.pack`` the texts are
     packed into windows of ``max_length`` tokens instead (:func:`pack_tokens`). ``reduction``
-    ("sum" or "mean" over an example's loss tokens) is part of the split and of its fingerprint."""
+    ("sum" or "mean" over an example's loss tokens) is part of the split and of its fingerprint.
+    ``padding="authors"``: truncation to ``max_length`` (``AUTHORS_MAX_LENGTH`` when the spec sets
+    none), then :func:`pad_like_authors`; packed windows (of one length already) are left as they
+    are."""
     if max_context is not None and spec.max_length is not None and spec.max_length > max_context:
         raise DataError(f"max_length {spec.max_length} of '{spec.source}' exceeds the model's "
                         f"context of {max_context} tokens; set max_length <= {max_context}.")
@@ -245,6 +287,8 @@ def tokenize_split(spec: DataSpec, tokenizer: Any, seed: int = 0, name: str | No
     records = load_records(spec, seed)
     if spec.pack:
         return _packed_split(spec, tokenizer, records, max_length, name, reduction)
+    if padding == "authors" and spec.max_length is None:
+        max_length = min(AUTHORS_MAX_LENGTH, max_length)
     prompt_t, completion_t, text_t = _templates(spec)
     eos = [tokenizer.eos_token_id] if spec.add_eos and tokenizer.eos_token_id is not None else []
     all_ids, all_labels, kept, truncated, skipped = [], [], [], 0, 0
@@ -282,16 +326,32 @@ def tokenize_split(spec: DataSpec, tokenizer: Any, seed: int = 0, name: str | No
         log.warning("'%s' (split '%s'): skipped %d of %d examples with no token in the loss (blank, "
                     "or too short after truncation to %d tokens)", spec.source, spec.split, skipped,
                     len(records), max_length)
+    attended = None
+    if padding == "authors":
+        all_ids, all_labels, attended = pad_like_authors(all_ids, all_labels, _eos_for_padding(
+            tokenizer, spec))
     # the content the estimators see, not where it came from: the same examples read from another
     # path (or source spelling) reuse fitted factors and influences
-    h = _content_hash(all_ids, all_labels, reduction)
+    h = _content_hash(all_ids, all_labels, reduction, attended)
     return TokenizedSplit(name or spec.source, all_ids, all_labels, h, truncated, kept, skipped,
-                          reduction)
+                          reduction, attended)
 
 
-def _content_hash(ids: list[list[int]], labels: list[list[int]], reduction: str) -> str:
-    """The fingerprint of a split's content: its tokens, loss labels and loss reduction."""
+def _eos_for_padding(tokenizer: Any, spec: DataSpec) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DataError(f"scorer.loss.padding: authors pads '{spec.source}' with the EOS token and the "
+                        "tokenizer has none; give the tokenizer an eos_token or set "
+                        "scorer.loss.padding: none.")
+    return tokenizer.eos_token_id
+
+
+def _content_hash(ids: list[list[int]], labels: list[list[int]], reduction: str,
+                  attended: list[int] | None = None) -> str:
+    """The fingerprint of a split's content: its tokens, loss labels, loss reduction and (the
+    authors' padding) the attended length of each example."""
     key = [ids, labels] if reduction == "sum" else [ids, labels, reduction]
+    if attended is not None:
+        key.append({"attended": attended})
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 

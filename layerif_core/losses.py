@@ -18,8 +18,10 @@ def sequence_losses(model: torch.nn.Module, batch: Batch, labels: torch.Tensor |
     (``reduction="mean"``) their mean, the Hugging Face loss of one example.
 
     ``labels`` overrides ``batch.labels`` (e.g. labels sampled from the model for the true Fisher);
-    positions equal to ``-100`` are not counted. With ``sample_seed`` the targets are drawn from the
-    model's own predictive distribution of this same forward (see :func:`sample_labels`).
+    positions equal to ``-100`` are not counted (the authors' pads, labelled EOS, are: the mean is
+    then over every position of the padded example, as the Hugging Face loss of ``labels =
+    input_ids`` with the pads masked only as attention keys). With ``sample_seed`` the targets are
+    drawn from the model's own predictive distribution of this same forward (see :func:`sample_labels`).
     """
     # logits: [B, T, V]; labels: [B, T] aligned with input_ids (position t predicts t+1)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)

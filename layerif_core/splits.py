@@ -36,7 +36,7 @@ def load_task_splits(ctx: RunContext, task: TaskSpec) -> tuple[TokenizedSplit, T
     if loss.tokens is not None:
         specs = tuple(s.model_copy(update={"loss_on": loss.tokens}) for s in specs)
     train, query = (tokenize_split(spec, ctx.tokenizer, ctx.seed, f"{task.name}/{part}", ctx_len,
-                                   loss.reduction)
+                                   loss.reduction, loss.padding)
                     for spec, part in zip(specs, ("train", "validation"), strict=True))
     if len(train) < ctx.batch_size:
         log.warning("task '%s': %d training examples, fewer than batch_size %d", task.name,
@@ -46,7 +46,8 @@ def load_task_splits(ctx: RunContext, task: TaskSpec) -> tuple[TokenizedSplit, T
         split.name: {"examples": len(split), "truncated": split.n_truncated,
                      "skipped": split.n_skipped, "packed": spec.pack,
                      "fingerprint": split.fingerprint, "source": spec.source,
-                     "loss": {"tokens": spec.loss_on, "reduction": split.reduction}}
+                     "loss": {"tokens": spec.loss_on, "reduction": split.reduction,
+                              "padding": loss.padding}}
         for split, spec in zip((train, query), specs, strict=True)
     }
     ctx.run_dir.save_manifest()

@@ -1,5 +1,6 @@
 """Pre-processing of layer scores before allocation (architecture §5): Savitzky–Golay smoothing over the
-layer index and min-max normalisation.
+layer index, min-max normalisation, and the ablation ``bottom`` (chosen layers moved to the lowest
+score).
 
 The LayerIF authors smooth their per-layer influence sums before allocating *sparsity* (not
 experts): the scores are min-maxed to ``[0, 1]`` and filtered with a Savitzky–Golay filter (window
@@ -10,6 +11,15 @@ own allocation. Their released Mistral-7B file ``IF-300-96-smoothed`` is this fi
 negative number in their sign), which is layerif's ``helpful_sum`` itself; the min-max here keeps
 the sign, so a signed score (``net_sum``) keeps its order. Both steps keep the direction of the
 scores (``higher_is_better``).
+
+``bottom`` (an ablation, not the authors' step): the listed layers take the lowest raw score of all
+layers, ``S[l] ← min_k S[k]``, before smoothing and normalisation, so only their position in the
+order changes (they tie with the layer that was lowest). After a min-max they are at 0; the other
+layers keep their min-max values unless a listed layer was the maximum (the span then shrinks to
+the next largest, and their normalised values stretch, in the same order). Smoothing comes after
+it and spreads the change to the neighbours within its window, as it spreads any layer's score. The
+allocation a lowest score gets follows the direction: with ``higher_is_better=False`` (LayerIF's
++VE, where a high S marks an immature layer) the least sparsity.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import logging
 import torch
 
 from layerif_core.config import PostprocessSpec
+from layerif_core.errors import ConfigError
 from layerif_core.results import LayerScores
 
 log = logging.getLogger("layerif")
@@ -51,11 +62,25 @@ def savgol_smooth(values: torch.Tensor, window: int = 7, order: int = 3) -> torc
     return torch.from_numpy(savgol_filter(x, w, p).copy())
 
 
+def to_bottom(values: torch.Tensor, layers: list[int]) -> torch.Tensor:
+    """``values`` with ``values[l] = min_k values[k]`` for every ``l`` in ``layers``, the others
+    unchanged. float64 ``[L]``."""
+    v = values.double().clone()
+    outside = [i for i in layers if i >= len(v)]
+    if outside:
+        raise ConfigError(f"scorer.postprocess.bottom names layer {outside[0]}, but the scores have "
+                          f"{len(v)} layers (0 to {len(v) - 1}); list layers of this model.")
+    if layers:
+        v[layers] = v.min()
+    return v
+
+
 def postprocess(scores: LayerScores, spec: PostprocessSpec) -> LayerScores:
-    """Apply ``spec`` (smoothing, then normalisation) to ``scores``; the raw values go to details."""
-    if not spec.smooth and spec.normalize == "none":
+    """Apply ``spec`` (the ``bottom`` layers moved to the lowest raw score, then smoothing, then
+    normalisation) to ``scores``; the raw values go to details."""
+    if not spec.smooth and spec.normalize == "none" and not spec.bottom:
         return scores
-    values = scores.values.double()
+    values = to_bottom(scores.values, spec.bottom)
     if spec.smooth:
         values = savgol_smooth(values, spec.window, spec.order)
     if spec.normalize == "minmax":

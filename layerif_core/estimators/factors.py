@@ -60,8 +60,9 @@ def augment(tm: TrackedModule, a: torch.Tensor) -> torch.Tensor:
 
 
 def token_mask(batch: Batch, n_tokens: int) -> torch.Tensor:
-    """``[B, T]`` float mask of real (non-padding) tokens for a module that sees ``n_tokens``."""
-    mask = batch.attention_mask.float()
+    """``[B, T]`` float mask of the examples' positions (not batch padding; the authors' pads, in
+    the loss, count) for a module that sees ``n_tokens``."""
+    mask = batch.positions().float()
     if mask.shape[1] >= n_tokens:
         return mask[:, :n_tokens]
     return torch.ones(mask.shape[0], n_tokens, device=mask.device)
@@ -147,7 +148,7 @@ def fit_covariances(ctx: RunContext, train: TokenizedSplit, opts: CurvatureOptio
     current: dict = {}
 
     def on_batch(batch: Batch) -> None:
-        mask = batch.attention_mask.cpu()
+        mask = batch.positions().cpu()
         counts["examples"] += mask.shape[0]
         current.update(batch=batch, padded=not bool(mask.all()), masks={},
                        prefix=mask.sum(dim=0).cumsum(dim=0).tolist())  # tokens in the first n+1 positions

@@ -20,6 +20,7 @@ example's token cross-entropies, or their mean (``TokenizedSplit.reduction``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -90,8 +91,7 @@ def run_pass(ctx: RunContext, split: TokenizedSplit, description: str,
             current["size"] = batch.input_ids.shape[0]
             current["muted"] = k >= own
             if not current["muted"]:
-                batch = Batch(batch.input_ids, batch.attention_mask, batch.labels,
-                              torch.tensor([index_map[i] for i in batch.index.tolist()]))
+                batch = replace(batch, index=torch.tensor([index_map[i] for i in batch.index.tolist()]))
             batch = batch.to(ctx.device)
             if on_batch is not None and not current["muted"]:
                 on_batch(batch)

@@ -1,5 +1,6 @@
 """``layerif study STUDY.yaml [--shard k/N] [--arm A] [--seed S] [--grid X=V] [--force]
-[--executor inline|local|slurm ...]`` and ``layerif study report DIR``.
+[--allow-mixed-hardware] [--executor inline|local|slurm ...]`` and ``layerif study report DIR
+[--allow-mixed-hardware]``.
 
 (No torch at module level: the CLI lists its commands without importing it. No ``from __future__
 import annotations``: typer reads the annotations of the nested command.)
@@ -68,6 +69,11 @@ def register(app: typer.Typer) -> None:
             "--plan", help="Run nothing: check every cell's config, list the stages the cells share "
             "and predict each stage's time and peak memory on --device (nothing is downloaded, "
             "loaded or written).")] = False,
+        allow_mixed_hardware: Annotated[bool, typer.Option(
+            "--allow-mixed-hardware", help="Run cells on a processor other than the one the study's "
+            "finished cells ran on, and report cells of several processors together (the summary "
+            "warns). Without it both are refused: a study compares arms on one processor model.")]
+        = False,
         device: Annotated[str, typer.Option(
             "--device", help="With --plan: the device to plan for, a row of the device table "
             "(H200, H100, A100-80GB, RTX6000-Ada, L40S) or cpu (this machine, measured).")] = "H100",
@@ -85,7 +91,7 @@ def register(app: typer.Typer) -> None:
             if directory is None:
                 raise ConfigError("`layerif study report` needs the study directory: "
                                   "layerif study report <output_dir>/<name>.")
-            _report(directory, console)
+            _report(directory, console, allow_mixed_hardware)
             return
         if directory is not None:
             raise ConfigError(f"unexpected argument '{directory}'; run a study with `layerif study "
@@ -108,17 +114,18 @@ def register(app: typer.Typer) -> None:
         options.check(parsed)
         if options.name != "inline":
             _submit(Path(target), options, force, console, show_progress=not STATE["quiet"], arms=arm,
-                seeds=seed, points=grid)
+                    seeds=seed, points=grid, allow_mixed_hardware=allow_mixed_hardware)
             return
         from layerif_core.study.runner import run_study
 
         outcome = run_study(Path(target), shard=parsed, force=force, show_progress=not STATE["quiet"],
-                            console=console, arms=arm, seeds=seed, points=grid)
+                            console=console, arms=arm, seeds=seed, points=grid,
+                            allow_mixed_hardware=allow_mixed_hardware)
         console.print(f"{len(outcome.ran)} cells run, {len(outcome.skipped)} finished earlier "
                       f"(skipped), {len(outcome.failed)} failed; shared work computed: "
                       + _counts(outcome.shared), highlight=False)
         if parsed is None:
-            _report(outcome.directory, console)
+            _report(outcome.directory, console, allow_mixed_hardware)
         else:
             console.print(f"shard {parsed[0]}/{parsed[1]} done; when every shard is done: "
                           f"layerif study report {outcome.directory}", highlight=False)
@@ -130,13 +137,14 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def _submit(path: Path, options, force: bool, console, show_progress: bool, arms: list[str] | None,
-            seeds: list[int] | None, points: list[str] | None) -> None:
+            seeds: list[int] | None, points: list[str] | None, allow_mixed_hardware: bool) -> None:
     """--executor local|slurm: shared stages here, one job per unfinished cell, wait (or not)."""
     from layerif_core.study.executor import submit_study
     from layerif_core.study.runner import Display
 
     submission = submit_study(path, options, force=force, show_progress=show_progress, console=console,
-                              arms=arms, seeds=seeds, points=points)
+                              arms=arms, seeds=seeds, points=points,
+                              allow_mixed_hardware=allow_mixed_hardware)
     outcome = submission.outcome
     console.print(f"shared work computed before the jobs: {_counts(outcome.shared)}; "
                   f"{len(submission.pending) + len(submission.jobs)} cells to run as {options.name} jobs, "
@@ -155,7 +163,7 @@ def _submit(path: Path, options, force: bool, console, show_progress: bool, arms
                   f"result); shared work computed by the jobs: {_counts(outcome.jobs_shared)}",
                   highlight=False)
     if outcome.ran or outcome.skipped or outcome.failed:
-        _report(outcome.directory, console)
+        _report(outcome.directory, console, allow_mixed_hardware)
     if outcome.lost:
         console.print("[bold red]cells whose job ended without a result[/] (killed, timed out or "
                       "cancelled); rerun the same command to run them:", highlight=False)
@@ -174,9 +182,9 @@ def _exit_on_failures(outcome, console, lost: bool = False) -> None:
         raise typer.Exit(1)
 
 
-def _report(directory: Path, console) -> None:
+def _report(directory: Path, console, allow_mixed_hardware: bool = False) -> None:
     from layerif_core.study.report import build_report
 
-    written = build_report(directory)
+    written = build_report(directory, allow_mixed_hardware)
     console.print(f"report in {written['report.html']} (summary.md, results.csv, plots/)",
                   highlight=False)

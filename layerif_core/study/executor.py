@@ -6,14 +6,15 @@
    dense evaluation, and the layer scores of every distinct scoring config (with the LoRA adapter of
    the paper's route, and the influence matrix and factors under them).
 2. One job per unfinished cell is submitted (a job array on Slurm). A job is
-   :func:`run_job` ``(study directory, study fingerprint, cell id)``: it reads the study from the
-   directory's ``study.json``, finds its scores on disk, runs its one cell and writes
+   :func:`run_job` ``(study directory, study fingerprint, cell id, allow mixed hardware)``: it reads
+   the study from the directory's ``study.json``, checks its processor against the finished
+   cells' (:mod:`layerif_core.study.hardware`), finds its scores on disk, runs its one cell and writes
    ``cells/<id>.json`` atomically, as the inline loop does. A job that is killed leaves no cell
    file; a rerun of the same command submits only the unfinished cells.
 3. With ``wait`` the submitting process waits for the jobs, then the report is built; without it,
    it prints the job ids and the ``layerif study report DIR`` command.
 
-submitit pickles the call (this module's :func:`run_job` and three strings) into
+submitit pickles the call (this module's :func:`run_job`, three strings and a flag) into
 ``<study>/submitit/<submission>/``, next to each job's logs and returned value; the job unpickles
 it. Nothing else crosses the process boundary.
 """
@@ -169,20 +170,39 @@ def make_executor(options: ExecutorOptions, folder: Path, job_name: str) -> Any:
 
 # --- in the job ----------------------------------------------------------------------------------
 
-def run_job(directory: str, fingerprint: str, cell_id: str) -> dict[str, Any]:
+def run_job(directory: str, fingerprint: str, cell_id: str,
+            allow_mixed_hardware: bool = False) -> dict[str, Any]:
     """One cell of the study in ``directory`` (what a submitit job runs). Returns the cell's status
-    and the shared stages the job had to compute itself (none when the submitter prepared them)."""
+    and the shared stages the job had to compute itself (none when the submitter prepared them).
+    A job on a processor other than the study's finished cells' records its cell as failed with
+    the reason, unless ``allow_mixed_hardware`` (:mod:`layerif_core.study.hardware`)."""
     from layerif_core import logs
     from layerif_core.artifacts import package_versions
-    from layerif_core.study.runner import Shared, execute_cell
+    from layerif_core.study.runner import (
+        Shared,
+        cell_versions,
+        check_processor,
+        execute_cell,
+        finish_record,
+        new_record,
+        record_failure,
+    )
 
     logs.setup(debug=False, quiet=False)  # layerif's messages on stderr: the job's .err log
     study_dir = Path(directory)
     study, cell = job_cell(study_dir, fingerprint, cell_id)
     logs.attach_run_log(study_dir)
     shared = Shared(study_dir)
+    versions = package_versions()
+    try:
+        check_processor(study_dir, [cell], versions, allow_mixed_hardware)
+    except StudyError as exc:
+        record = new_record(cell, study)
+        record_failure(record, exc)
+        finish_record(study_dir, study, record, 0.0, cell_versions(cell, versions))
+        return {"cell": cell.id, "status": record.status, "computed": dict(shared.computed)}
     log.info("cell %s (%s)", cell.id, cell.describe())
-    record = execute_cell(cell, study, shared, study_dir, package_versions(),
+    record = execute_cell(cell, study, shared, study_dir, versions,
                           lambda stage: log.info("%s: %s", cell.id, stage))
     return {"cell": cell.id, "status": record.status, "computed": dict(shared.computed)}
 
@@ -251,6 +271,7 @@ class Submission:
     fingerprint: str
     outcome: StudyOutcome
     pending: list[str]
+    allow_mixed_hardware: bool = False
     jobs: dict[str, Any] = field(default_factory=dict)  # cell id -> submitit job
 
     def submit(self, cell_ids: list[str]) -> None:
@@ -261,7 +282,8 @@ class Submission:
         directory = str(self.outcome.directory.resolve())
         n = len(cell_ids)
         try:
-            jobs = self.executor.map_array(run_job, [directory] * n, [self.fingerprint] * n, cell_ids)
+            jobs = self.executor.map_array(run_job, [directory] * n, [self.fingerprint] * n, cell_ids,
+                                           [self.allow_mixed_hardware] * n)
         except Exception as exc:  # sbatch refused (partition, account, limits, ...)
             message = str(exc).strip().splitlines()
             raise StudyError(f"submitting {n} jobs failed: {type(exc).__name__}: "
@@ -338,10 +360,12 @@ def job_result(job: Any) -> dict[str, Any] | None:
 def submit_study(path: str | Path, options: ExecutorOptions, force: bool = False,
                  data: dict[str, Any] | None = None, show_progress: bool = False,
                  console: Any = None, arms: list[str] | None = None,
-                 seeds: list[int] | None = None, points: list[str] | None = None) -> Submission:
+                 seeds: list[int] | None = None, points: list[str] | None = None,
+                 allow_mixed_hardware: bool = False) -> Submission:
     """Prepare the shared stages of the study's unfinished cells once, then submit a job per cell
     (see the module's docstring); ``Submission.wait()`` waits for them. ``arms``, ``seeds``,
-    ``points``: only those cells (``--arm``, ``--seed``, ``--grid``)."""
+    ``points``: only those cells (``--arm``, ``--seed``, ``--grid``). Each job checks its own
+    processor against the finished cells' (``allow_mixed_hardware``: it does not)."""
     from layerif_core import logs
     from layerif_core.artifacts import package_versions
     from layerif_core.study.runner import Display, Shared, StudyOutcome, prepare_study, unfinished
@@ -365,6 +389,7 @@ def submit_study(path: str | Path, options: ExecutorOptions, force: bool = False
     folder = directory.resolve() / "submitit" / stamp
     executor = make_executor(options, folder, f"layerif-{study.name}")
     submission = Submission(options, executor, folder, study.fingerprint(), outcome,
-                            [c.id for c in todo if c.id not in outcome.failed])
+                            [c.id for c in todo if c.id not in outcome.failed],
+                            allow_mixed_hardware=allow_mixed_hardware)
     submission.start()
     return submission

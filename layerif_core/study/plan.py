@@ -160,12 +160,21 @@ def plan_study(path: str | Path, device: str, data: dict[str, Any] | None = None
         if cfg.layers.lora_only and not cfg.model.adapter:
             stage("adapter", repr(cfg.finetune.model_dump()), "LoRA fine-tuning for scoring", cell,
                   lambda w=work: finetune_cost(w), dtype)
-        stage("scores", str(shared.scores_path(cfg)), scorer_label(cfg), cell,
-              lambda w=work: scorer_cost(w), dtype)
+        stage("scores", scores_key(shared, cfg), scorer_label(cfg), cell, lambda w=work: scorer_cost(w),
+              dtype)
         app = Workload(cfg.model_copy(update={"layers": application_layers(cfg.layers)}), model, dtype)
         stage("cell", cell.id, cell.arm, cell, lambda w=app: cell_cost(w), dtype)
     merge_rows(plan)
     return plan
+
+
+def scores_key(shared: Any, cfg: RunConfig) -> str:
+    """What one scoring run computes: for ``layerif`` the influences, which every arm differing only
+    in its aggregator or post-processing reuses (:meth:`~layerif_core.study.runner.Shared.influence_key`;
+    aggregating them again costs arithmetic on L × N numbers); for any other scorer its scores."""
+    if cfg.scorer.name == "layerif":
+        return f"influences {shared.influence_key(cfg)}"
+    return str(shared.scores_path(cfg))
 
 
 def scorer_label(cfg: RunConfig) -> str:

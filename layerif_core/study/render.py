@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from layerif_core.study.hardware import count, describe, processor
 from layerif_core.study.power import MAX_SEEDS
 from layerif_core.study.records import StudyData, point_label
 
@@ -118,28 +119,24 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def cell_hardware(data: StudyData) -> dict[str, int]:
-    """How many finished cells ran on each processor (``versions``' cpu, its vector instruction
-    set and GPU); cells whose record does not say are counted as "not recorded"."""
-    counts: dict[str, int] = {}
-    for c in data.ok:
-        v = c.versions
-        kind = f"{v['cpu']} ({v.get('cpu_capability', '?')})" if v.get("cpu") else "not recorded"
-        if v.get("gpu"):
-            kind += f" + {v['gpu']}"
-        counts[kind] = counts.get(kind, 0) + 1
-    return counts
+    """How many finished cells ran on each processor (:func:`~layerif_core.study.hardware.processor`:
+    the GPU's name for a GPU run, the CPU's model and vector instruction set for a CPU run; "not
+    recorded" where the record does not say), the most frequent first."""
+    return count(processor(c.versions) for c in data.ok)
 
 
 def hardware_line(data: StudyData) -> list[str]:
-    """summary.md's hardware line; with more than one processor, what that means for comparisons."""
+    """summary.md's hardware line: the one processor of every cell, or (a report allowed to mix
+    them) the cells per processor and what that means for comparisons."""
     counts = cell_hardware(data)
     if not counts:
         return []
-    line = "Hardware: " + "; ".join(f"{k}, {n} cell{'s' * (n != 1)}" for k, n in counts.items()) + "."
-    if len([k for k in counts if k != "not recorded"]) > 1:
-        line += (" Processors round floating-point sums differently, and a result that follows "
-                 "near-ties (a pruning mask) can move on a rerun on another one: compare arms whose "
-                 "cells ran on the same hardware, or rerun the others there.")
+    if len(counts) == 1:
+        (name, n), = counts.items()
+        return [f"Hardware: {name}, all {n} cell{'s' * (n != 1)}.", ""]
+    line = (f"Hardware: {describe(counts)}. Processors round floating-point sums differently, and a "
+            "result that follows near-ties (a pruning mask) can move on a rerun on another one: "
+            "compare arms whose cells ran on the same hardware, or rerun the others there.")
     return [line, ""]
 
 

@@ -30,8 +30,9 @@ from typing import Any
 from layerif_core.atomic import atomic_path
 from layerif_core.study import plots as draw
 from layerif_core.study.config import StudyConfig, StudyError
+from layerif_core.study.hardware import check_report
 from layerif_core.study.records import CellRecord, StudyData, point_key
-from layerif_core.study.render import markdown, write_csv, write_html
+from layerif_core.study.render import cell_hardware, markdown, write_csv, write_html
 from layerif_core.study.stats import summarize
 
 
@@ -118,11 +119,14 @@ def _no_nan(value: Any) -> Any:
     return value
 
 
-def build_report(directory: str | Path) -> dict[str, Path]:
-    """Write results.csv, summary.json, summary.md, plots/ and report.html into ``directory``."""
+def build_report(directory: str | Path, allow_mixed_hardware: bool = False) -> dict[str, Path]:
+    """Write results.csv, summary.json, summary.md, plots/ and report.html into ``directory``.
+    Cells of several processors are refused (:mod:`layerif_core.study.hardware`) unless
+    ``allow_mixed_hardware``; the summary then counts the cells per processor and warns."""
     data = read_study(directory)
     if not data.cells:
         raise StudyError(f"'{directory}' holds no finished cell yet; run the study first.")
+    check_report(data.directory, cell_hardware(data), allow_mixed_hardware)
     summary = summarize(data)  # raises on a metric no cell reported, before anything is written
     plots = write_plots(data, summary)
     summary_md = markdown(data, summary)

@@ -37,6 +37,7 @@ from layerif_core.artifacts import atomic_path, package_versions
 from layerif_core.config import RunConfig
 from layerif_core.study.cells import Cell, build_cells, select_cells
 from layerif_core.study.config import StudyConfig, StudyError, load_study
+from layerif_core.study.hardware import check_run, count, device_type, processor
 from layerif_core.study.records import CellError, CellRecord
 
 log = logging.getLogger("layerif")
@@ -162,6 +163,15 @@ class Shared:
             self.computed["adapters"] += 1
         return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(out)})})
 
+    def influence_key(self, cfg: RunConfig) -> str:
+        """The name of the run directory ``cfg``'s scores are computed in: the scoring config without
+        the aggregator and the post-processing, so the arms that differ only in those (+VE, TOP-25%,
+        ALL, ``postprocess.bottom``) share the influence matrix and factors cached there."""
+        run_part = copy.deepcopy(self.scoring_config(cfg))
+        run_part["scorer"].pop("aggregator", None)
+        run_part["scorer"].pop("postprocess", None)
+        return _key(run_part)
+
     def scores_path(self, cfg: RunConfig) -> Path:
         """Where the layer scores of ``cfg`` are kept (one file per distinct scoring config)."""
         return self.directory / "shared" / "scores" / f"{_key(self.scoring_config(cfg))}.json"
@@ -179,10 +189,7 @@ class Shared:
             return read_scores(path)[task], True
         stage("scores")
         scored = self.adapter(cfg.model_copy(update={"seed": scoring["seed"]}), stage)
-        run_part = copy.deepcopy(scoring)
-        run_part["scorer"].pop("aggregator", None)
-        run_part["scorer"].pop("postprocess", None)  # I[l, i] and factors are shared across these
-        run_cfg = scored.model_copy(update={"name": _key(run_part), "allocation": None,
+        run_cfg = scored.model_copy(update={"name": self.influence_key(cfg), "allocation": None,
                                             "application": None, "evaluation": [],
                                             "output_dir": str(self.directory / "shared" / "runs"),
                                             "seed": scoring["seed"]})
@@ -352,6 +359,28 @@ def unfinished(directory: Path, cells: list[Cell]) -> tuple[list[Cell], list[str
     return todo, skipped
 
 
+def cell_versions(cell: Cell, versions: dict[str, str]) -> dict[str, str]:
+    """``versions`` (:func:`~layerif_core.artifacts.package_versions`) with the kind of device the
+    cell runs on, which says whether its processor is the CPU or the GPU
+    (:func:`~layerif_core.study.hardware.processor`)."""
+    return versions | {"device": device_type(cell.config.model.device)}
+
+
+def finished_processors(directory: Path) -> dict[str, int]:
+    """How many of the finished cells in ``directory/cells`` ran on each processor."""
+    found = (cell_result(directory, p.stem) for p in sorted((directory / "cells").glob("*.json")))
+    return count(processor(r.versions) for r in found if r is not None and r.ok)
+
+
+def check_processor(directory: Path, todo: list[Cell], versions: dict[str, str], allow: bool) -> None:
+    """Refuse to run ``todo`` on this machine when the study's finished cells ran on another
+    processor, unless ``allow`` (``--allow-mixed-hardware``; :mod:`layerif_core.study.hardware`)."""
+    if allow or not todo:
+        return
+    check_run(directory, finished_processors(directory),
+              {processor(cell_versions(c, versions)) for c in todo}, allow)
+
+
 def new_record(cell: Cell, study: StudyConfig) -> CellRecord:
     return CellRecord(id=cell.id, arm=cell.arm, grid=cell.point, seed=cell.seed,
                       control=cell.arm == study.control.label)
@@ -389,14 +418,15 @@ def execute_cell(cell: Cell, study: StudyConfig, shared: Shared, directory: Path
         raise
     except Exception as exc:  # a failed cell is recorded; the others go on
         record_failure(record, exc)
-    finish_record(directory, study, record, time.perf_counter() - start, versions)
+    finish_record(directory, study, record, time.perf_counter() - start, cell_versions(cell, versions))
     return record
 
 
 def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: bool = False,
               show_progress: bool = True, data: dict[str, Any] | None = None,
               console: Any = None, arms: list[str] | None = None,
-              seeds: list[int] | None = None, points: list[str] | None = None) -> StudyOutcome:
+              seeds: list[int] | None = None, points: list[str] | None = None,
+              allow_mixed_hardware: bool = False) -> StudyOutcome:
     """Run the cells of the study file ``path`` (those of ``shard`` ``(k, N)`` only, if given), one
     after the other in this process (``--executor inline``; :mod:`layerif_core.study.executor`
     submits them as jobs instead).
@@ -404,7 +434,9 @@ def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: boo
     ``data``: the study as a mapping instead of the file's content (``path`` then only names it
     and anchors a relative ``base`` path). ``console``: the rich console of the progress display
     (the one the log handler writes to, so that log lines do not tear the display). ``arms``,
-    ``seeds``, ``points``: run only those cells (the report shows every finished cell)."""
+    ``seeds``, ``points``: run only those cells (the report shows every finished cell).
+    ``allow_mixed_hardware``: run them even where the finished cells ran on another processor
+    (otherwise a :class:`StudyError` before any cell runs)."""
     from layerif_core import logs
 
     study, directory, cells = prepare_study(path, force, data, arms, seeds, points)
@@ -415,6 +447,7 @@ def run_study(path: str | Path, shard: tuple[int, int] | None = None, force: boo
     if outcome.skipped:
         log.info("%d of %d cells finished earlier: skipped", len(outcome.skipped), len(mine))
     versions = package_versions()
+    check_processor(directory, todo, versions, allow_mixed_hardware)
     logs.attach_run_log(directory)
     with Display(len(mine), show_progress, console) as display:
         display.done = len(outcome.skipped)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+MAX_LENGTH = 128  # create_tokenized_datasets: truncation=True, max_length=128
 BLOCK_INDEX = re.compile(r"\.(\d+)\.")  # the authors' extract_layer_number: first ".<int>." of a name
 LAMBDA_SCALE = 10.0  # λ_w = mean_i(mean(g_i²)) / 10
 
@@ -51,25 +52,44 @@ def grads_enabled(params: dict[str, torch.nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(before[name])
 
 
-def hf_mean_loss(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+def pad_split(examples: list[list[int]], eos_id: int) -> list[tuple[list[int], list[int]]]:
+    """The authors' tokenisation of one split (PAPER §1 "Loss"; ``create_tokenized_datasets``:
+    ``padding=True, truncation=True, max_length=128``, pad token = EOS, right side; their map batches
+    of 1000 hold a whole 300 or 50 example split): each example cut to 128 tokens, then every
+    example right-padded with EOS to the longest; returns ``(input_ids, attention_mask)`` per
+    example, the mask 1 on the example's own tokens and 0 on its pads."""
+    cut = [ids[:MAX_LENGTH] for ids in examples]
+    width = max(len(ids) for ids in cut)
+    return [(ids + [eos_id] * (width - len(ids)), [1] * len(ids) + [0] * (width - len(ids)))
+            for ids in cut]
+
+
+def hf_mean_loss(model: torch.nn.Module, ids: list[int], mask: list[int] | None = None
+                 ) -> torch.Tensor:
     """One example's loss as the authors compute it (PAPER §1 "Loss"): ``labels = input_ids``, the
     Hugging Face causal-LM loss, i.e. the mean cross-entropy over every predicted token of the
-    example (prompt and answer alike)."""
+    example (prompt and answer alike). ``mask``: the attention mask of a padded example; the labels
+    are still all of ``input_ids``, so the pads (EOS) are in the mean."""
     x = torch.tensor([ids], dtype=torch.long)
-    return model(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
+    m = torch.ones_like(x) if mask is None else torch.tensor([mask], dtype=torch.long)
+    return model(input_ids=x, attention_mask=m, labels=x).loss
 
 
-def example_gradients(model: torch.nn.Module, examples: list[list[int]]
+def example_gradients(model: torch.nn.Module, examples: list[list[int]],
+                      masks: list[list[int]] | None = None, dtype: torch.dtype | None = torch.float64
                       ) -> list[dict[str, torch.Tensor]]:
     """Per-example gradients of the scored parameters, one backward per example (batch size 1);
-    each a dict ``name → gradient`` (float64, the parameter's shape)."""
+    each a dict ``name → gradient`` (the parameter's shape; cast to ``dtype``, or, ``None``, kept
+    in the model's dtype: bfloat16 for the authors' bfloat16 model, as their ``v.grad``).
+    ``masks``: the attention masks of padded examples (:func:`pad_split`)."""
     params = attention_parameters(model)
     out = []
     with grads_enabled(params):
-        for ids in examples:
-            loss = hf_mean_loss(model, ids)
+        for k, ids in enumerate(examples):
+            loss = hf_mean_loss(model, ids, None if masks is None else masks[k])
             grads = torch.autograd.grad(loss, list(params.values()))
-            out.append({name: g.detach().double() for name, g in zip(params, grads, strict=True)})
+            out.append({name: g.detach() if dtype is None else g.detach().to(dtype)
+                        for name, g in zip(params, grads, strict=True)})
     return out
 
 
@@ -96,6 +116,33 @@ def datainf_if_tables(train: list[dict[str, torch.Tensor]], val: list[dict[str, 
                 hvp += (gv[w] - c * gi[w]) / (n * lam)
             for i, gi in enumerate(train):
                 table[v, i] -= torch.sum(hvp * gi[w])
+    return dict(sorted(tables.items()))
+
+
+def datainf_if_tables_in_their_dtypes(train: list[dict[str, torch.Tensor]],
+                                      val: list[dict[str, torch.Tensor]]) -> dict[int, torch.Tensor]:
+    """:func:`datainf_if_tables` with the tensor operations and dtypes of the authors' code
+    (``influence.py``, ``IFEngineGeneration.compute_hvp_proposed`` and ``compute_IF``), for their
+    bfloat16 gradients: ``S = torch.zeros(n)`` (float32) holds ``torch.mean(g**2)`` (bf16), λ =
+    ``torch.mean(S) / 10`` (float32); ``C = torch.sum(g_v * g_i) / (λ + torch.sum(g_i**2))``
+    (bf16 sums, a float32 quotient); ``hvp = torch.zeros(...)`` (float32) ``+= (g_v − C·g_i) /
+    (n·λ)`` (the term in bf16: a 0-dim float32 tensor does not promote a bf16 vector); ``IF −=
+    torch.sum(hvp * g_i)`` (float32). Returns float64 tables, ``IF[v, i]``."""
+    n = len(train)
+    tables: dict[int, torch.Tensor] = {}
+    for w in train[0]:
+        squares = torch.zeros(n)
+        for i, gi in enumerate(train):
+            squares[i] = torch.mean(gi[w] ** 2)
+        lam = torch.mean(squares) / LAMBDA_SCALE
+        table = tables.setdefault(block_of(w), torch.zeros(len(val), n, dtype=torch.float64))
+        for v, gv in enumerate(val):
+            hvp = torch.zeros(gv[w].shape)
+            for gi in train:
+                c = torch.sum(gv[w] * gi[w]) / (lam + torch.sum(gi[w] ** 2))
+                hvp += (gv[w] - c * gi[w]) / (n * lam)
+            for i, gi in enumerate(train):
+                table[v, i] -= float(torch.sum(hvp * gi[w]))
     return dict(sorted(tables.items()))
 
 

@@ -59,23 +59,26 @@ def qa_task(directory: Path, train: list[dict], val: list[dict]) -> dict[str, An
 
 def run_layerif(output_dir: Path, model: torch.nn.Module, tokenizer: Any, task: dict[str, Any], *,
                 source: str, aggregator: str, total: int, mode: str | None = None,
-                tokens: str = "all", reduction: str = "mean", aggregator_options: dict | None = None,
+                tokens: str = "all", reduction: str = "mean", padding: str = "none",
+                dtype: str = "float32", aggregator_options: dict | None = None,
                 batch_size: int = 4, max_length: int | None = None) -> LayerifResult:
     """Scores, influence matrix and experts of one layerif run: DataInf on every block's full
     attention q/k/v/o weights, ``alphalora_experts`` with β = 3. ``batch_size`` > 1 on purpose: the
-    authors run one example per backward, and layerif's batching must not change the numbers."""
+    authors run one example per backward, and layerif's batching must not change the numbers.
+    ``padding``: ``scorer.loss.padding``; ``dtype``: the dtype ``model`` is in (as the config
+    states it)."""
     if max_length is not None:
         task = {**task, **{part: {**task[part], "max_length": max_length}
                            for part in ("train", "validation")}}
     cfg = RunConfig.model_validate({
         "name": "run", "output_dir": str(output_dir), "batch_size": batch_size,
-        "model": {"source": source, "dtype": "float32", "device": "cpu"},
+        "model": {"source": source, "dtype": dtype, "device": "cpu"},
         "layers": {"modules": "attention"},
         "tasks": [task],
         "scorer": {"name": "layerif",
                    "estimator": {"name": "datainf", "options": {"mode": mode} if mode else {}},
                    "aggregator": {"name": aggregator, "options": aggregator_options or {}},
-                   "loss": {"tokens": tokens, "reduction": reduction}},
+                   "loss": {"tokens": tokens, "reduction": reduction, "padding": padding}},
         "allocation": {"name": "alphalora_experts", "options": {"total": total, "beta": BETA}},
     })
     ctx = open_run(cfg, model=model, tokenizer=tokenizer, show_progress=False)

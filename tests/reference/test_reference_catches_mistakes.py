@@ -1,7 +1,8 @@
 """Negative controls: the comparisons of ``test_tiny_matches_authors.py`` fail, by far more than their
 tolerance, when layerif is asked for a plausible wrong variant of the authors' computation: the
 harmful side instead of the helpful one, the answer tokens instead of all tokens, the summed instead of
-the Hugging Face mean loss, and the lower-index tie rule of the expert remainder."""
+the Hugging Face mean loss, the pads out of the loss instead of in it (and the reverse), and the
+lower-index tie rule of the expert remainder."""
 
 from __future__ import annotations
 
@@ -46,6 +47,19 @@ def test_summed_loss_misses_the_hf_mean_loss(tiny_reference, tiny_layerif):
     summed = tiny_layerif("helpful_sum", reduction="sum")
     assert relative_error(summed.scores, -tiny_reference.cell("+VE")) > WRONG
     assert relative_error(summed.influence, -tiny_reference.per_example()) > WRONG
+
+
+def test_pads_out_of_the_loss_miss_the_authors_padding(tiny_reference_padded, tiny_layerif):
+    # layerif's default loss is each example's own tokens: the same as the authors' padded example
+    # with its pads masked out of the loss (right pads are no attention keys of the real tokens)
+    own_tokens = tiny_layerif("helpful_sum")
+    assert relative_error(own_tokens.scores, -tiny_reference_padded.cell("+VE")) > WRONG
+    assert relative_error(own_tokens.influence, -tiny_reference_padded.per_example()) > WRONG
+
+
+def test_pads_in_the_loss_miss_the_unpadded_reference(tiny_reference, tiny_layerif):
+    padded = tiny_layerif("helpful_sum", padding="authors")
+    assert relative_error(padded.scores, -tiny_reference.cell("+VE")) > WRONG
 
 
 # LayerIF scores (layerif's sign) with layers of identical scores, so that fractional parts tie

@@ -7,6 +7,12 @@ import torch
 RTOL = 1e-5  # layer scores: per layer; influence matrices: relative to their largest entry
 SMOOTHING_ATOL = 1e-4  # the authors' smoothed file is rounded to 4 decimals
 WRONG = 100 * RTOL  # a wrong side, loss or reduction must miss the reference by far more than RTOL
+# bfloat16 (the authors' model): layerif's run of the bf16 model against the authors' bf16 gradients
+# combined in their code's dtypes. Measured on the tiny Llama (8 × 4 examples, both DataInf modes):
+# scores within 0.08% per layer, the influence matrix within 0.09% of its largest entry; the same
+# bf16 run is 0.4% (scores) and 0.6% (influences) from the float32 model's reference, so 0.2%
+# tells the two apart.
+BF16_RTOL = 2e-3
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:

@@ -167,10 +167,10 @@ def test_a_submission_sbatch_refuses_is_one_line(tiny_dir, tmp_path, monkeypatch
         "error: submitting 8 jobs failed: FailedJobError: sbatch: error: invalid partition specified: gpu")
 
 
-def test_a_submitted_call_is_a_module_function_and_three_strings(killed):
+def test_a_submitted_call_is_a_module_function_three_strings_and_a_flag(killed):
     from submitit.core.utils import DelayedSubmission
 
     job_id = killed["outcome"].jobs[killed["victim"]]
     call = DelayedSubmission.load(killed["folder"] / f"{job_id}_submitted.pkl")
     assert call.function is run_job and call.kwargs == {}
-    assert call.args == (str(killed["dir"].resolve()), killed["fingerprint"], killed["victim"])
+    assert call.args == (str(killed["dir"].resolve()), killed["fingerprint"], killed["victim"], False)

@@ -77,3 +77,20 @@ def test_a_bad_cell_fails_the_plan(tmp_path):
     result = CliRunner().invoke(app, ["study", str(write_study(tmp_path / "s.yaml", data)), "--plan"])
     assert result.exit_code == 2
     assert "allocation.options.sparsity=high" in result.output
+
+
+def test_plan_counts_one_influence_computation_for_arms_that_differ_only_in_aggregation(
+        tiny_dir, tmp_path):  # noqa: F811
+    """LayerIF ALL and the same with layer 0 at the bottom share the runner's influence run (one run
+    directory under shared/runs, the uniform control's scores another), so the plan counts one
+    LayerIF scoring run, not two."""
+    data = tiny_study(tiny_dir, tmp_path / "out", grid={"allocation.options.sparsity": [0.3]},
+                      seeds=[0])
+    data["arms"].append({"label": "ALL, layer 0 at the bottom",
+                         "overrides": {"scorer.postprocess.bottom": [0]}})
+    path = write_study(tmp_path / "s.yaml", data)
+    plan = plan_study(path, "H100")
+    runs = {s.label: s.runs for s in plan.stages if s.kind == "scores"}
+    assert runs == {"uniform": 1, "layerif grad_dot on caps": 1}
+    run_study(path, show_progress=False)
+    assert len([p for p in (tmp_path / "out" / "tiny" / "shared" / "runs").iterdir() if p.is_dir()]) == 2

@@ -83,3 +83,32 @@ def test_schema_documents_every_field():
 def test_duplicate_task_names_rejected():
     with pytest.raises(ConfigError, match="unique"):
         load_config(data={"tasks": [TASK, TASK]})
+
+
+def test_scorer_loss_padding_is_none_by_default_and_authors_on_request():
+    assert load_config(data={"tasks": [TASK]}).scorer.loss.padding == "none"
+    cfg = load_config(data={"tasks": [TASK]}, overrides=["scorer.loss.padding=authors"])
+    assert cfg.scorer.loss.padding == "authors"
+    with pytest.raises(ConfigError, match=r"scorer.loss.padding.*'none' or 'authors'"):
+        load_config(data={"tasks": [TASK]}, overrides=["scorer.loss.padding=longest"])
+
+
+def test_the_authors_padding_preset_is_the_paper_route_with_the_padding():
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    route = load_config(examples / "paper_route.yaml")
+    padded = load_config(examples / "paper_route_authors_padding.yaml")
+    assert padded.scorer.loss.padding == "authors" and route.scorer.loss.padding == "none"
+    same = padded.model_copy(update={"name": route.name, "scorer": padded.scorer.model_copy(
+        update={"loss": route.scorer.loss})})
+    assert same == route
+
+
+def test_the_default_padding_is_left_out_of_config_dumps():
+    # scores cached under a dump of the scorer config before the option existed keep their keys
+    cfg = load_config(data={"tasks": [TASK], "scorer": {"loss": {"tokens": "all"}}})
+    assert cfg.model_dump(mode="json")["scorer"]["loss"] == {"tokens": "all", "reduction": "sum"}
+    padded = load_config(data={"tasks": [TASK], "scorer": {"loss": {"padding": "authors"}}})
+    assert padded.model_dump(mode="json")["scorer"]["loss"]["padding"] == "authors"
+    assert load_config(data=padded.model_dump(mode="json")) == padded

@@ -406,3 +406,69 @@ def test_windows_keeps_the_first_packed_windows(tmp_path):
         tokenize_split(DataSpec(**spec, windows=len(every) + 1), char_tokenizer())
     with pytest.raises(ValueError, match="set pack: true"):
         DataSpec(source="bundled:wikitext2", windows=3)
+
+
+def test_authors_padding_pads_the_split_to_its_longest_with_eos_in_the_loss(tmp_path):
+    """scorer.loss.padding: authors (the LayerIF authors' padding=True, pad = EOS, labels =
+    input_ids): every example right-padded with EOS to the split's longest, each pad labelled EOS,
+    and only the example's own tokens attended."""
+    tok = char_tokenizer()
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["abc", "de", "fghij"]))
+    split = tokenize_split(DataSpec(source=str(path)), tok, padding="authors")
+    eos = tok.eos_token_id
+    own = [tok(t, add_special_tokens=False)["input_ids"] for t in ["abc", "de", "fghij"]]
+    assert split.input_ids == [own[0] + [eos] * 2, own[1] + [eos] * 3, own[2]]
+    assert split.labels == split.input_ids  # the pads predict EOS, in the loss
+    assert split.attended == [3, 2, 5]
+    batch = next(split.batches(3))
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1] * 5]
+    assert batch.positions().tolist() == [[1] * 5] * 3
+    assert batch.labels.tolist() == split.labels
+    plain = tokenize_split(DataSpec(source=str(path)), tok)
+    assert plain.attended is None and plain.input_ids == own
+    assert plain.fingerprint != split.fingerprint
+
+
+def test_authors_padding_truncates_to_128_unless_max_length_is_set(tmp_path):
+    tok = char_tokenizer()
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": "a" * n}) + "\n" for n in (200, 50)))
+    authors = tokenize_split(DataSpec(source=str(path)), tok, padding="authors")
+    assert [len(x) for x in authors.input_ids] == [128, 128] and authors.attended == [128, 50]
+    assert authors.n_truncated == 1
+    assert [len(x) for x in tokenize_split(DataSpec(source=str(path)), tok).input_ids] == [200, 50]
+    short = tokenize_split(DataSpec(source=str(path), max_length=60), tok, padding="authors")
+    assert short.attended == [60, 50] and [len(x) for x in short.input_ids] == [60, 60]
+
+
+def test_authors_padding_keeps_the_prompt_mask_and_subsets_keep_the_attended_lengths(tmp_path):
+    tok = char_tokenizer()
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    split = tokenize_split(DataSpec(source=str(path), prompt="{q}", completion="{a}"), tok,
+                           padding="authors")
+    eos = tok.eos_token_id
+    assert split.labels == [[IGNORE] * 2 + split.input_ids[0][2:], [IGNORE] + split.input_ids[1][1:3] + [eos]]
+    assert split.subset([1]).attended == [3]
+    assert next(split.subset([1]).batches(1)).attention_mask.tolist() == [[1, 1, 1, 0]]
+
+
+def test_authors_padding_without_an_eos_token_names_the_fix(tmp_path):
+    tok = char_tokenizer()
+    tok.eos_token = None
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "abc"}) + "\n")
+    with pytest.raises(DataError, match="padding: none"):
+        tokenize_split(DataSpec(source=str(path)), tok, padding="authors")
+
+
+def test_authors_padding_leaves_packed_windows_as_they_are(tmp_path):
+    tok = char_tokenizer()
+    path = tmp_path / "t.txt"
+    path.write_text("abcdefghij\nklmnopqrstu\nvwxyz\n" * 20)
+    spec = DataSpec(source=str(path), pack=True)
+    packed = tokenize_split(spec, tok, max_context=200, padding="authors")
+    assert packed.attended is None
+    assert packed.input_ids == tokenize_split(spec, tok, max_context=200).input_ids
+    assert {len(w) for w in packed.input_ids} == {200}

@@ -88,3 +88,30 @@ def test_mean_reduction_is_the_hugging_face_loss_of_each_example():
             hf = model(input_ids=row[None], labels=row[None]).loss
             torch.testing.assert_close(got[b], hf, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(summed[b], hf * (len(row) - 1), rtol=1e-5, atol=1e-5)
+
+
+def test_mean_reduction_with_the_authors_padding_is_the_hf_loss_of_the_padded_example():
+    """The authors' padding: each example right-padded with EOS to the longest, attention mask 0 on
+    the pads, labels = input_ids (pads included): the HF loss is the mean over all T − 1 positions,
+    pads predicting EOS; computed here as in their code, one padded example per forward."""
+    from conftest import tiny_model
+    from layerif_core.data import pad_like_authors
+    from layerif_core.losses import sequence_losses
+
+    model = tiny_model("llama").eval()
+    eos = model.config.eos_token_id
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 50, (n,), generator=gen).tolist() for n in (7, 12, 4)]
+    ids, labels, attended = pad_like_authors(rows, [list(r) for r in rows], eos)
+    batch = pad_rows(ids, labels, 0, [0, 1, 2], attended)
+    with torch.no_grad():
+        got = sequence_losses(model, batch, reduction="mean")
+        for b, row in enumerate(rows):
+            x = torch.tensor([row + [eos] * (12 - len(row))])
+            mask = torch.tensor([[1] * len(row) + [0] * (12 - len(row))])
+            hf = model(input_ids=x, attention_mask=mask, labels=x).loss
+            torch.testing.assert_close(got[b], hf, rtol=1e-5, atol=1e-6)
+        own = sequence_losses(model, batch_of([torch.tensor(r) for r in rows],
+                                              [torch.tensor(r) for r in rows]), reduction="mean")
+    padded = [0, 2]  # the longest row (12 tokens) has no pad
+    assert (got[padded] - own[padded]).abs().min() > 1e-3 and torch.allclose(got[1], own[1])

@@ -1,14 +1,17 @@
-"""Score pre-processing: min-max normalisation and LayerIF's Savitzky–Golay smoothing, against
-hand-computed vectors and an independent least-squares fit."""
+"""Score pre-processing: min-max normalisation, LayerIF's Savitzky–Golay smoothing and the `bottom`
+ablation, against hand-computed vectors and an independent least-squares fit."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from pydantic import ValidationError
 
 from conftest import make_ctx
 from layerif_core.allocators.preprocess import minmax, postprocess, savgol_smooth, savgol_window
 from layerif_core.config import PostprocessSpec
+from layerif_core.errors import ConfigError
 from layerif_core.pipeline import compute_layer_scores
 from layerif_core.results import LayerScores
 
@@ -79,3 +82,39 @@ def test_pipeline_applies_postprocess(tmp_path):
     got = compute_layer_scores(ctx)["arith"]
     torch.testing.assert_close(got.values, minmax(raw.values).float())
     assert got.details["raw_values"] == raw.values.tolist()
+
+
+def test_bottom_moves_only_the_listed_layer_to_the_lowest_raw_score():
+    """Layer 0 (score 5) takes the lowest raw score (1, layer 1's); min-max by hand afterwards."""
+    scores = LayerScores(torch.tensor([5.0, 1.0, 3.0, 9.0, 2.0]), False, "layerif")
+    out = postprocess(scores, PostprocessSpec(bottom=[0]))
+    assert out.values.tolist() == [1.0, 1.0, 3.0, 9.0, 2.0]
+    assert out.details["raw_values"] == [5.0, 1.0, 3.0, 9.0, 2.0]
+    out = postprocess(scores, PostprocessSpec(bottom=[0], normalize="minmax"))
+    torch.testing.assert_close(out.values, torch.tensor([0.0, 0.0, 0.25, 1.0, 0.125]))
+
+
+def test_bottom_of_the_top_layer_stretches_the_others_in_the_same_order():
+    """Layer 0 was the maximum (9): the span is then 5 − 1, and the others' order stays."""
+    scores = LayerScores(torch.tensor([9.0, 1.0, 3.0, 5.0, 2.0]), False, "layerif")
+    out = postprocess(scores, PostprocessSpec(bottom=[0], normalize="minmax"))
+    torch.testing.assert_close(out.values, torch.tensor([0.0, 0.0, 0.5, 1.0, 0.25]))
+
+
+def test_bottom_comes_before_smoothing():
+    """The authors' smoothing of the scores with layers 0 and 2 moved to the lowest raw score (-7)."""
+    raw = torch.tensor([8.0, 1.0, 4.0, -2.0, 6.0, 3.0, -7.0, 2.0, 6.0, 0.5, -1.0])
+    moved = raw.numpy().astype(np.float64).copy()
+    moved[[0, 2]] = -7.0
+    x = (moved - moved.min()) / (moved.max() - moved.min())
+    out = postprocess(LayerScores(raw, False, "layerif"), PostprocessSpec(bottom=[0, 2], smooth=True))
+    np.testing.assert_allclose(out.values.double().numpy(), local_cubic_fit(x, 7, 3), rtol=1e-6, atol=1e-6)
+
+
+def test_bottom_names_a_layer_the_scores_lack_or_a_negative_one():
+    with pytest.raises(ConfigError, match=r"names layer 5, but the scores have 5 layers \(0 to 4\)"):
+        postprocess(LayerScores(torch.ones(5), False, "x"), PostprocessSpec(bottom=[5]))
+    with pytest.raises(ValidationError, match="distinct layer indices >= 0"):
+        PostprocessSpec(bottom=[-1])
+    with pytest.raises(ValidationError, match="distinct layer indices >= 0"):
+        PostprocessSpec(bottom=[0, 0])
