@@ -48,6 +48,11 @@ def test_moe_arms_place_160_experts_over_every_layer(path):
             assert len(values) == layers and sum(values) == 160, cell.arm
         else:
             assert alloc.options["total"] == 160, cell.arm
+        if cell.config.scorer.name == "layerif":  # as the authors score: their padding, bf16, DataInf
+            cfg = cell.config
+            assert cfg.scorer.loss.padding == "authors" and cfg.scorer.estimator.name == "datainf"
+            assert (cfg.tasks[0].train.split, cfg.tasks[0].validation.split) == ("train", "validation")
+            assert cfg.layers.modules == "attention"
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
