@@ -29,6 +29,10 @@ from layerif_core.layers import LayerMap, TrackedModule
 
 CHARS_PER_TOKEN = 4.0  # English text under a BPE vocabulary of 32k-150k tokens
 UNKNOWN_LENGTH = 512  # tokens per example assumed where neither max_length nor the data say
+# hub text corpora whose size a plan reads from the bundled copy of the same text (the bundled
+# WikiText-2 is the word-level release: within 3% of the raw one's characters)
+HUB_TEXTS = {("Salesforce/wikitext", "wikitext-2-raw-v1"): "wikitext2",
+             ("Salesforce/wikitext", "wikitext-2-v1"): "wikitext2"}
 
 
 @dataclass
@@ -67,7 +71,7 @@ def split_size(spec: DataSpec, seed: int = 0) -> tuple[int, int, str]:
     from layerif_core.data import is_generated_task
     from layerif_core.tasks import TEXTS, bundled_records, corpus_text
 
-    name = spec.source.removeprefix("bundled:")
+    name = HUB_TEXTS.get((spec.source, spec.config_name), spec.source.removeprefix("bundled:"))
     length = spec.max_length or UNKNOWN_LENGTH
     if spec.pack:
         if spec.windows is not None:

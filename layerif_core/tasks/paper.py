@@ -22,8 +22,9 @@ their training and evaluation put before ``output``).
 
 Splits and sizes: ``train`` is the first 300 records of the hub's train split and ``validation`` the
 first 50 of its validation split (the authors' "IF-short" sets: ``dataset.select(range(300))`` and
-``range(50)``); ``test`` is the whole split their evaluation reads (the hub's validation split where
-the test split has no labels: CoLA, CommonsenseQA). ``data_files`` reads a local copy instead of the
+``range(50)``); ``train_full`` is the whole train split their LoRA-MoE training reads; ``test`` is
+the whole split their evaluation reads (the hub's validation split where the test split has no
+labels: CoLA, CommonsenseQA). ``data_files`` reads a local copy instead of the
 hub (parquet, json/jsonl or csv files of that split, in the hub's schema).
 """
 
@@ -43,9 +44,11 @@ ALPACA_PROMPT_INPUT = ("Below is an instruction that describes a task, paired wi
                        "request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n"
                        "### Response:\n")
 RESPONSE_SPLIT = "### Response:"
-SIZES = {"train": 300, "validation": 50, "test": None}  # the authors' IF sets; None: the whole split
-# for plans made offline: records of each task's test split and the mean characters of its
-# instruction (both counted on the authors' evaluation files)
+SIZES = {"train": 300, "validation": 50, "train_full": None, "test": None}  # None: the whole split
+# for plans made offline: records of each task's whole train split (the hub's; ScienceQA's text-only
+# records: 12,726 less the 6,218 with an image), of its test split and the mean characters of its
+# instruction (counted on the authors' data and evaluation files)
+TRAIN_SIZES = {"mrpc": 3668, "cola": 8551, "commonsense_qa": 9741, "openbookqa": 4957, "scienceqa": 6508}
 TEST_SIZES = {"mrpc": 1725, "cola": 1043, "commonsense_qa": 1221, "openbookqa": 500, "scienceqa": 2224}
 INSTRUCTION_CHARS = {"mrpc": 316, "cola": 104, "commonsense_qa": 159, "openbookqa": 162,
                      "scienceqa": 258}
@@ -89,8 +92,9 @@ def _sqa_letter(r: dict[str, Any]) -> str | None:
 
 _MRPC_WORDS = ("not equivalent", "equivalent")
 _COLA_WORDS = ("unacceptable", "acceptable")
-_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
-_TEST_IS_VALIDATION = {"train": "train", "validation": "validation", "test": "validation"}
+_SPLITS = {"train": "train", "validation": "validation", "train_full": "train", "test": "test"}
+_TEST_IS_VALIDATION = {"train": "train", "validation": "validation", "train_full": "train",
+                       "test": "validation"}
 
 PAPER_TASKS: dict[str, PaperTask] = {
     "mrpc": PaperTask(
@@ -151,7 +155,8 @@ def paper_task(name: str) -> PaperTask:
 
 def split_examples(name: str, split: str) -> int:
     """How many records split ``split`` of paper task ``name`` has, known without the hub."""
-    return SIZES.get(split) or TEST_SIZES[paper_task(name).name]
+    task = paper_task(name).name
+    return SIZES.get(split) or (TRAIN_SIZES[task] if split == "train_full" else TEST_SIZES[task])
 
 
 def paper_records(name: str, split: str, data_files: str | list[str] | None = None

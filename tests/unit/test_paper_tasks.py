@@ -101,6 +101,8 @@ def test_train_and_validation_are_the_first_300_and_50_records_of_their_splits(t
         f"Sentence number {k}.\n" for k in range(300)]
     assert len(records("paper:cola", "validation", path)) == 50
     assert len(records("paper:cola", "test", path)) == 320
+    assert [r["answer"] for r in records("paper:cola", "train_full", path)] == [
+        ("unacceptable", "acceptable")[k % 2] for k in range(320)]  # the whole split, LoRA-MoE's
     with pytest.raises(DataError, match="has 40 usable records, fewer than the paper's 300"):
         records("paper:cola", "train", write_parquet(tmp_path / "short.parquet", rows[:40]))
 
@@ -142,6 +144,7 @@ def test_plans_know_the_sizes_of_the_paper_splits_without_the_hub():
     assert split_size(DataSpec(source="paper:mrpc", split="train", max_length=128)) == (300, 128, "")
     assert split_size(DataSpec(source="paper:scienceqa", split="validation", max_length=128))[0] == 50
     assert split_size(DataSpec(source="paper:cola", split="test", max_length=64))[0] == 1043
+    assert split_size(DataSpec(source="paper:mrpc", split="train_full", max_length=256))[0] == 3668
     assert split_size(DataSpec(source="paper:cola", split="test", limit=100, max_length=64))[0] == 100
 
 

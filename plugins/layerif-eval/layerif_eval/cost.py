@@ -29,8 +29,8 @@ def perplexity(opts, work: Workload) -> Cost:
     if opts.max_windows is not None:
         windows = opts.max_windows
     else:
-        spec = DataSpec(source=opts.source, split=opts.split, limit=opts.limit, pack=True,
-                        max_length=seqlen, text=opts.text)
+        spec = DataSpec(source=opts.source, config_name=opts.config_name, split=opts.split,
+                        limit=opts.limit, pack=True, max_length=seqlen, text=opts.text)
         windows, _, note = split_size(spec, work.config.seed)
     flops = pass_flops(work.model, windows, seqlen) / 2
     peak = work.weights() + work.activations(1, seqlen, backward=False)
