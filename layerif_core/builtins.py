@@ -79,8 +79,9 @@ def layerif_register_scorers(register) -> None:
              help="Control: every layer equal (uniform allocation).")
     register("random", f"{_SCO}.controls:RandomScorer", options=f"{_SCO_OPTS}:RandomOptions",
              seeded=f"{_SCO_OPTS}:random_uses_seed", help="Control: seeded U(0, 1) score per layer.")
-    register("depth", f"{_SCO}.controls:DepthScorer", seeded=False,
-             help="Control: the layer index (deeper = more sparsity / experts), a depth ramp.")
+    register("depth", f"{_SCO}.controls:DepthScorer", options=f"{_SCO_OPTS}:DepthOptions", seeded=False,
+             help="Control: the layer index (deeper = more sparsity / experts), a depth ramp; "
+                  "direction: falling mirrors it.")
 
 
 @hookimpl

@@ -4,7 +4,8 @@
 Under any allocator, ``uniform`` reproduces the uniform allocation (equal sparsity, equal experts);
 ``random`` is the chance level a data-driven or model-only score has to beat; ``depth`` is the plain
 rule "deeper layers get more" (through ``alpha_pruning``: sparsity rising linearly with depth), so a
-gain that only reflects where in the stack the budget goes shows as such. None is measured from the
+gain that only reflects where in the stack the budget goes shows as such; ``direction: falling``
+mirrors it ("the first layers get more"). None is measured from the
 model, so all state ``higher_is_better=False`` (a higher score is treated as worse).
 """
 
@@ -15,7 +16,7 @@ import torch
 from layerif_core.config import TaskSpec
 from layerif_core.context import RunContext
 from layerif_core.results import LayerScores
-from layerif_core.scorers.options import RandomOptions
+from layerif_core.scorers.options import DepthOptions, RandomOptions
 
 
 class UniformScorer:
@@ -26,10 +27,18 @@ class UniformScorer:
 
 
 class DepthScorer:
-    """The layer index ``l`` as the score: deeper layers are treated as worse trained."""
+    """The layer index as the score: ``l`` (``direction: rising``, deeper layers are treated as worse
+    trained) or ``L − 1 − l`` (``falling``, the mirror image: the first layers are)."""
+
+    def __init__(self, options: DepthOptions):
+        self.options = options
 
     def score(self, ctx: RunContext, task: TaskSpec) -> LayerScores:
-        return LayerScores(torch.arange(len(ctx.layer_map), dtype=torch.float32), False, "depth")
+        n = len(ctx.layer_map)
+        values = torch.arange(n, dtype=torch.float32)
+        if self.options.direction == "falling":
+            values = (n - 1) - values
+        return LayerScores(values, False, "depth", {"direction": self.options.direction})
 
 
 class RandomScorer:

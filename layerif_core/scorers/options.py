@@ -78,6 +78,17 @@ class RandomOptions(BaseModel):
     seed: int | None = Field(None, description="Seed of the scores; default: the run's seed.")
 
 
+class DepthOptions(BaseModel):
+    """Options of the ``depth`` scorer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    direction: Literal["rising", "falling"] = Field(
+        "rising", description="'rising': layer l scores l (deeper layers are treated as worse "
+        "trained: more sparsity, more experts, higher ranks deeper); 'falling': it scores L - 1 - l, "
+        "the mirror image (more towards the first layers).")
+
+
 def random_uses_seed(options: RandomOptions) -> bool:
     """Whether the ``random`` scores change with the run's seed (its registry declaration): they
     do unless the options fix their own seed."""

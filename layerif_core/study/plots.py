@@ -173,26 +173,47 @@ def plot_influence_mass(panels: list[dict[str, Any]], out: Path) -> Path | None:
     return _save(fig, out / "influence_mass.png")
 
 
-def plot_curves(curves: dict[str, tuple[int, list[CellRecord]]], arms: list[str], out: Path) -> list[Path]:
-    """Each curve the cells recorded (e.g. the LoRA-MoE validation loss against the step), one line
-    per arm, at one seed: ``curves`` maps its name to that seed and the cells
-    (:func:`layerif_core.study.report.curve_cells`). Did training converge?"""
-    paths = []
-    for name, (seed, cells) in curves.items():
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(7, 3.6))
-        for arm in arms:
-            for c in cells:
-                if c.arm == arm and c.curves:
-                    curve = c.curves[name]
-                    ax.plot([p[0] for p in curve], [p[1] for p in curve], "o-", ms=3, label=arm)
-        ax.set_xlabel("step")
-        ax.set_ylabel(name)
-        ax.set_title(f"{name} during the application (seed {seed})", fontsize=10)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        paths.append(_save(fig, out / f"curve_{slug(name)}.png"))
-    return paths
+BEST_STEP = "train/best_step"  # the step whose weights early stopping kept (LoRA-MoE, LoRA ranks)
+
+
+def draw_curve(name: str, cells: list[CellRecord], n_arms: int) -> Any:
+    """One recorded curve (e.g. the LoRA-MoE validation or held-out loss against the step), one line
+    per cell of ``cells`` (one per arm, :func:`layerif_core.study.report.curve_cells`), labelled by
+    its arm, and by its seed where the cells come from different seeds (else the title names the
+    seed). A star marks the step whose weights early stopping kept (the cell's
+    ``train/best_step``), where the curve has that step."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    cycle = 20 if n_arms > 10 else 10  # the default cycle repeats its colours after 10
+    if cycle == 20:
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    seeds = {c.seed for c in cells}
+    starred = False
+    for i, c in enumerate(cells):
+        curve = c.curves[name]
+        label = c.arm if len(seeds) == 1 else f"{c.arm} (seed {c.seed})"
+        line, = ax.plot([p[0] for p in curve], [p[1] for p in curve], marker="o", ms=3, label=label,
+                        ls=("-", "--")[i // cycle % 2])  # dashed once the colours come round again
+        best = c.metrics.get(BEST_STEP)
+        kept = [p for p in curve if best is not None and p[0] == best]
+        if kept:
+            ax.plot([kept[0][0]], [kept[0][1]], "*", ms=11, color=line.get_color(), mec="black", mew=0.5)
+            starred = True
+    ax.set_xlabel("step")
+    ax.set_ylabel(name)
+    which = f"seed {next(iter(seeds))}" if len(seeds) == 1 else "each arm's first seed that recorded it"
+    star = "; ★ the step whose weights were kept" if starred else ""
+    ax.set_title(f"{name} during the application ({which}{star})", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_curves(curves: dict[str, list[CellRecord]], n_arms: int, out: Path) -> list[Path]:
+    """:func:`draw_curve` of each curve the cells recorded (``curves``: its name -> one cell per
+    arm) as ``curve_<name>.png``. Did training converge?"""
+    return [_save(draw_curve(name, cells, n_arms), out / f"curve_{slug(name)}.png")
+            for name, cells in curves.items() if cells]
 
 
 @dataclass

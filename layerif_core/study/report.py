@@ -79,20 +79,21 @@ def influence_mass(data: StudyData) -> list[dict[str, Any]]:
     return list(panels.values())
 
 
-def curve_cells(data: StudyData, name: str) -> tuple[int, list[CellRecord]]:
-    """The seed and the cells whose curve ``name`` the report plots: those at the first grid point
-    and seed (in the study's order) at which a cell recorded it (a study resumed seed by seed, or
-    cells restored without curves, may lack it at the first seed)."""
+def curve_cells(data: StudyData, name: str) -> list[CellRecord]:
+    """The cells whose curve ``name`` the report plots, one per arm that recorded it (in the study's
+    arm order): the arm's cell at the first grid point and seed (in the study's order) at which it
+    recorded the curve. Each arm looks for its own: a failed cell, or cells restored without
+    curves, at the first seed of one arm do not hide that arm's curve at a later seed."""
     points = [point_key(dict(zip(data.axes, p, strict=True)), data.axes) for p in data.points()]
-    keyed = []
+    first: dict[str, tuple[tuple[int, int], CellRecord]] = {}
     for c in data.ok:
         point = point_key(c.grid, data.axes)
-        if (c.curves or {}).get(name) and point in points and c.seed in data.study.seeds:
-            keyed.append(((points.index(point), data.study.seeds.index(c.seed)), c))
-    if not keyed:
-        return data.study.seeds[0], []
-    first = min(key for key, _ in keyed)
-    return data.study.seeds[first[1]], [c for key, c in keyed if key == first]
+        if not (c.curves or {}).get(name) or point not in points or c.seed not in data.study.seeds:
+            continue
+        key = (points.index(point), data.study.seeds.index(c.seed))
+        if c.arm not in first or key < first[c.arm][0]:
+            first[c.arm] = (key, c)
+    return [first[a.label][1] for a in data.study.arms if a.label in first]
 
 
 def write_plots(data: StudyData, summary: dict[str, Any]) -> list[Path]:
@@ -105,7 +106,7 @@ def write_plots(data: StudyData, summary: dict[str, Any]) -> list[Path]:
                           draw.plot_influence_mass(influence_mass(data), out)) if p]
     names = sorted({name for c in data.ok for name in (c.curves or {})})
     curves = {name: curve_cells(data, name) for name in names}
-    return paths + draw.plot_curves(curves, [a.label for a in data.study.arms], out)
+    return paths + draw.plot_curves(curves, len(data.study.arms), out)
 
 
 def _no_nan(value: Any) -> Any:

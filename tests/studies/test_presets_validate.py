@@ -66,3 +66,61 @@ def test_the_layerif_variants_keep_the_arms_the_earlier_study_published():
     study, _ = cells_of("pruning_layerif_variants.yaml")
     assert {"LayerIF TOP-25%", "LayerIF ALL", "harmful side +VE (reverse)",
             "LayerIF +VE (LoRA-adapter route)"} <= {a.label for a in study.arms}
+
+
+MOE_ARMS = ["uniform", "MoLA 2-4-6-8", "MoLA 8-6-4-2", "AlphaLoRA", "LayerIF +VE", "LayerIF TOP-25%",
+            "LayerIF ALL", "LayerIF +VE (EK-FAC)", "LayerIF +VE, the authors' padding",
+            "harmful side +VE (reverse)", "experts rising with depth", "experts falling with depth"]
+
+
+def test_the_lora_moe_study_has_the_issues_arms_on_one_base():
+    """Every arm places 150 experts; the LayerIF arms are the authors' computation (DataInf on the
+    attention weights, all-token mean loss, beta 3, no smoothing) and differ from +VE only where
+    their label says; the two structural controls are the depth scorer rising and falling."""
+    study, cells = cells_of("lora_moe.yaml")
+    assert [a.label for a in study.arms] == MOE_ARMS and study.control.label == "uniform"
+    assert len(study.seeds) >= 5
+    by_arm = {c.arm: c.config for c in cells}
+    given = {a: cfg.allocation.options["values"] for a, cfg in by_arm.items()
+             if cfg.allocation.name == "given_experts"}
+    assert given["MoLA 2-4-6-8"] == [2] * 8 + [4] * 7 + [6] * 7 + [8] * 8
+    assert given["MoLA 8-6-4-2"] == given["MoLA 2-4-6-8"][::-1]
+    assert {sum(v) for v in given.values()} == {150}
+    assert {cfg.allocation.options["total"] for a, cfg in by_arm.items() if a not in given} == {150}
+    authors = by_arm["LayerIF +VE"]
+    assert (authors.layers.modules, authors.scorer.estimator.name, authors.scorer.aggregator.name) == (
+        "attention", "datainf", "helpful_sum")
+    assert (authors.scorer.loss.tokens, authors.scorer.loss.reduction) == ("all", "mean")
+    assert not authors.scorer.postprocess.smooth
+    assert (authors.allocation.name, authors.allocation.options["beta"]) == ("alphalora_experts", 3.0)
+    plain = authors.model_dump(exclude={"name"})
+    changes = {"LayerIF TOP-25%": ("aggregator", "top_helpful"), "LayerIF ALL": ("aggregator", "net_sum"),
+               "harmful side +VE (reverse)": ("aggregator", "harmful_sum"),
+               "LayerIF +VE (EK-FAC)": ("estimator", "ekfac")}
+    for arm, (part, name) in changes.items():
+        dumped = by_arm[arm].model_dump(exclude={"name"})
+        assert dumped["scorer"][part]["name"] == name
+        dumped["scorer"][part] = plain["scorer"][part]
+        assert dumped == plain, arm
+    padded = by_arm["LayerIF +VE, the authors' padding"].model_dump(exclude={"name"})
+    assert padded["scorer"]["loss"]["padding"] == "authors"
+    padded["scorer"]["loss"].pop("padding")
+    assert padded == plain
+    rising, falling = by_arm["experts rising with depth"], by_arm["experts falling with depth"]
+    assert (rising.scorer.name, rising.scorer.options) == ("depth", {})
+    assert (falling.scorer.name, falling.scorer.options) == ("depth", {"direction": "falling"})
+    assert {rising.allocation.name, falling.allocation.name} == {"alphalora_experts"}
+    patience = {a: by_arm[a].application.options["early_stopping"]["patience"] for a in MOE_ARMS}
+    assert patience == dict.fromkeys(MOE_ARMS, 3)
+
+
+def test_the_lora_ranks_study_has_the_layerif_arm_a_depth_ramp_and_enough_seeds():
+    study, cells = cells_of("lora_ranks.yaml")
+    labels = [a.label for a in study.arms]
+    assert study.control.label == "uniform" and len(study.seeds) >= 5
+    assert {"LayerIF +VE (authors' computation)", "depth ramp"} <= set(labels)
+    by_arm = {c.arm: c.config for c in cells}
+    assert by_arm["depth ramp"].scorer.name == "depth" and by_arm["uniform"].scorer.name == "uniform"
+    assert {cfg.allocation.name for cfg in by_arm.values()} == {"lora_ranks"}
+    evaluation = by_arm["depth ramp"].evaluation[0]
+    assert (evaluation.name, evaluation.options["tasks"]) == ("lm_eval", ["layerif_arithmetic"])

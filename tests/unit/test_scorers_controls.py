@@ -36,6 +36,22 @@ def test_depth_ramps_the_sparsity_linearly_with_the_layer_index(tmp_path):
     assert sparsity[0] * 1.2 == pytest.approx(sparsity[-1] * 0.8)  # the ends of [1 − ε, 1 + ε]
 
 
+def test_falling_depth_mirrors_the_rising_ramp_and_its_expert_allocation(tmp_path):
+    """direction: falling scores layer l with L - 1 - l, so alphalora_experts gives the first layer
+    what rising gives the last: the rising allocation read backwards."""
+    experts = {"name": "alphalora_experts", "options": {"total": 30, "beta": 3.0}}
+    rising = make_ctx(tmp_path / "r", scorer={"name": "depth"}, allocation=experts)
+    falling = make_ctx(tmp_path / "f", scorer={"name": "depth", "options": {"direction": "falling"}},
+                       allocation=experts)
+    up, down = (score_task(c, c.config.tasks[0]) for c in (rising, falling))
+    n = len(rising.layer_map)
+    assert down.values.tolist() == [float(n - 1 - i) for i in range(n)] and down.higher_is_better is False
+    assert down.details == {"direction": "falling"} and up.details == {"direction": "rising"}
+    more_up = allocate(rising, {"arith": up})["arith"].values
+    more_down = allocate(falling, {"arith": down})["arith"].values
+    assert sum(more_down) == 30 and more_down == more_up[::-1] and more_down[0] > more_down[-1]
+
+
 def test_random_is_deterministic_for_a_seed(tmp_path):
     a = _random(tmp_path / "a", seed=11)
     b = _random(tmp_path / "b", seed=11)
