@@ -265,7 +265,7 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
     trained = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
 
     def held_out(at: int) -> None:
-        if stopper.update(at, _mean_loss(peft_model, holdout, spec.batch_size, pad, device)):
+        if stopper.update(at, split_loss(peft_model, holdout, spec.batch_size, pad)[0]):
             best.update({n: p.detach().clone() for n, p in trained.items()})
 
     if stopper is not None and step == 0:
@@ -313,9 +313,11 @@ def finetune(config: RunConfig, model: torch.nn.Module | None = None, tokenizer:
 
 
 @torch.no_grad()
-def _mean_loss(model: torch.nn.Module, data: TokenizedSplit, batch_size: int, pad: int,
-               device: torch.device) -> float:
-    """Mean next-token cross-entropy over all loss tokens of ``data`` (eval mode, no dropout)."""
+def split_loss(model: torch.nn.Module, data: TokenizedSplit, batch_size: int, pad: int
+                ) -> tuple[float, int]:
+    """Mean next-token cross-entropy over all loss tokens of ``data`` (eval mode, no dropout), and
+    the number of loss tokens (0: the mean is 0)."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -328,7 +330,7 @@ def _mean_loss(model: torch.nn.Module, data: TokenizedSplit, batch_size: int, pa
                                        ignore_index=IGNORE, reduction="sum"))
         count += int((target != IGNORE).sum())
     model.train(was_training)
-    return total / max(count, 1)
+    return total / max(count, 1), count
 
 
 def _optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.Tensor],

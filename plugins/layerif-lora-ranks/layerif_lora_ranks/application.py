@@ -241,36 +241,22 @@ def train_adapter(ctx: RunContext, model: torch.nn.Module, name: str, lora: Any,
     return tuned, result
 
 
-@torch.no_grad()
 def validation_loss(ctx: RunContext, model: torch.nn.Module) -> float:
     """Mean next-token cross-entropy over the loss tokens (the answers, with ``loss_on:
     completion``) of the validation split of the task whose allocation is applied: the fine-tuning
     objective on held-out data."""
-    import torch.nn.functional as F
-
-    from layerif_core.data import IGNORE, tokenize_split
+    from layerif_core.data import tokenize_split
+    from layerif_core.finetune import split_loss
     from layerif_core.models import max_context
 
     task = ctx.applied_task
     split = tokenize_split(task.validation, ctx.tokenizer, ctx.seed, f"{task.name}/validation",
                            max_context(model))
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    for batch in split.batches(ctx.batch_size, ctx.pad_id):
-        batch = batch.to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       use_cache=False).logits[:, :-1].float()
-        target = batch.labels[:, 1:]
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                       ignore_index=IGNORE, reduction="sum"))
-        count += int((target != IGNORE).sum())
-    model.train(was_training)
+    loss, count = split_loss(model, split, ctx.batch_size, ctx.pad_id)
     if count == 0:
         raise DataError(f"the validation split of task '{task.name}' has no loss tokens; check its "
                         "completion template.")
-    return total / count
+    return loss
 
 
 def evaluate(ctx: RunContext, model: torch.nn.Module) -> dict[str, float]:
