@@ -61,22 +61,14 @@ from layerif_core.data import TokenizedSplit
 from layerif_core.losses import sequence_losses
 from layerif_core.pipeline import open_run
 from layerif_core.registry import get_registry
+from layerif_core.shapes import known_config
 
-SHAPES = {  # the real configs' sizes (random init)
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                         tie_word_embeddings=True, rope_theta=100000.0),
-    "tinyllama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                           num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
-    "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=8, vocab_size=32000),
-    # Qwen2.5 config.json: q/k/v with bias, tied embeddings
-    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                         tie_word_embeddings=True, rope_theta=1000000.0),
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-                         tie_word_embeddings=True, rope_theta=1000000.0),
+SHAPES = {  # bench name -> the model whose real config sizes the random-init model (layerif_core.shapes)
+    "smollm2-135m": "embedded:smollm2-135m",
+    "tinyllama-1.1b": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+    "mistral-7b": "mistralai/Mistral-7B-v0.1",
+    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B",  # q/k/v with bias, tied embeddings
+    "qwen2.5-1.5b": "Qwen/Qwen2.5-1.5B",
 }
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
 PAPER_DATAINF_SECONDS_PER_LAYER = 402.77
@@ -89,17 +81,20 @@ QWEN_ANCHORS_S = {
 
 def build_model(shape: str, layers: int | None, dtype: torch.dtype, device: torch.device,
                 tiny: bool) -> torch.nn.Module:
-    """A random-init Llama/Mistral causal LM of the named shape (``layers`` of its blocks)."""
+    """A random-init causal LM of the named shape (``layers`` of its blocks)."""
     import transformers as tf
 
-    cfg = dict(SHAPES[shape])
+    from layerif_core.shapes import model_config
+
+    real = model_config(SHAPES[shape])
+    cfg = {k: v for k, v in real.to_dict().items() if k != "layer_types"}  # rebuilt for the depth
     if layers is not None:
         cfg["num_hidden_layers"] = layers
     if tiny:
         cfg.update(TINY, num_hidden_layers=min(cfg["num_hidden_layers"], 2))
-    cls = {"mistral-7b": tf.MistralConfig, "qwen2.5-0.5b": tf.Qwen2Config,
-           "qwen2.5-1.5b": tf.Qwen2Config}.get(shape, tf.LlamaConfig)
-    config = cls(max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2, **cfg)
+        cfg.pop("head_dim", None)  # the tiny width's own
+    cfg.update(max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = type(real).from_dict(cfg)
     torch.manual_seed(0)
     with torch.device(device):
         model = tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -334,7 +329,7 @@ def phase_datainf_stream(args) -> dict:
         seconds, peak, influence = measure(dev, lambda: est.influence(ctx, train, val))
         record = ctx.run_dir.manifest["datainf"]["train"]
     layers = model.config.num_hidden_layers
-    full_layers = SHAPES["mistral-7b"]["num_hidden_layers"]
+    full_layers = known_config(SHAPES["mistral-7b"])["num_hidden_layers"]
     # extrapolated: time ∝ blocks, and ∝ the sequences the passes read (validation once, train 3×)
     projected = seconds * full_layers / layers * (50 + 3 * 300) / (n_val + 3 * n_train)
     return {"model": "mistral-7b, no adapter, q/k/v/o of every block", "dtype": "bfloat16",

@@ -2,7 +2,7 @@
 and a model on the ``meta`` device built from it (every module and tensor shape, no memory).
 
 Used where only shapes matter: the cost plan of a study (``layerif study --plan``) and the GPU
-benchmark's random-init models. Sources, in order:
+benchmark's random-init models (``benchmarks/bench_gpu.py``). Sources, in order:
 
 1. a local model directory: its ``config.json``;
 2. a hub name whose config is already in the local Hugging Face cache (nothing is downloaded);
@@ -26,8 +26,14 @@ KNOWN: dict[str, dict[str, Any]] = {
     "embedded:smollm2-135m": {**_LLAMA, "hidden_size": 576, "intermediate_size": 1536,
                               "num_hidden_layers": 30, "num_attention_heads": 9,
                               "num_key_value_heads": 3, "vocab_size": 49152,
-                              "max_position_embeddings": 8192, "tie_word_embeddings": True},
+                              "max_position_embeddings": 8192, "tie_word_embeddings": True,
+                              "rope_theta": 100000.0},
     "HuggingFaceTB/SmolLM2-135M-Instruct": "embedded:smollm2-135m",
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": {**_LLAMA, "hidden_size": 2048, "intermediate_size": 5632,
+                                           "num_hidden_layers": 22, "num_attention_heads": 32,
+                                           "num_key_value_heads": 4, "vocab_size": 32000,
+                                           "max_position_embeddings": 2048,
+                                           "tie_word_embeddings": False},
     "mistralai/Mistral-7B-v0.1": {"model_type": "mistral", "architectures": ["MistralForCausalLM"],
                                   "hidden_act": "silu", "hidden_size": 4096,
                                   "intermediate_size": 14336, "num_hidden_layers": 32,
@@ -35,7 +41,8 @@ KNOWN: dict[str, dict[str, Any]] = {
                                   "vocab_size": 32000, "max_position_embeddings": 32768,
                                   "sliding_window": 4096, "tie_word_embeddings": False},
     "google/gemma-7b": {"model_type": "gemma", "architectures": ["GemmaForCausalLM"],
-                        "hidden_act": "gelu_pytorch_tanh", "hidden_size": 3072, "intermediate_size": 24576,
+                        "hidden_act": "gelu_pytorch_tanh", "hidden_size": 3072,
+                        "intermediate_size": 24576,
                         "num_hidden_layers": 28, "num_attention_heads": 16,
                         "num_key_value_heads": 16, "head_dim": 256, "vocab_size": 256000,
                         "max_position_embeddings": 8192, "tie_word_embeddings": True},
@@ -50,11 +57,13 @@ KNOWN: dict[str, dict[str, Any]] = {
     "Qwen/Qwen2.5-0.5B": {**_QWEN2, "hidden_size": 896, "intermediate_size": 4864,
                           "num_hidden_layers": 24, "num_attention_heads": 14,
                           "num_key_value_heads": 2, "vocab_size": 151936,
-                          "max_position_embeddings": 32768, "tie_word_embeddings": True},
+                          "max_position_embeddings": 32768, "tie_word_embeddings": True,
+                          "rope_theta": 1000000.0},
     "Qwen/Qwen2.5-1.5B": {**_QWEN2, "hidden_size": 1536, "intermediate_size": 8960,
                           "num_hidden_layers": 28, "num_attention_heads": 12,
                           "num_key_value_heads": 2, "vocab_size": 151936,
-                          "max_position_embeddings": 131072, "tie_word_embeddings": True},
+                          "max_position_embeddings": 131072, "tie_word_embeddings": True,
+                          "rope_theta": 1000000.0},
 }
 
 
