@@ -88,6 +88,9 @@ def layerif_register_allocators(register) -> None:
              help="AlphaPruning: scores mapped linearly onto [1-ε, 1+ε]·η, weighted mean = s.")
     register("owl_sparsity", f"{sparsity}:OWLSparsity", options=f"{_ALLOC_OPTS}:OWLSparsityOptions",
              help="OWL: s − mean(d) + d, worse-ness d min-maxed to [0, 2λ].")
+    register("select", "layerif_core.allocators.select:Select", options=f"{_ALLOC_OPTS}:SelectOptions",
+             help="The candidate allocation (scorer + allocator) with the best held-out metric after "
+                  "the run's application.")
     register("alphalora_experts", f"{experts}:AlphaLoRAExperts",
              options=f"{_ALLOC_OPTS}:AlphaLoRAOptions",
              help="Experts per layer ∝ worse-ness^beta, min per layer, exact total (AlphaLoRA/LayerIF).")

@@ -22,6 +22,9 @@ class PerplexityOptions(BaseModel):
     config_name: str | None = Field(None, description="Hub dataset configuration, e.g. "
                                     "'wikitext-2-raw-v1'.")
     text: str = Field("{text}", description="Template of one record's text, fields in braces.")
+    skip: int = Field(0, ge=0, description="Leave out the first `skip` records of a dataset or lines "
+                      "of a bundled corpus (before `limit`), e.g. to keep held-out text apart from "
+                      "calibration text (ignored for a .txt file).")
     limit: int | None = Field(None, ge=1, description="Use only the first `limit` records of a dataset.")
     seqlen: int | None = Field(
         None, ge=2, description="Window length in tokens; default min(model context, 2048). The "
@@ -78,3 +81,11 @@ class LmEvalOptions(BaseModel):
                                    "default the model's.")
     apply_chat_template: bool = Field(False, description="Format prompts with the tokenizer's chat "
                                       "template (instruction-tuned models).")
+
+
+def perplexity_uses_seed(options: PerplexityOptions) -> bool:
+    """Whether the perplexity can change with the run's seed: only over a bundled task, whose
+    records are generated from the seed (a text, a file or a hub dataset reads as it is)."""
+    from layerif_core.data import is_generated_task
+
+    return is_generated_task(options.source)
