@@ -36,11 +36,16 @@ def scores_use_seed(cfg: RunConfig) -> bool:
 
 
 def scoring_config(cfg: RunConfig) -> dict[str, Any]:
-    """What the layer scores of ``cfg`` depend on (the seed only where the scores can depend on it)."""
+    """What the layer scores of ``cfg`` depend on: the model, layers, tasks, scorer (its estimator and
+    aggregator only for ``layerif``), batch size, the scoring adapter's fine-tuning where there is
+    one, and the seed only where the scores can depend on it."""
     keep = {"model", "layers", "tasks", "scorer", "batch_size", "seed"}
     if needs_finetune(cfg):
         keep.add("finetune")
     data = cfg.model_dump(mode="json", include=keep)
+    if cfg.scorer.name != "layerif":  # the estimator and aggregator are the layerif scorer's alone
+        data["scorer"].pop("estimator", None)
+        data["scorer"].pop("aggregator", None)
     if not scores_use_seed(cfg):
         data["seed"] = 0
     return data

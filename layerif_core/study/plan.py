@@ -183,9 +183,17 @@ def evaluation_cost(work: Workload) -> Cost:
 
 
 def cell_cost(work: Workload) -> Cost:
-    """A cell's own stages: loading the model's weights, the application, the evaluation."""
+    """A cell's own stages: loading the model's weights, an allocator that states a cost (``select``
+    tries candidates), the application, the evaluation."""
+    from layerif_core.registry import get_registry
+
     cfg = work.config
     total = Cost(peak_bytes=work.weights(), fixed_seconds=work.weights() / DISK_BYTES_PER_S)
+    if cfg.allocation is not None:
+        own = getattr(get_registry().build("allocator", cfg.allocation.name, cfg.allocation.options),
+                      "estimate", None)
+        if callable(own):
+            total = total + own(work)
     if cfg.application is not None:
         total = total + component_cost(work, "application", cfg.application.name, cfg.application.options)
     return total + evaluation_cost(work)
