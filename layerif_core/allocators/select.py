@@ -124,7 +124,7 @@ class Select:
         found = None if ctx.run_dir.force else read_json(path)
         if found is not None:
             log.info("select: candidate '%s' reused from %s", candidate.label, path)
-            return {**found, "label": candidate.label, "reused": {**found["reused"], "heldout": True}}
+            return {**found, "label": candidate.label, "reused": {"scores": True, "heldout": True}}
         start = time.perf_counter()
         cand_scores, reused = candidate_scores(ctx, cfg, task)
         score_seconds = time.perf_counter() - start
@@ -143,7 +143,7 @@ class Select:
                   "seconds": {"scores": round(score_seconds, 3), **applied.seconds},
                   "reused": {"scores": reused, "heldout": False}, "seeded": seeded,
                   "scores_key": scores_key(cfg), "heldout_key": value_key}
-        write_json(path, result)
+        write_json(ctx, path, result)
         return result
 
     def apply_and_measure(self, ctx: Any, task: TaskSpec, cfg: RunConfig, heldout: ComponentSpec,
@@ -210,7 +210,7 @@ def candidate_scores(ctx: Any, cfg: RunConfig, task: TaskSpec) -> tuple[LayerSco
         run_dir.save_manifest()
     finally:
         run_dir.close()
-    write_json(path, {task.name: scores.to_json()})
+    write_json(ctx, path, {task.name: scores.to_json()})
     return scores, False
 
 
@@ -236,11 +236,16 @@ def read_json(path: Any) -> dict[str, Any] | None:
     return found if isinstance(found, dict) and "value" in found else None
 
 
-def write_json(path: Any, data: Any) -> None:
+def write_json(ctx: Any, path: Any, data: Any) -> None:
+    """Write a cache entry atomically; inside the run directory through it (so that it is a recorded
+    artifact, which a failed run's clean-up keeps), elsewhere (a study's ``shared/``) directly."""
     import json
 
     from layerif_core.atomic import atomic_path
 
+    if path.is_relative_to(ctx.run_dir.path):
+        ctx.run_dir.write_json(path.relative_to(ctx.run_dir.path).as_posix(), data)
+        return
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 

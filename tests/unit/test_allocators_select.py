@@ -280,8 +280,13 @@ def test_the_cli_prints_a_failing_candidate_in_one_line_with_exit_code_2(tiny_di
     bad = {"label": "capped", "scorer": {"name": "depth"},
            "allocation": {"name": "alpha_pruning", "options": {"max_sparsity": 0.3}}}
     path = tmp_path / "select.yaml"
-    path.write_text(yaml.safe_dump(with_options(base(tiny_dir, tmp_path, evaluation=[]), candidates=[bad])))
+    data = with_options(base(tiny_dir, tmp_path, evaluation=[]), candidates=[CANDIDATES[1], bad])
+    path.write_text(yaml.safe_dump(data))
     out = CliRunner().invoke(app, ["--quiet", "run", str(path)])
     assert out.exit_code == 2
     lines = [x for x in out.output.splitlines() if x.strip()]
     assert len(lines) == 1 and "select candidate 'capped' failed" in lines[0]
+    # the candidate that finished is kept through the failed run's clean-up, and reused
+    result = run(config(with_options(data, candidates=[CANDIDATES[1]])), show_progress=False)
+    found = json.loads((result.run_dir / "select.json").read_text())["caps"]["candidates"]
+    assert found[0]["reused"] == {"scores": True, "heldout": True}
