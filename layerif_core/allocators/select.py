@@ -105,6 +105,14 @@ class Select:
     def metric_name(self, tried: dict[str, Any]) -> str:
         return self.opts.metric or next(iter(tried["heldout"]))
 
+    def value(self, heldout: dict[str, float]) -> float:
+        """The compared metric among the held-out evaluator's (``metric``; default its first)."""
+        metric = self.opts.metric or next(iter(heldout))
+        if metric not in heldout:
+            raise ConfigError(f"select's metric '{metric}' is not among the held-out evaluator's metrics "
+                              f"{sorted(heldout)}; set metric to one of them.")
+        return float(heldout[metric])
+
     def try_candidate(self, ctx: Any, task: TaskSpec, candidate: SelectCandidate, index: int,
                       weights: list[float] | None) -> dict[str, Any]:
         """One candidate's scores, allocation, application and held-out value (cached)."""
@@ -124,7 +132,8 @@ class Select:
         found = None if ctx.run_dir.force else read_json(path)
         if found is not None:
             log.info("select: candidate '%s' reused from %s", candidate.label, path)
-            return {**found, "label": candidate.label, "reused": {"scores": True, "heldout": True}}
+            return {**found, "label": candidate.label, "value": self.value(found["heldout"]),
+                    "reused": {"scores": True, "heldout": True}}
         start = time.perf_counter()
         cand_scores, reused = candidate_scores(ctx, cfg, task)
         score_seconds = time.perf_counter() - start
@@ -132,12 +141,8 @@ class Select:
         allocation = allocator.allocate(cand_scores, weights)
         heldout_metrics, applied = self.apply_and_measure(ctx, task, cfg, heldout, allocation, index,
                                                           candidate.label)
-        metric = self.opts.metric or next(iter(heldout_metrics))
-        if metric not in heldout_metrics:
-            raise ConfigError(f"select's metric '{metric}' is not among the held-out evaluator's metrics "
-                              f"{sorted(heldout_metrics)}; set metric to one of them.")
         result = {"label": candidate.label, "scorer": cfg.scorer.name, "allocator": cfg.allocation.name,
-                  "allocator_options": cfg.allocation.options, "value": heldout_metrics[metric],
+                  "allocator_options": cfg.allocation.options, "value": self.value(heldout_metrics),
                   "heldout": heldout_metrics, "achieved_sparsity": applied.metrics.get("sparsity/achieved"),
                   "allocation": allocation.to_json(),
                   "seconds": {"scores": round(score_seconds, 3), **applied.seconds},

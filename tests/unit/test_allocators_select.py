@@ -290,3 +290,11 @@ def test_the_cli_prints_a_failing_candidate_in_one_line_with_exit_code_2(tiny_di
     result = run(config(with_options(data, candidates=[CANDIDATES[1]])), show_progress=False)
     found = json.loads((result.run_dir / "select.json").read_text())["caps"]["candidates"]
     assert found[0]["reused"] == {"scores": True, "heldout": True}
+
+
+def test_a_metric_the_heldout_evaluator_does_not_return_is_named_with_the_ones_it_does(tiny_dir, tmp_path):
+    data = with_options(base(tiny_dir, tmp_path, evaluation=[]), candidates=[CANDIDATES[0]],
+                        metric="perplexity/heldoot")
+    with pytest.raises(ConfigError, match=r"metric 'perplexity/heldoot' is not among the held-out "
+                                          r"evaluator's metrics \['perplexity/heldout', "):
+        run(config(data), show_progress=False)
