@@ -166,6 +166,18 @@ def test_a_second_seed_reuses_seed_free_scores_and_seed_free_heldout_values(tiny
     assert records[1]["random"]["reused"] == {"scores": False, "heldout": False}
 
 
+def test_a_second_seed_reuses_seed_free_scores_and_prunes_again_with_its_own_calibration(tiny_dir, tmp_path):
+    data = with_options(base(tiny_dir, tmp_path, evaluation=[]), candidates=[CANDIDATES[1], CANDIDATES[3]])
+    reused = {}
+    for seed in (0, 1):
+        result = run(config({**data, "seed": seed}), show_progress=False)
+        found = json.loads((result.run_dir / "select.json").read_text())["caps"]["candidates"]
+        reused[seed] = [c["reused"] for c in found]
+    assert reused[0] == [{"scores": False, "heldout": False}] * 2
+    # depth and htsr_alpha do not use the seed; Wanda's calibration windows and the bundled task do
+    assert reused[1] == [{"scores": True, "heldout": False}] * 2
+
+
 def test_candidates_with_one_scorer_compute_its_scores_once(tiny_dir, tmp_path):
     """ATP tuned: one scorer, several allocator options; the scores are computed once."""
     candidates = [{"label": f"eps {e}", "scorer": {"name": "htsr_alpha"},
