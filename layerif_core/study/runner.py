@@ -13,6 +13,8 @@ Directory ``<output_dir>/<name>/``:
 - ``shared/adapters/``: the LoRA adapters of arms that score through one (``layers.lora_only``
   without ``model.adapter``: the paper's route fine-tunes first, once per fine-tuning config);
 - ``shared/dense/``: the evaluation of the unmodified model, once;
+- ``shared/select/``: the held-out values of ``select`` candidates (their scores go to
+  ``shared/scores/`` under the keys of :mod:`layerif_core.scoring_keys`, shared with the arms);
 - ``runs/<id>/``: a cell's run directory (removed after the cell unless ``keep_runs``).
 
 Stages of a cell: scores (shared) → allocation → application → evaluation. The application acts on
