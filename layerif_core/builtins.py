@@ -99,6 +99,9 @@ def layerif_register_allocators(register) -> None:
              help="DLP/LSA/ALP: s + e − mean(e), e = worse-ness min-maxed to [0, 2α], α per target.")
     register("atp_sparsity", f"{sparsity}:ATPSparsity", options=f"{_ALLOC_OPTS}:ATPSparsityOptions",
              help="ATP: sparsity rising by β per layer around the target (scores unused).")
+    register("select", "layerif_core.allocators.select:Select", options=f"{_ALLOC_OPTS}:SelectOptions",
+             help="The candidate allocation (scorer + allocator) with the best held-out metric after "
+                  "the run's application.")
     register("alphalora_experts", f"{experts}:AlphaLoRAExperts",
              options=f"{_ALLOC_OPTS}:AlphaLoRAOptions",
              help="Experts per layer ∝ worse-ness^beta, min per layer, exact total (AlphaLoRA/LayerIF).")

@@ -8,7 +8,8 @@ component; ``tests/plugins/test_conformance.py`` runs it over everything registe
 Options: a component is built with the first entry of its options class's
 ``model_config["json_schema_extra"]["examples"]`` when it declares one (required options, or
 settings small enough for a tiny model), else with the defaults. An application names the allocator
-that makes its allocation in a class attribute ``conformance_allocator = (name, options)``.
+that makes its allocation in a class attribute ``conformance_allocator = (name, options)``; an
+allocator that needs the run (``allocate_in``) names its application in ``conformance_application``.
 """
 
 from __future__ import annotations
@@ -140,11 +141,28 @@ def _check_allocator(comp: Component, workdir: Path) -> None:
     if not isinstance(alloc, Allocator):
         raise ConformanceError("an allocator has allocate(scores, weights)")
     n = 3  # the tiny model's layers; examples are written for it
-    out = alloc.allocate(_scores(n), [100.0] * n)
+    if callable(getattr(alloc, "allocate_in", None)):
+        out = _allocate_in(comp, alloc, workdir)
+        n = len(out.values) if isinstance(out, Allocation) else n
+    else:
+        out = alloc.allocate(_scores(n), [100.0] * n)
     if not isinstance(out, Allocation) or len(out.values) != n:
         raise ConformanceError(f"allocate() must return an Allocation with one value per layer ({n}); "
                                f"got {out!r}")
     _finite(out.values, "the allocation")
+
+
+def _allocate_in(comp: Component, alloc: Any, workdir: Path) -> Any:
+    """An allocator that needs the run (``allocate_in``), in a run with the application its
+    ``conformance_application = (name, options)`` class attribute names."""
+    spec = getattr(alloc, "conformance_application", None)
+    if spec is None:
+        raise ConformanceError("an allocator with allocate_in states conformance_application = "
+                               "(application name, options), the application of the run it needs")
+    ctx = _ctx(workdir, allocation={"name": comp.name, "options": example_options(comp)},
+               application={"name": spec[0], "options": spec[1]})
+    weights = [float(w) for w in ctx.layer_map.num_params()]
+    return alloc.allocate_in(ctx, ctx.config.tasks[0], _scores(len(weights)), weights)
 
 
 def _check_application(comp: Component, workdir: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -30,6 +31,15 @@ class RunContext:
     show_progress: bool = True
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("layerif"))
     task: TaskSpec | None = None  # the task whose allocation is applied (pipeline.apply_allocation)
+    cache_dir: Path | None = None  # shared caches across runs (a study's shared/); see `cache_root`
+
+    @property
+    def cache_root(self) -> Path:
+        """Where work that other runs can reuse is kept (``select``'s candidate scores and held-out
+        values): the study's ``shared/`` directory in a study cell (set by the study runner), else
+        ``<run>/cache`` (a rerun of the run, or another seed written to the same run directory,
+        reuses it)."""
+        return self.cache_dir if self.cache_dir is not None else self.run_dir.path / "cache"
 
     @property
     def applied_task(self) -> TaskSpec:

@@ -130,7 +130,8 @@ def layer_scores(ctx: RunContext, scores_path: str | Path | None = None) -> dict
 
 def allocate(ctx: RunContext, scores: dict[str, LayerScores]) -> dict[str, Allocation]:
     """Run the configured allocator (``config.allocation``) on each task's scores and write
-    ``allocation.json``.
+    ``allocation.json``. An allocator with an ``allocate_in(ctx, task, scores, weights)`` method
+    (:class:`~layerif_core.protocols.Allocator`) is called through it, with the run.
 
     Args:
         ctx: the run (its layer map gives the parameter count of each layer).
@@ -144,7 +145,10 @@ def allocate(ctx: RunContext, scores: dict[str, LayerScores]) -> dict[str, Alloc
         return {}
     allocator = get_registry().build("allocator", spec.name, spec.options)
     weights = [float(w) for w in allocation_weights(ctx)]
-    out = {task: allocator.allocate(s, weights) for task, s in scores.items()}
+    tasks = {t.name: t for t in ctx.config.tasks}
+    within = getattr(allocator, "allocate_in", None)  # an allocator that needs the run (select)
+    out = {task: within(ctx, tasks[task], s, weights) if callable(within) else allocator.allocate(s, weights)
+           for task, s in scores.items()}
     ctx.run_dir.write_json("allocation.json", {t: a.to_json() for t, a in out.items()})
     return out
 

@@ -69,11 +69,17 @@ class Scorer(Protocol):
 @runtime_checkable
 class Allocator(Protocol):
     """Layer scores to an exact per-layer allocation; the budget (target sparsity, total experts,
-    rank budget) is part of the allocator's options."""
+    rank budget) is part of the allocator's options. An allocator may also define
+    ``allocate_in(ctx, task, scores, weights)`` (see below), which the pipeline calls instead."""
 
     def allocate(self, scores: LayerScores, weights: list[float] | None = None) -> Allocation:
         """Args: scores: one per layer, oriented by ``scores.worseness()`` (larger = worse trained,
         gets more); weights: the layers' parameter counts, for parameter-weighted budgets."""
+
+    # Optional: ``allocate_in(self, ctx, task, scores, weights) -> Allocation``. An allocator that
+    # needs the run itself (its model, application and data: ``select`` prunes and evaluates its
+    # candidates) defines it; ``pipeline.allocate`` (``layerif run``/``prune``, every study cell)
+    # then calls it instead of ``allocate``, with the run context and the TaskSpec being allocated.
 
 
 @runtime_checkable

@@ -430,7 +430,8 @@ def get_registry(app: Any | None = None) -> Registry:
 
 def check_components(config: Any) -> None:
     """Every component the config names exists, accepts its options, and (with ``allow_plugins``)
-    comes from an allowed distribution.
+    comes from an allowed distribution. An options object with a ``check_config(config)`` method is
+    then checked against the whole run (``select`` checks its candidates and held-out data so).
 
     Args:
         config: the validated :class:`~layerif_core.config.RunConfig`; nothing is loaded or computed.
@@ -446,11 +447,16 @@ def check_components(config: Any) -> None:
         if spec is not None:
             named.append((kind, spec.name, spec.options))
     named += [("evaluator", spec.name, spec.options) for spec in config.evaluation]
+    checks = []
     for kind, name, options in named:
         comp = registry.get(kind, name)
         if kind != "scorer" or name != "layerif":
-            comp.options(options)
+            check = getattr(comp.options(options), "check_config", None)
+            if callable(check):
+                checks.append(check)
         if config.allow_plugins is not None and comp.provider not in ("layerif", *config.allow_plugins):
             raise ConfigError(f"{kind} '{name}' comes from the plugin '{comp.provider}', which is not "
                               f"in allow_plugins ({', '.join(config.allow_plugins) or 'empty'}); add "
                               "it or choose another component.")
+    for check in checks:  # options that are checked against the whole run (select's candidates)
+        check(config)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from layerif_core.config import ComponentSpec, LayerSpec, ScorerSpec
 
 
 class UniformSparsityOptions(BaseModel):
@@ -112,3 +114,76 @@ class GivenOptions(BaseModel):
         json_schema_extra={"examples": [{"values": [1, 2, 3]}]})
 
     values: list[int] = Field(..., min_length=1, description="Experts per layer, one integer >= 1 each.")
+
+
+class SelectCandidate(BaseModel):
+    """One arm ``select`` tries: a scorer, an allocator, and optionally the modules it scores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(..., min_length=1, description="Name of the candidate in select.json and in the "
+                       "chosen allocation's `allocator` (select:<label>).")
+    scorer: ScorerSpec = Field(default_factory=ScorerSpec, description="Its layer scorer, as the run "
+                               "config's `scorer:` section (name, options, estimator, aggregator, "
+                               "postprocess).")
+    allocation: ComponentSpec = Field(..., description="Its allocator and options; select's `sparsity` "
+                                      "is set in the options of an allocator that has one.")
+    layers: LayerSpec | None = Field(None, description="Modules it scores (default: the run's "
+                                     "`layers`), e.g. {modules: all} for AlphaPruning.")
+
+
+class HeldoutSpec(BaseModel):
+    """The evaluator ``select`` compares the candidates with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., description="Registered evaluator; it must read its text through a "
+                      "`source` option (perplexity), so that select can check it is held out.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The evaluator's options.")
+
+
+class SelectOptions(BaseModel):
+    """Options of ``select``: the candidates, the held-out evaluator and the metric compared."""
+
+    model_config = ConfigDict(
+        extra="forbid",  # the example: `layerif plugins check` on a tiny model
+        json_schema_extra={"examples": [{
+            "sparsity": 0.5,
+            "candidates": [
+                {"label": "uniform", "scorer": {"name": "uniform"},
+                 "allocation": {"name": "uniform_sparsity"}},
+                {"label": "depth ramp", "scorer": {"name": "depth"},
+                 "allocation": {"name": "alpha_pruning", "options": {"epsilon": 0.2}}}],
+            "heldout": {"name": "perplexity", "options": {
+                "source": "bundled:wikitext2", "split": "validation", "limit": 40, "seqlen": 32,
+                "max_windows": 2, "name": "heldout"}},
+            "metric": "perplexity/heldout"}]})
+
+    sparsity: float | None = Field(None, ge=0.0, lt=1.0, description="Target mean sparsity, set in "
+                                   "every candidate allocator that has a `sparsity` option, so all "
+                                   "candidates spend the same budget (unset: each its own).")
+    candidates: list[SelectCandidate] = Field(..., min_length=1, description="The arms to try.")
+    heldout: HeldoutSpec = Field(..., description="Evaluator of each candidate's result on held-out "
+                                 "data: disjoint from the calibration text and from every "
+                                 "`evaluation:` evaluator's data (see docs/select.md).")
+    metric: str | None = Field(None, description="Metric key of the held-out evaluator to compare, e.g. "
+                               "perplexity/heldout (perplexity names it perplexity/<name>); default: "
+                               "the first metric it returns.")
+    better: Literal["lower", "higher"] = Field("lower", description="Which held-out value wins "
+                                               "(lower for perplexity, higher for an accuracy).")
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_labels(cls, candidates: list[SelectCandidate]) -> list[SelectCandidate]:
+        labels = [c.label for c in candidates]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"candidate labels must be unique; repeated: {dup}; rename them")
+        return candidates
+
+    def check_config(self, config: Any) -> None:
+        """Checks against the whole run (``check_components`` calls it before any model loads):
+        every candidate's components and options, and that the held-out data are held out."""
+        from layerif_core.allocators.select_check import check_select
+
+        check_select(self, config)

@@ -21,6 +21,7 @@ from layerif_core.config import RunConfig
 from layerif_core.cost import Cost, Device, gib, load_device, weights_bytes
 from layerif_core.estimates import Workload, component_cost, dtype_of, finetune_cost, scorer_cost
 from layerif_core.scope import application_layers
+from layerif_core.scoring_keys import scoring_config, scoring_run_key
 from layerif_core.study.cells import Cell, build_cells, select_cells
 from layerif_core.study.config import load_study
 
@@ -170,10 +171,10 @@ def plan_study(path: str | Path, device: str, data: dict[str, Any] | None = None
 
 def scores_key(shared: Any, cfg: RunConfig) -> str:
     """What one scoring run computes: for ``layerif`` the influences, which every arm differing only
-    in its aggregator or post-processing reuses (:meth:`~layerif_core.study.runner.Shared.influence_key`;
+    in its aggregator or post-processing reuses (:func:`~layerif_core.scoring_keys.scoring_run_key`;
     aggregating them again costs arithmetic on L × N numbers); for any other scorer its scores."""
     if cfg.scorer.name == "layerif":
-        return f"influences {shared.influence_key(cfg)}"
+        return f"influences {scoring_run_key(scoring_config(cfg))}"
     return str(shared.scores_path(cfg))
 
 
@@ -192,9 +193,17 @@ def evaluation_cost(work: Workload) -> Cost:
 
 
 def cell_cost(work: Workload) -> Cost:
-    """A cell's own stages: loading the model's weights, the application, the evaluation."""
+    """A cell's own stages: loading the model's weights, an allocator that states a cost (``select``
+    tries candidates), the application, the evaluation."""
+    from layerif_core.registry import get_registry
+
     cfg = work.config
     total = Cost(peak_bytes=work.weights(), fixed_seconds=work.weights() / DISK_BYTES_PER_S)
+    if cfg.allocation is not None:
+        own = getattr(get_registry().build("allocator", cfg.allocation.name, cfg.allocation.options),
+                      "estimate", None)
+        if callable(own):
+            total = total + own(work)
     if cfg.application is not None:
         total = total + component_cost(work, "application", cfg.application.name, cfg.application.options)
     return total + evaluation_cost(work)

@@ -13,6 +13,8 @@ Directory ``<output_dir>/<name>/``:
 - ``shared/adapters/``: the LoRA adapters of arms that score through one (``layers.lora_only``
   without ``model.adapter``: the paper's route fine-tunes first, once per fine-tuning config);
 - ``shared/dense/``: the evaluation of the unmodified model, once;
+- ``shared/select/``: the held-out values of ``select`` candidates (their scores go to
+  ``shared/scores/`` under the keys of :mod:`layerif_core.scoring_keys`, shared with the arms);
 - ``runs/<id>/``: a cell's run directory (removed after the cell unless ``keep_runs``).
 
 Stages of a cell: scores (shared) → allocation → application → evaluation. The application acts on
@@ -22,7 +24,6 @@ the base model (a scoring adapter is not part of it: :mod:`layerif_core.scope`).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import shutil
@@ -35,6 +36,14 @@ from typing import Any
 
 from layerif_core.artifacts import atomic_path, package_versions
 from layerif_core.config import RunConfig
+from layerif_core.scoring_keys import (
+    key,
+    needs_finetune,
+    scores_key,
+    scores_use_seed,
+    scoring_config,
+    scoring_run_key,
+)
 from layerif_core.study.cells import Cell, build_cells, select_cells
 from layerif_core.study.config import StudyConfig, StudyError, load_study
 from layerif_core.study.hardware import check_run, count, device_type, processor
@@ -58,7 +67,7 @@ def read_json(path: Path) -> Any | None:
 
 
 def _key(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return key(data)
 
 
 # --- study directory ---------------------------------------------------------------------------
@@ -125,26 +134,18 @@ class Shared:
     computed: dict[str, int] = field(default_factory=lambda: {"scores": 0, "adapters": 0, "dense": 0})
 
     def _needs_finetune(self, cfg: RunConfig) -> bool:
-        return cfg.layers.lora_only and not cfg.model.adapter
+        return needs_finetune(cfg)
 
     def scoring_config(self, cfg: RunConfig) -> dict[str, Any]:
-        """What the layer scores depend on (the seed only where the scores can depend on it)."""
-        keep = {"model", "layers", "tasks", "scorer", "batch_size", "seed"}
-        if self._needs_finetune(cfg):
-            keep.add("finetune")
-        data = cfg.model_dump(mode="json", include=keep)
-        if not self.scores_use_seed(cfg):
-            data["seed"] = 0
-        return data
+        """What the layer scores depend on (:func:`~layerif_core.scoring_keys.scoring_config`)."""
+        return scoring_config(cfg)
 
     def scores_use_seed(self, cfg: RunConfig) -> bool:
         """Whether the layer scores of ``cfg`` can change with the run's seed, as the scorer declared
         when it registered (:meth:`~layerif_core.registry.Registry.uses_seed`; ``layerif`` asks its
         estimator, the data and the scoring adapter). Scores that cannot are computed once for
         every seed."""
-        from layerif_core.registry import get_registry
-
-        return get_registry().uses_seed("scorer", cfg.scorer, cfg)
+        return scores_use_seed(cfg)
 
     def adapter(self, cfg: RunConfig, stage: Stage) -> RunConfig:
         """The paper's route: LoRA-fine-tune once, then score through the adapter."""
@@ -163,18 +164,9 @@ class Shared:
             self.computed["adapters"] += 1
         return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(out)})})
 
-    def influence_key(self, cfg: RunConfig) -> str:
-        """The name of the run directory ``cfg``'s scores are computed in: the scoring config without
-        the aggregator and the post-processing, so the arms that differ only in those (+VE, TOP-25%,
-        ALL, ``postprocess.bottom``) share the influence matrix and factors cached there."""
-        run_part = copy.deepcopy(self.scoring_config(cfg))
-        run_part["scorer"].pop("aggregator", None)
-        run_part["scorer"].pop("postprocess", None)
-        return _key(run_part)
-
     def scores_path(self, cfg: RunConfig) -> Path:
         """Where the layer scores of ``cfg`` are kept (one file per distinct scoring config)."""
-        return self.directory / "shared" / "scores" / f"{_key(self.scoring_config(cfg))}.json"
+        return self.directory / "shared" / "scores" / f"{scores_key(cfg)}.json"
 
     def scores(self, cfg: RunConfig, stage: Stage) -> tuple[Any, bool]:
         """The :class:`LayerScores` of ``cfg``'s scorer for the task ``apply_to`` names (the only
@@ -189,7 +181,7 @@ class Shared:
             return read_scores(path)[task], True
         stage("scores")
         scored = self.adapter(cfg.model_copy(update={"seed": scoring["seed"]}), stage)
-        run_cfg = scored.model_copy(update={"name": self.influence_key(cfg), "allocation": None,
+        run_cfg = scored.model_copy(update={"name": scoring_run_key(scoring), "allocation": None,
                                             "application": None, "evaluation": [],
                                             "output_dir": str(self.directory / "shared" / "runs"),
                                             "seed": scoring["seed"]})
@@ -255,6 +247,7 @@ def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
     stage("loading the model")
     model, tokenizer = shared.models.get(app_cfg.model)
     ctx = open_run(app_cfg, show_progress=False, model=model, tokenizer=tokenizer)
+    ctx.cache_dir = shared.directory / "shared"  # what select reuses across cells (scores, held-out values)
     task = cfg.application_task("layerif study")
     allocation = None
     if cfg.allocation is not None:

@@ -27,6 +27,9 @@ class PerplexityOptions(BaseModel):
     config_name: str | None = Field(None, description="Hub dataset configuration, e.g. "
                                     "'wikitext-2-raw-v1'.")
     text: str = Field("{text}", description="Template of one record's text, fields in braces.")
+    skip: int = Field(0, ge=0, description="Leave out the first `skip` records of a dataset or lines "
+                      "of a bundled corpus (before `limit`), e.g. to keep held-out text apart from "
+                      "calibration text (ignored for a .txt file).")
     limit: int | None = Field(None, ge=1, description="Use only the first `limit` records of a dataset.")
     seqlen: int | None = Field(
         None, ge=2, description="Window length in tokens; default min(model context, 2048). The "
@@ -104,3 +107,11 @@ class PaperTaskOptions(BaseModel):
     max_new_tokens: int = Field(128, ge=1, description="Tokens generated per prompt (the authors' 128).")
     batch_size: int | None = Field(None, ge=1, description="Prompts per generate call (left-padded); "
                                    "default the run's batch_size.")
+
+
+def perplexity_uses_seed(options: PerplexityOptions) -> bool:
+    """Whether the perplexity can change with the run's seed: only over a bundled task, whose
+    records are generated from the seed (a text, a file or a hub dataset reads as it is)."""
+    from layerif_core.data import is_generated_task
+
+    return is_generated_task(options.source)

@@ -63,12 +63,12 @@ def plan_windows(n_tokens: int, seqlen: int, stride: int, drop_last: bool) -> li
 
 
 def read_text(opts: PerplexityOptions, seed: int = 0) -> str:
-    """The whole text: a ``.txt`` file or a bundled corpus as it is (its first ``limit`` lines with a
-    limit), or a dataset's records joined with ``"\\n\\n"``."""
+    """The whole text: a ``.txt`` file as it is, a bundled corpus's lines (``limit`` lines after the
+    first ``skip``), or a dataset's records (the same selection) joined with ``"\\n\\n"``."""
     from layerif_core.data import bundled_text, load_records
 
     path = Path(opts.source).expanduser()
-    corpus = bundled_text(DataSpec(source=opts.source, split=opts.split, limit=opts.limit))
+    corpus = bundled_text(DataSpec(source=opts.source, split=opts.split, skip=opts.skip, limit=opts.limit))
     if corpus is not None:  # a bundled corpus (bundled:wikitext2) reads as its file does
         text = corpus
     elif path.suffix == ".txt":
@@ -77,7 +77,7 @@ def read_text(opts: PerplexityOptions, seed: int = 0) -> str:
         text = path.read_text(encoding="utf-8")
     else:
         spec = DataSpec(source=opts.source, split=opts.split, config_name=opts.config_name,
-                        limit=opts.limit)
+                        skip=opts.skip, limit=opts.limit)
         records = load_records(spec, seed)
         try:
             text = "\n\n".join(opts.text.format(**r) for r in records)

@@ -10,6 +10,7 @@ from layerif_core.hookspecs import hookimpl
 def layerif_register_evaluators(register) -> None:
     register("perplexity", "layerif_eval.perplexity:Perplexity",
              options="layerif_eval.options:PerplexityOptions",
+             seeded="layerif_eval.options:perplexity_uses_seed",
              help="Token-level perplexity over a text file or dataset split (sliding windows).")
     register("lm_eval", "layerif_eval.harness:LmEval", options="layerif_eval.options:LmEvalOptions",
              help="lm-evaluation-harness tasks on the in-memory model (HFLM), local tasks offline.")

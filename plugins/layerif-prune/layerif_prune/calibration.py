@@ -26,7 +26,7 @@ def calibration_tokens(spec: CalibrationSpec, tokenizer: Any, task: TaskSpec | N
         split = tokenize_split(task.train, tokenizer, seed, f"{task.name}/train")
         return torch.tensor([t for ids in split.input_ids for t in ids]), f"task '{task.name}' train"
     path = Path(spec.source).expanduser()
-    corpus = bundled_text(DataSpec(source=spec.source, split=spec.split, limit=spec.limit))
+    corpus = bundled_text(DataSpec(source=spec.source, split=spec.split, skip=spec.skip, limit=spec.limit))
     if corpus is not None:  # a bundled corpus (bundled:wikitext2) reads as its file does
         text = corpus
     elif path.suffix == ".txt":
@@ -36,7 +36,7 @@ def calibration_tokens(spec: CalibrationSpec, tokenizer: Any, task: TaskSpec | N
     else:
         records = load_records(DataSpec(source=spec.source, split=spec.split,
                                         config_name=spec.config_name, data_files=spec.data_files,
-                                        limit=spec.limit), seed)
+                                        skip=spec.skip, limit=spec.limit), seed)
         template = spec.text
         if spec.source.startswith("bundled:") and template == "{text}":
             template = BUNDLED_PROMPT + BUNDLED_COMPLETION

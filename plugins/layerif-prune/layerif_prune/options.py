@@ -28,6 +28,8 @@ class CalibrationSpec(BaseModel):
         "of 'allenai/c4' (the first C4 shard the pruning papers calibrate on).")
     text: str = Field("{text}", description="Template of one record's text, fields in braces "
                       "(bundled tasks default to their question and answer).")
+    skip: int = Field(0, ge=0, description="Leave out the first `skip` records (lines of a bundled "
+                      "corpus) before `limit` (ignored for a .txt file).")
     limit: int | None = Field(None, ge=1, description="Use only the first `limit` records.")
     samples: int = Field(128, ge=1, description="Number of calibration windows.")
     seqlen: int = Field(2048, ge=2, description="Tokens per window (at most the model's context).")
@@ -81,3 +83,9 @@ class PruneOptions(BaseModel):
             return None
         n, m = self.pattern.split(":")
         return int(n), int(m)
+
+
+def uses_seed(options: PruneOptions) -> bool:
+    """Whether the pruned model can change with the run's seed: Wanda and SparseGPT draw their
+    calibration windows at seeded offsets; magnitude pruning reads no data."""
+    return options.pruner != "magnitude"

@@ -8,6 +8,7 @@ from layerif_core.hookspecs import hookimpl
 @hookimpl
 def layerif_register_applications(register) -> None:
     register("prune", "layerif_prune.application:Prune", options="layerif_prune.options:PruneOptions",
+             seeded="layerif_prune.options:uses_seed",
              help="Prune with magnitude, Wanda or SparseGPT to a layer-wise sparsity allocation.")
 
 

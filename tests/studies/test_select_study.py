@@ -1,0 +1,55 @@
+"""A study with a ``select`` arm on the tiny study: it runs from the study file, its cells apply the
+chosen candidate, it reuses the scores of the study's other arms, and ``--plan`` prices it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from study_helpers import tiny_dir, tiny_study, write_study  # noqa: F401 (tiny_dir: fixture)
+
+from layerif_core.study.plan import plan_study
+from layerif_core.study.runner import run_study
+
+pytestmark = pytest.mark.slow
+
+HELDOUT = {"name": "perplexity", "options": {
+    "source": "bundled:capitals", "split": "validation", "text": "{question} {answer}", "limit": 40,
+    "seqlen": 32, "max_windows": 4, "name": "heldout"}}
+SELECT_ARM = {"label": "select", "overrides": {
+    "scorer.name": "uniform", "allocation.name": "select",
+    "allocation.options": {"metric": "perplexity/heldout", "heldout": HELDOUT, "candidates": [
+        {"label": "uniform", "scorer": {"name": "uniform"}, "allocation": {"name": "uniform_sparsity"}},
+        {"label": "depth ramp", "scorer": {"name": "depth"},
+         "allocation": {"name": "alpha_pruning", "options": {"epsilon": 0.5}}}]}}}
+
+
+def study(tiny_dir, tmp_path):  # noqa: F811
+    data = tiny_study(tiny_dir, tmp_path / "out", seeds=[0], grid={"allocation.options.sparsity": [0.4]})
+    data["arms"] = [data["arms"][0], SELECT_ARM]
+    return write_study(tmp_path / "tiny.yaml", data)
+
+
+def test_a_study_with_a_select_arm_runs_and_shares_scores_with_the_other_arms(tiny_dir, tmp_path):  # noqa: F811
+    outcome = run_study(study(tiny_dir, tmp_path), show_progress=False)
+    assert outcome.failed == [] and len(outcome.ran) == 2
+    records = {r["arm"]: r for r in (json.loads(p.read_text())
+                                     for p in (outcome.directory / "cells").glob("*.json"))}
+    chosen = records["select"]["allocation"]["allocator"]
+    assert chosen in ("select:uniform", "select:depth ramp")
+    held = [json.loads(p.read_text()) for p in (outcome.directory / "shared" / "select").glob("*.json")]
+    assert sorted(h["label"] for h in held) == ["depth ramp", "uniform"]
+    best = min(held, key=lambda h: h["value"])
+    assert chosen == f"select:{best['label']}"
+    assert records["select"]["allocation"]["values"] == best["allocation"]["values"]
+    # the grid's sparsity reached every candidate
+    assert all(h["allocator_options"]["sparsity"] == 0.4 for h in held)
+    # the uniform candidate's scores are the uniform arm's (shared/scores, one scoring config)
+    assert next(h for h in held if h["label"] == "uniform")["reused"]["scores"] is True
+
+
+def test_the_plan_prices_the_select_arm_above_the_uniform_arm(tiny_dir, tmp_path):  # noqa: F811
+    plan = plan_study(study(tiny_dir, tmp_path), "cpu")
+    cells = {s.label.split(":")[0]: s for s in plan.stages if s.kind == "cell"}
+    # two candidates: two more prunes and two held-out evaluations than the uniform cell
+    assert cells["select"].cost.total_flops > 2 * cells["uniform"].cost.total_flops
