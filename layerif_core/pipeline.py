@@ -17,10 +17,9 @@ from typing import Any
 import torch
 
 from layerif_core import logs
-from layerif_core.allocators.preprocess import postprocess
 from layerif_core.apply import ApplyResult, apply_allocation  # noqa: F401 (the Python API)
 from layerif_core.artifacts import RunDir, read_scores, scores_input
-from layerif_core.config import RunConfig, TaskSpec
+from layerif_core.config import RunConfig
 from layerif_core.context import RunContext
 from layerif_core.distributed import init_from_env, shard_model
 from layerif_core.errors import DataError
@@ -30,6 +29,7 @@ from layerif_core.plotting import plot_scores
 from layerif_core.registry import check_components, get_registry
 from layerif_core.results import Allocation, LayerScores
 from layerif_core.scope import application_layers
+from layerif_core.scoring import score_task as score_task  # re-exported: the Python API
 from layerif_core.splits import load_task_splits as load_task_splits  # re-exported: the Python API
 
 log = logging.getLogger("layerif")
@@ -71,26 +71,6 @@ def open_run(config: RunConfig, force: bool = False, show_progress: bool = True,
         plugins=get_registry().versions(),
     )
     return RunContext(config, model, tokenizer, layer_map, run_dir, fp, show_progress)
-
-
-def score_task(ctx: RunContext, task: TaskSpec) -> LayerScores:
-    """Layer scores of one task with the configured scorer (``config.scorer``), post-processed as
-    ``scorer.postprocess`` says.
-
-    Args:
-        ctx: the run.
-        task: the task to score.
-    """
-    spec = ctx.config.scorer
-    scorer = get_registry().build("scorer", spec.name, spec.options)
-    start = time.perf_counter()
-    scores = scorer.score(ctx, task)
-    if scores.values.shape != (len(ctx.layer_map),):
-        raise DataError(f"scorer '{spec.name}' returned {tuple(scores.values.shape)} scores for "
-                        f"{len(ctx.layer_map)} layers; fix the scorer plugin.")
-    ctx.run_dir.manifest.setdefault("timings", {})[f"score:{task.name}"] = round(
-        time.perf_counter() - start, 3)
-    return postprocess(scores, spec.postprocess)
 
 
 def compute_layer_scores(ctx: RunContext) -> dict[str, LayerScores]:

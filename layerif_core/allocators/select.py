@@ -199,7 +199,7 @@ def candidate_scores(ctx: Any, cfg: RunConfig, task: TaskSpec) -> tuple[LayerSco
     the scorer does not use it), else computed on the run's model and written there."""
     from layerif_core.artifacts import RunDir, read_scores
     from layerif_core.layers import LayerMap
-    from layerif_core.pipeline import score_task
+    from layerif_core.scoring import score_task
 
     scoring = scoring_config(cfg)
     path = ctx.cache_root / "scores" / f"{scores_key(cfg)}.json"
