@@ -180,6 +180,26 @@ def htsr_cost(work: Workload, options: Any) -> Cost:
     return Cost(flops_fp32=gram, eigh=eig, peak_bytes=work.weights() + 3 * largest * 4)
 
 
+def lsa_cost(work: Workload, options: Any) -> Cost:
+    """LSA: the calibration forward (once per group of blocks whose input Gram matrices fit its
+    budget), the Grams ``2 T d_in²`` and the greedy choice ``2 d_out d_in (fraction · block + d_in)``
+    per module, in float64 (counted as twice the float32 work)."""
+    from layerif_core.scorers.lsa import GRAM_BYTES
+
+    base = calibration_cost(work, options, "train")
+    spec = options.data or work.config.tasks[0].train
+    n, seq, _ = split_size(spec, work.config.seed)
+    tokens = min(n, options.limit or n) * seq
+    modules = work.layer_map.modules()
+    grams = sum(8 * tm.d_in**2 for tm in modules)
+    passes = max(1, -(-grams // GRAM_BYTES))
+    width = options.block_size or max(tm.d_in for tm in modules)
+    work64 = sum(2.0 * tm.d_in**2 * tokens + 2.0 * tm.d_out * tm.d_in * (options.fraction * width + tm.d_in)
+                 for tm in modules)
+    return Cost({k: v * passes for k, v in base.flops.items()}, flops_fp32=2 * work64,
+                peak_bytes=base.peak_bytes + min(grams, GRAM_BYTES), note=base.note)
+
+
 def _zero(work: Workload, options: Any) -> Cost:
     return Cost(peak_bytes=work.weights())
 
@@ -188,6 +208,9 @@ SCORERS: dict[str, Callable[[Workload, Any], Cost]] = {
     "uniform": _zero, "depth": _zero, "random": _zero,
     "htsr_alpha": htsr_cost,
     "owl_outlier": lambda w, o: calibration_cost(w, o, "train"),
+    "dlp": lambda w, o: calibration_cost(w, o, "train"),
+    "lsa": lsa_cost,
+    "alp": lambda w, o: calibration_cost(w, o, "train", backward=True),
     "block_influence": lambda w, o: calibration_cost(w, o, "train"),
     "gradient_norm": lambda w, o: calibration_cost(w, o, "validation", backward=True),
 }

@@ -65,6 +65,11 @@ class Select:
         raise ConfigError("select prunes and evaluates each candidate, so it needs a run: use it as "
                           "the allocation of `layerif run`, `layerif prune` or `layerif study`.")
 
+    def scoring_configs(self, config: RunConfig) -> list[RunConfig]:
+        """The run configs whose layer scores this allocator reads (``layerif study --plan`` plans
+        them as shared score stages)."""
+        return candidate_configs(self.opts, config)
+
     def estimate(self, work: Any) -> Any:
         """Its cost for ``layerif study --plan``: every candidate's scores, application and held-out
         evaluation (:func:`estimate`)."""
@@ -272,19 +277,15 @@ def write_choice(ctx: Any, task: str, record: dict[str, Any]) -> None:
 
 
 def estimate(opts: SelectOptions, work: Any) -> Any:
-    """Σ over candidates of (its scores + one application + one held-out evaluation): the candidates'
-    scores are counted once per distinct scoring config."""
+    """Σ over candidates of one application and one held-out evaluation, on a copy of the model
+    beside the base model. The candidates' scores are stages of their own, shared like any arm's
+    (:meth:`Select.scoring_configs`)."""
     from layerif_core.cost import Cost
-    from layerif_core.estimates import Workload, component_cost, scorer_cost
+    from layerif_core.estimates import Workload, component_cost
 
     total = Cost(peak_bytes=2 * work.weights())  # the base model and one candidate's copy
-    seen: set[str] = set()
-    for candidate in opts.candidates:
-        cfg = candidate_config(work.config, candidate, opts.sparsity)
+    for cfg in candidate_configs(opts, work.config):
         cand = Workload(cfg, work.model, work.dtype)
-        if (k := scores_key(cfg)) not in seen:
-            seen.add(k)
-            total = total + scorer_cost(cand)
         parts = [component_cost(cand, "evaluator", opts.heldout.name, opts.heldout.options)]
         if cfg.application is not None:
             parts.insert(0, component_cost(cand, "application", cfg.application.name,
@@ -292,3 +293,8 @@ def estimate(opts: SelectOptions, work: Any) -> Any:
         for part in parts:  # on the copy of the model, beside the base model
             total = total + dataclasses.replace(part, peak_bytes=part.peak_bytes + work.weights())
     return total
+
+
+def candidate_configs(opts: SelectOptions, config: RunConfig) -> list[RunConfig]:
+    """Each candidate's run config: the run's, with the candidate's scorer, layers and allocator."""
+    return [candidate_config(config, candidate, opts.sparsity) for candidate in opts.candidates]

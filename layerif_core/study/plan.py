@@ -161,8 +161,9 @@ def plan_study(path: str | Path, device: str, data: dict[str, Any] | None = None
         if cfg.layers.lora_only and not cfg.model.adapter:
             stage("adapter", repr(cfg.finetune.model_dump()), "LoRA fine-tuning for scoring", cell,
                   lambda w=work: finetune_cost(w), dtype)
-        stage("scores", scores_key(shared, cfg), scorer_label(cfg), cell, lambda w=work: scorer_cost(w),
-              dtype)
+        for scored in [cfg, *allocator_scoring(cfg)]:
+            stage("scores", scores_key(shared, scored), scorer_label(scored), cell,
+                  lambda w=Workload(scored, model, dtype): scorer_cost(w), dtype)
         app = Workload(cfg.model_copy(update={"layers": application_layers(cfg.layers)}), model, dtype)
         stage("cell", cell.id, cell.arm, cell, lambda w=app: cell_cost(w), dtype)
     merge_rows(plan)
@@ -176,6 +177,17 @@ def scores_key(shared: Any, cfg: RunConfig) -> str:
     if cfg.scorer.name == "layerif":
         return f"influences {scoring_run_key(scoring_config(cfg))}"
     return str(shared.scores_path(cfg))
+
+
+def allocator_scoring(cfg: RunConfig) -> list[RunConfig]:
+    """The configs whose scores the allocator reads besides the run's (``select``'s candidates)."""
+    from layerif_core.registry import get_registry
+
+    if cfg.allocation is None:
+        return []
+    allocator = get_registry().build("allocator", cfg.allocation.name, cfg.allocation.options)
+    found = getattr(allocator, "scoring_configs", None)
+    return found(cfg) if callable(found) else []
 
 
 def scorer_label(cfg: RunConfig) -> str:

@@ -28,8 +28,8 @@ def test_every_cell_of_every_preset_validates(name):
 def test_the_pruning_study_compares_every_rule_under_wanda():
     study, cells = cells_of("pruning.yaml")
     assert [a.label for a in study.arms] == [
-        "uniform", "depth ramp", "ATP (beta 0.01)", "AlphaPruning", "OWL", "DLP", "LSA", "ALP",
-        "LayerIF +VE", "LayerIF +VE (EK-FAC)", "LayerIF +VE (arithmetic task)",
+        "uniform", "depth ramp", "ATP (beta 0.01)", "ATP (tuned)", "select", "AlphaPruning", "OWL",
+        "DLP", "LSA", "ALP", "LayerIF +VE", "LayerIF +VE (EK-FAC)", "LayerIF +VE (arithmetic task)",
         "LayerIF +VE, layer 0 at the bottom"]
     assert study.control.label == "uniform" and len(study.seeds) >= 5
     assert sorted({c.config.allocation.options["sparsity"] for c in cells}) == [0.5, 0.6, 0.7]
@@ -124,3 +124,31 @@ def test_the_lora_ranks_study_has_the_layerif_arm_a_depth_ramp_and_enough_seeds(
     assert {cfg.allocation.name for cfg in by_arm.values()} == {"lora_ranks"}
     evaluation = by_arm["depth ramp"].evaluation[0]
     assert (evaluation.name, evaluation.options["tasks"]) == ("lm_eval", ["layerif_arithmetic"])
+
+
+def test_select_chooses_among_the_single_rules_with_the_arms_own_scores():
+    """select's candidates are the study's single-rule arms (all but the arithmetic-task one, which
+    scores another task): each candidate's scores are its arm's (one score file for both), and the
+    held-out text comes after the calibration lines."""
+    from layerif_core.allocators.options import SelectOptions
+    from layerif_core.allocators.select import candidate_configs
+    from layerif_core.scoring_keys import scores_key
+
+    for name, wanted in (("pruning.yaml", 10), ("pruning_sparsegpt.yaml", 10)):
+        study, cells = cells_of(name)
+        point = cells[0].point
+        at = {c.arm: c.config for c in cells if c.point == point and c.seed == 0}
+        opts = SelectOptions(**at["select"].allocation.options)
+        candidates = dict(zip((c.label for c in opts.candidates),
+                              candidate_configs(opts, at["select"]), strict=True))
+        assert len(candidates) == wanted
+        shared = [label for label in candidates if label in at]
+        assert shared, name
+        for label in shared:
+            assert scores_key(candidates[label]) == scores_key(at[label]), (name, label)
+        calibration = at["select"].application.options["calibration"]
+        assert opts.heldout.options["skip"] >= calibration["limit"]
+        tuned = SelectOptions(**at["ATP (tuned)"].allocation.options)
+        betas = [c.allocation.options["beta"] for c in tuned.candidates]
+        assert betas == [round(0.002 * k, 3) for k in range(1, 11)]  # the authors' grid to 70%'s bound
+
