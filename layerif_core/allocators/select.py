@@ -71,8 +71,8 @@ class Select:
         return candidate_configs(self.opts, config)
 
     def estimate(self, work: Any) -> Any:
-        """Its cost for ``layerif study --plan``: every candidate's scores, application and held-out
-        evaluation (:func:`estimate`)."""
+        """Its cost for ``layerif study --plan``: every candidate's application and held-out
+        evaluation (:func:`estimate`; their scores are planned as shared stages)."""
         return estimate(self.opts, work)
 
     def allocate_in(self, ctx: Any, task: TaskSpec, scores: LayerScores, weights: list[float] | None
