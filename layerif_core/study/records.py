@@ -70,11 +70,12 @@ class CellAllocation:
     kind: str
     values: list[float]
     allocator: str = ""
+    select: dict[str, Any] | None = None  # a `select` allocation: the chosen candidate, every value
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CellAllocation:
         return cls(str(data.get("kind", "")), [float(v) for v in data.get("values") or []],
-                   str(data.get("allocator", "")))
+                   str(data.get("allocator", "")), data.get("select"))
 
 
 @dataclass
@@ -145,6 +146,8 @@ class CellRecord:
         if self.allocation is not None:
             out["allocation"] = {"kind": self.allocation.kind, "allocator": self.allocation.allocator,
                                  "values": self.allocation.values}
+            if self.allocation.select is not None:
+                out["allocation"]["select"] = self.allocation.select
         if self.curves is not None:
             out["curves"] = self.curves
         if self.ok or self.metrics:

@@ -167,12 +167,32 @@ def markdown(data: StudyData, summary: dict[str, Any]) -> str:
             pw = t["power"]
             lines += ["Power of the paired comparison:", ""] + md_table(pw["header"], pw["rows"])
             lines += ["", pw["explain"], ""] + [f"{n}  " for n in pw["notes"]] + ([""] if pw["notes"] else [])
+    lines += select_choices(data)
     if data.failed:
         lines += ["## Failed cells", ""]
         lines += [f"- `{c.id}`: {c.error.type}: {c.error.first_line}" if c.error else
                   f"- `{c.id}`: no error recorded" for c in data.failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def select_choices(data: StudyData) -> list[str]:
+    """For each arm that allocates with ``select``: per grid point, how often each candidate was
+    chosen over the seeds."""
+    chosen: dict[tuple[str, str], dict[str, int]] = {}
+    for cell in data.ok:
+        choice = cell.allocation.select if cell.allocation is not None else None
+        if choice:
+            counts = chosen.setdefault((cell.arm, point_label(cell.grid, data.axes)), {})
+            counts[choice["chosen"]] = counts.get(choice["chosen"], 0) + 1
+    if not chosen:
+        return []
+    rows = [[arm, point or "–", ", ".join(f"{label} ×{n}" for label, n in
+                                        sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))]
+            for (arm, point), counts in chosen.items()]
+    return (["## What select chose", "", "The candidate each `select` arm applied, counted over the "
+             "seeds (every candidate's held-out value: `cells/<id>.json`, allocation.select).", ""]
+            + md_table(["arm", "grid point", "chosen (seeds)"], rows) + [""])
 
 
 def write_csv(data: StudyData, path: Path, metrics: list[str]) -> None:

@@ -255,6 +255,8 @@ def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
         allocation = allocate(ctx, {task: scores})[task]
         record["allocation"] = {"kind": allocation.kind, "allocator": allocation.allocator,
                                 "values": [float(v) for v in allocation.values]}
+        if "select" in allocation.details:  # which candidate won, and every candidate's held-out value
+            record["allocation"]["select"] = allocation.details["select"]
     if cfg.application is not None and allocation is None:
         raise StudyError(f"{cell.describe()}: an application needs an `allocation:` section.")
     applied = apply_allocation(ctx, task, allocation, model, tokenizer, stage=stage)

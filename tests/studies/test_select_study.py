@@ -46,6 +46,15 @@ def test_a_study_with_a_select_arm_runs_and_shares_scores_with_the_other_arms(ti
     assert all(h["allocator_options"]["sparsity"] == 0.4 for h in held)
     # the uniform candidate's scores are the uniform arm's (shared/scores, one scoring config)
     assert next(h for h in held if h["label"] == "uniform")["reused"]["scores"] is True
+    # the cell records the choice and every candidate's held-out value; the summary counts choices
+    choice = records["select"]["allocation"]["select"]
+    assert choice["chosen"] == best["label"]
+    assert choice["values"] == {h["label"]: h["value"] for h in held}
+    from layerif_core.study.report import build_report
+
+    summary = build_report(outcome.directory)["summary.md"].read_text()
+    assert "## What select chose" in summary
+    assert f"| select | sparsity=0.4 | {best['label']} ×1 |" in summary
 
 
 def test_the_plan_prices_the_select_arm_above_the_uniform_arm(tiny_dir, tmp_path):  # noqa: F811
