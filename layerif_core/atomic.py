@@ -55,6 +55,19 @@ def as_os_error(exc: Exception) -> OSError | None:
 
 
 @contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """Turn an I/O failure inside the block (an OSError, or safetensors' own error for one) into the
+    one-line :func:`disk_error` for ``path``; any other exception passes unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        os_error = as_os_error(exc)
+        if os_error is None:
+            raise
+        raise disk_error(path, os_error) from None
+
+
+@contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success (the temporary
     file is removed on any failure, so nothing half-written is ever left under the final name)."""
@@ -66,13 +79,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise disk_error(path, exc) from None
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except Exception as exc:
-        os_error = as_os_error(exc)
-        if os_error is None:
-            raise
-        raise disk_error(path, os_error) from None
+        with disk_errors(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -101,13 +110,9 @@ def atomic_dir(path: Path, existing: Existing = "replace") -> Iterator[Path]:
     except OSError as exc:
         raise disk_error(path, exc) from None
     try:
-        yield tmp
-        _move_into_place(tmp, path, existing)
-    except Exception as exc:
-        os_error = as_os_error(exc)
-        if os_error is None:
-            raise
-        raise disk_error(path, os_error) from None
+        with disk_errors(path):
+            yield tmp
+            _move_into_place(tmp, path, existing)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -52,9 +52,9 @@ class Workload:
 
     @property
     def task(self) -> TaskSpec:
-        """The task the application acts for (``apply_to``; the first otherwise)."""
-        name = self.config.apply_to if self.config.apply_to not in (None, "each") else None
-        return next((t for t in self.config.tasks if t.name == name), self.config.tasks[0])
+        """The task the application acts for (``apply_to``; the first with ``each`` or one task)."""
+        name = self.config.application_tasks()[0]
+        return next(t for t in self.config.tasks if t.name == name)
 
     def weights(self) -> float:
         return float(weights_bytes(self.model, self.dtype))

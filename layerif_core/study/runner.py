@@ -66,10 +66,6 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def _key(data: Any) -> str:
-    return key(data)
-
-
 # --- study directory ---------------------------------------------------------------------------
 
 def open_study_dir(study: StudyConfig, base: dict[str, Any], directory: Path, force: bool) -> None:
@@ -133,13 +129,6 @@ class Shared:
     models: ModelCache = field(default_factory=ModelCache)
     computed: dict[str, int] = field(default_factory=lambda: {"scores": 0, "adapters": 0, "dense": 0})
 
-    def _needs_finetune(self, cfg: RunConfig) -> bool:
-        return needs_finetune(cfg)
-
-    def scoring_config(self, cfg: RunConfig) -> dict[str, Any]:
-        """What the layer scores depend on (:func:`~layerif_core.scoring_keys.scoring_config`)."""
-        return scoring_config(cfg)
-
     def scores_use_seed(self, cfg: RunConfig) -> bool:
         """Whether the layer scores of ``cfg`` can change with the run's seed, as the scorer declared
         when it registered (:meth:`~layerif_core.registry.Registry.uses_seed`; ``layerif`` asks its
@@ -149,12 +138,12 @@ class Shared:
 
     def adapter(self, cfg: RunConfig, stage: Stage) -> RunConfig:
         """The paper's route: LoRA-fine-tune once, then score through the adapter."""
-        if not self._needs_finetune(cfg):
+        if not needs_finetune(cfg):
             return cfg
         from layerif_core.finetune import finetune
 
-        key = _key([cfg.model_dump(mode="json", include={"model", "finetune", "tasks", "seed"})])
-        out = self.directory / "shared" / "adapters" / key
+        name = key([cfg.model_dump(mode="json", include={"model", "finetune", "tasks", "seed"})])
+        out = self.directory / "shared" / "adapters" / name
         cfg = cfg.model_copy(deep=True)
         cfg.finetune.output = str(out)
         stage("fine-tuning the scoring adapter")
@@ -174,7 +163,7 @@ class Shared:
         from layerif_core.artifacts import read_scores
         from layerif_core.pipeline import compute_layer_scores, open_run
 
-        scoring = self.scoring_config(cfg)
+        scoring = scoring_config(cfg)
         path = self.scores_path(cfg)
         task = cfg.application_task("layerif study")
         if path.is_file():
@@ -203,14 +192,14 @@ class Shared:
 
         what = cfg.model_dump(mode="json", include={"model", "evaluation", "tasks"})
         what["model"]["adapter"] = None
-        key = _key(what)
-        path = self.directory / "shared" / "dense" / f"{key}.json"
+        name = key(what)
+        path = self.directory / "shared" / "dense" / f"{name}.json"
         found = read_json(path)
         if found is not None:
             return found
         stage("dense evaluation")
         dense_cfg = cfg.model_copy(update={
-            "name": key, "output_dir": str(self.directory / "shared" / "dense"), "allocation": None,
+            "name": name, "output_dir": str(self.directory / "shared" / "dense"), "allocation": None,
             "application": None, "layers": application_layers(cfg.layers),
             "model": cfg.model.model_copy(update={"adapter": None})})
         model, tokenizer = self.models.get(dense_cfg.model)
