@@ -56,7 +56,10 @@ def test_application_saves_a_loadable_model_and_measures_sparsity_on_it(tmp_path
             assert torch.equal(masks[tm.name], w == 0)
             assert report["achieved_per_module"][tm.name] == pytest.approx(
                 float((w == 0).float().mean()), abs=1e-9)
-    # the worse a layer's score, the more it was pruned (Wanda prunes ⌊s·d_in⌋ per row)
+    # every allocation prunes the same number of weights: the target, to the weight per matrix
+    numel = sum(tm.module.weight.numel() for tm in LayerMap(loaded).modules())
+    assert abs(report["achieved_overall"] - 0.5) <= 0.5 * len(masks) / numel
+    # the worse a layer's score, the more it was pruned
     order = sorted(range(3), key=lambda i: allocation.values[i])
     achieved = [report["achieved_per_layer"][i] for i in order]
     assert achieved == sorted(achieved)

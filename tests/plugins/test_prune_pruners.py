@@ -23,8 +23,9 @@ def windows(n: int = 6, t: int = 24, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, 60, (n, t), generator=g)
 
 
-def run(model, pruner: str, sparsities=SPARSITIES, pattern: str = "unstructured", ids=None):
-    opts = PruneOptions(pruner=pruner, pattern=pattern, batch_size=4, blocksize=8)
+def run(model, pruner: str, sparsities=SPARSITIES, pattern: str = "unstructured", ids=None,
+        rounding: str = "exact"):
+    opts = PruneOptions(pruner=pruner, pattern=pattern, batch_size=4, blocksize=8, rounding=rounding)
     lm = LayerMap(model)
     return lm, prune_blocks(model, lm, sparsities, opts, windows() if ids is None else ids)
 
@@ -40,11 +41,26 @@ def module_inputs(model, module, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat(seen).double()
 
 
+def row_counts(metric: torch.Tensor, sparsity: float, rounding: str) -> list[int]:
+    """How many weights of each row Wanda prunes. floor: ⌊s·d_in⌋ each (the reference code). exact:
+    round(s·d_out·d_in) in all, k = that // d_out in every row and one more in the rows whose
+    (k+1)-th smallest score is the lowest, lower row first among equal ones."""
+    d_out, d_in = metric.shape
+    if rounding == "floor":
+        return [int(d_in * sparsity)] * d_out
+    total = round(sparsity * d_out * d_in)
+    k = total // d_out
+    following = [sorted(metric[r].tolist())[k] if k < d_in else 0.0 for r in range(d_out)]
+    more = sorted(range(d_out), key=lambda r: (following[r], r))[:total - k * d_out]
+    return [k + (r in more) for r in range(d_out)]
+
+
+@pytest.mark.parametrize("rounding", ["exact", "floor"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_wanda_masks_equal_the_definition_through_pruned_blocks(arch):
+def test_wanda_masks_equal_the_definition_through_pruned_blocks(arch, rounding):
     original = tiny_model(arch)
     pruned = copy.deepcopy(original)
-    lm, masks = run(pruned, "wanda")
+    lm, masks = run(pruned, "wanda", rounding=rounding)
     reference = copy.deepcopy(original)
     ref_map = LayerMap(reference)
     ids = windows()
@@ -53,12 +69,16 @@ def test_wanda_masks_equal_the_definition_through_pruned_blocks(arch):
             x = module_inputs(reference, tm.module, ids)  # through the blocks pruned so far
             w = tm.weight_matrix(tm.module.weight.data).double()
             metric = w.abs() * x.norm(dim=0)[None, :]
-            k = int(tm.d_in * SPARSITIES[layer])
+            counts = row_counts(metric, SPARSITIES[layer], rounding)
             expected = torch.zeros_like(metric, dtype=torch.bool)
             order = metric.argsort(dim=1)
             for row in range(metric.shape[0]):
-                expected[row, order[row, :k]] = True
+                expected[row, order[row, :counts[row]]] = True
             assert torch.equal(masks[tm.name], expected), tm.name
+            if rounding == "exact":  # the matrix's target, to the weight
+                assert int(masks[tm.name].sum()) == round(SPARSITIES[layer] * metric.numel())
+            else:
+                assert len(set(counts)) == 1 and counts[0] < SPARSITIES[layer] * tm.d_in + 1
         for tm in modules:  # prune this block of the reference before computing the next inputs
             tm.weight_matrix(tm.module.weight.data).masked_fill_(masks[tm.name], 0)
     for tm, ref in zip(lm.modules(), ref_map.modules(), strict=True):

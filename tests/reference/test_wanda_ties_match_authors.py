@@ -3,7 +3,9 @@
 The reference (locuslab/wanda ``lib/prune.py``, ``prune_wanda``, unstructured branch) restated plainly:
 ``W_metric = |W| · sqrt(scaler_row)``, ``sort_res = torch.sort(W_metric, dim=-1, stable=True)``, and the
 first ``int(d_in · sparsity)`` indices of each row are pruned: among equal scores the lower column index
-goes first. layerif's ``wanda_mask`` must give the same mask.
+goes first. layerif's ``wanda_mask`` with ``rounding="floor"`` must give the same mask (the default,
+``exact``, prunes one more weight in some rows where ``s · d_in`` is not whole: the same number of
+weights per matrix for every allocation; ``tests/plugins/test_prune_pruners.py``).
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ def tied_layer() -> tuple[torch.Tensor, torch.Tensor]:
 def test_tied_scores_are_pruned_lower_column_first(sparsity):
     weight, sq_norms = tied_layer()
     want = authors_wanda_mask(weight, sq_norms, sparsity)
-    got = wanda_mask(weight, sq_norms, sparsity)
+    got = wanda_mask(weight, sq_norms, sparsity, rounding="floor")
     scores = weight.abs() * sq_norms.sqrt()
     kth = scores.sort(dim=1).values[:, int(64 * sparsity) - 1: int(64 * sparsity) + 1]
     assert (kth[:, 0] == kth[:, 1]).any()  # the setup ties across the threshold (else it tests nothing)
     assert torch.equal(got, want)
+    if 64 * sparsity == int(64 * sparsity):  # whole counts per row: exact rounding is the same rule
+        assert torch.equal(wanda_mask(weight, sq_norms, sparsity), want)
 
 
 def test_tied_magnitudes_are_pruned_lower_flat_index_first():

@@ -78,7 +78,7 @@ def prune_model(ctx: RunContext, model: torch.nn.Module, allocation: Allocation,
     A scoring adapter (``model.adapter`` with ``layers.lora_only``) is removed first, or merged
     into the base weights with ``merge_adapter``: the pruned model is the base model (see
     :mod:`layerif_core.scope`). The result is checked: the pruned share of every layer's base
-    weights equals its target (up to one weight per row).
+    weights equals its target (up to the rounding :func:`shortfall` allows).
     """
     adapter = ("merged" if opts.merge_adapter else "removed") if has_adapter(model) else None
     model = base_model(model, merge=opts.merge_adapter)
@@ -116,7 +116,7 @@ def prune_model(ctx: RunContext, model: torch.nn.Module, allocation: Allocation,
     else:
         zeros = zeros_in_memory(layer_map)
     result = achieved(layer_map, zeros)
-    check_achieved(layer_map, masks, target, result)
+    check_achieved(layer_map, masks, target, result, opts)
     report = {"pruner": opts.pruner, "pattern": opts.pattern, "allocator": allocation.allocator,
               "scoring_adapter": adapter, "measured_on": str(model_dir) if model_dir else "memory",
               "seconds": round(seconds, 3),
@@ -134,17 +134,27 @@ def prune_model(ctx: RunContext, model: torch.nn.Module, allocation: Allocation,
     return PruneResult(model, masks, target, result, seconds, model_dir)
 
 
+def shortfall(d_out: int, d_in: int, opts: PruneOptions) -> float:
+    """How many weights one ``[d_out, d_in]`` matrix may prune fewer than its target: one per row
+    for Wanda with ``rounding: floor``, one per column block for SparseGPT, one otherwise."""
+    if opts.pruner == "wanda" and opts.rounding == "floor":
+        return float(d_out)
+    if opts.pruner == "sparsegpt":
+        return float(-(-d_in // opts.blocksize))
+    return 1.0
+
+
 def check_achieved(layer_map: LayerMap, masks: dict[str, torch.Tensor], target: list[float],
-                   result: dict[str, Any]) -> None:
-    """The pruner's masks cover the base linear weights of every layer at the target share (a
-    row or matrix rounds down by less than one weight per row), and the masked weights are zero."""
+                   result: dict[str, Any], opts: PruneOptions) -> None:
+    """The pruner's masks cover the base linear weights of every layer at the target share (up to
+    the rounding :func:`shortfall` allows), and the masked weights are zero."""
     for layer, modules in enumerate(layer_map.layers):
         lora = [tm.name for tm in modules if ".lora_" in tm.name]
         if lora:
             raise RuntimeError(f"pruning reached LoRA tensors ({lora[0]}); it must act on base weights")
         pruned = sum(int(masks[tm.name].sum()) for tm in modules)
         total = sum(masks[tm.name].numel() for tm in modules)
-        tol = max(1.0 / tm.d_in for tm in modules) + 1e-9
+        tol = sum(shortfall(tm.d_out, tm.d_in, opts) for tm in modules) / max(total, 1) + 1e-9
         share = pruned / total if total else 0.0
         if abs(share - target[layer]) > tol or result["per_layer"][layer] < share - 1e-12:
             raise RuntimeError(f"layer {layer}: pruned {share:.4f} of its base weights (zeros "

@@ -48,6 +48,11 @@ class PruneOptions(BaseModel):
     pattern: str = Field("unstructured", description="'unstructured', or 'N:M' (at most N non-zero "
                          "weights in every M consecutive inputs, e.g. 2:4, 4:8; sparsity 1 − N/M "
                          "in every layer, the allocation is then ignored).")
+    rounding: Literal["exact", "floor"] = Field(
+        "exact", description="Wanda's count per output row. exact: round(s·d_out·d_in) weights per "
+        "matrix, ⌊s·d_in⌋ in every row and one more in the rows whose next score is lowest, so that "
+        "every allocation prunes the same number of weights; floor: ⌊s·d_in⌋ in every row, as "
+        "Wanda's reference code (short of the target by up to 1/d_in per matrix).")
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec,
                                          description="Calibration data (wanda, sparsegpt).")
     batch_size: int = Field(8, ge=1, description="Calibration windows per forward pass.")

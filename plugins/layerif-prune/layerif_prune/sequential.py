@@ -111,7 +111,7 @@ def prune_module(tm: TrackedModule, sparsity: float, opts: PruneOptions, stats: 
     if opts.pruner == "magnitude":
         mask = magnitude_mask(weight, sparsity, nm)
     elif opts.pruner == "wanda":
-        mask = wanda_mask(weight, stats.sq, sparsity, nm)
+        mask = wanda_mask(weight, stats.sq, sparsity, nm, opts.rounding)
     else:
         factors = {} if factors is None else factors
         if id(stats) not in factors:
