@@ -140,6 +140,25 @@ def hardware_line(data: StudyData) -> list[str]:
     return [line, ""]
 
 
+BUDGET_TOL = 1e-4
+
+
+def budget_line(data: StudyData) -> list[str]:
+    """summary.md's budget line, for cells that report ``sparsity/achieved`` and ``sparsity/target``
+    (pruning): the largest gap between them, which must stay within 1e-4 for arms to compare at
+    equal budget."""
+    gaps = [abs(c.metrics["sparsity/achieved"] - c.metrics["sparsity/target"]) for c in data.ok
+            if "sparsity/achieved" in c.metrics and "sparsity/target" in c.metrics]
+    if not gaps:
+        return []
+    line = (f"Budget: achieved sparsity within {max(gaps):.1e} of its target in all {len(gaps)} "
+            "pruned cells")
+    if max(gaps) > BUDGET_TOL:
+        line += (f"; more than {BUDGET_TOL:g} in {sum(g > BUDGET_TOL for g in gaps)}: those arms "
+                 "pruned a different number of weights (Wanda's `rounding: floor`?)")
+    return [line + ".", ""]
+
+
 def markdown(data: StudyData, summary: dict[str, Any]) -> str:
     """summary.md: what ran, how to read the tables, the hardware, per metric its tables, the failures."""
     s = data.study
@@ -154,7 +173,7 @@ def markdown(data: StudyData, summary: dict[str, Any]) -> str:
              "(t distribution); the best mean of each column in bold. Differences: arm − control on "
              f"the same seed, mean over seeds, two-sided p-value of a {test}, and wins/ties/losses "
              "over the seeds (a win is better in the metric's direction).", ""]
-    lines += hardware_line(data)
+    lines += hardware_line(data) + budget_line(data)
     for t in tables(summary, data.axes):
         goal = "a measurement" if t["better"] == "none" else f"{t['better']} is better"
         lines += [f"## {t['metric']} ({goal})", ""]

@@ -46,7 +46,8 @@ def test_apply_to_a_task_uses_that_task_allocation(tmp_path):
     assert result.allocations["first"].values != target  # the tasks' scores differ
     assert [round(v, 6) for v in report["target_per_layer"]] == [round(v, 6) for v in target]
     # `layerif run` reports what the application measured, in the one metrics.json format
-    assert result.metrics == {"sparsity/achieved": report["achieved_overall"]}
+    assert result.metrics == {"sparsity/achieved": report["achieved_overall"],
+                              "sparsity/target": report["target_overall"]}
     written = json.loads((result.run_dir / "metrics.json").read_text())
     assert (written["format"], written["task"], written["application"]["name"]) == (2, "second", "prune")
     assert written["metrics"] == result.metrics and written["evaluators"] == []

@@ -115,12 +115,13 @@ def prune_model(ctx: RunContext, model: torch.nn.Module, allocation: Allocation,
             zeros.update(renamed)
     else:
         zeros = zeros_in_memory(layer_map)
-    result = achieved(layer_map, zeros)
+    result = achieved(layer_map, zeros, target)
     check_achieved(layer_map, masks, target, result, opts)
     report = {"pruner": opts.pruner, "pattern": opts.pattern, "allocator": allocation.allocator,
               "scoring_adapter": adapter, "measured_on": str(model_dir) if model_dir else "memory",
               "seconds": round(seconds, 3),
-              "target_per_layer": target, "achieved_overall": result["overall"],
+              "target_per_layer": target, "target_overall": result["target_overall"],
+              "achieved_overall": result["overall"],
               "achieved_per_layer": result["per_layer"], "achieved_per_module": result["per_module"],
               "calibration": None if windows is None else list(windows.shape)}
     run_dir.write_json("sparsity.json", report)
@@ -180,5 +181,6 @@ class Prune:
 
     def apply(self, ctx: RunContext, model: torch.nn.Module, allocation: Allocation) -> torch.nn.Module:
         self.result = prune_model(ctx, model, allocation, self.opts)
-        self.metrics = {"sparsity/achieved": float(self.result.achieved["overall"])}
+        self.metrics = {"sparsity/achieved": float(self.result.achieved["overall"]),
+                        "sparsity/target": float(self.result.achieved["target_overall"])}
         return self.result.model

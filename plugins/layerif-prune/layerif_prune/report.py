@@ -47,16 +47,18 @@ def zeros_in_memory(layer_map: LayerMap) -> dict[str, tuple[int, int]]:
             for tm in layer_map.modules()}
 
 
-def achieved(layer_map: LayerMap, zeros: dict[str, tuple[int, int]]) -> dict[str, Any]:
-    """Achieved sparsity per module, per layer (zeros over weights of the layer) and overall."""
-    per_layer = []
-    for layer in layer_map.layers:
+def achieved(layer_map: LayerMap, zeros: dict[str, tuple[int, int]], target: list[float]) -> dict[str, Any]:
+    """Achieved sparsity per module, per layer (zeros over weights of the layer) and overall, and the
+    overall target (the per-layer targets weighted by the layers' weights)."""
+    per_layer, wanted = [], 0.0
+    for layer, share in zip(layer_map.layers, target, strict=True):
         z = sum(zeros[tm.name][0] for tm in layer)
         n = sum(zeros[tm.name][1] for tm in layer)
         per_layer.append(z / n if n else 0.0)
+        wanted += share * n
     total_z = sum(z for z, _ in zeros.values())
     total_n = sum(n for _, n in zeros.values())
-    return {"overall": total_z / total_n, "per_layer": per_layer,
+    return {"overall": total_z / total_n, "target_overall": wanted / total_n, "per_layer": per_layer,
             "per_module": {name: z / n for name, (z, n) in zeros.items()}}
 
 
