@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from layerif_core.errors import ConfigError
+from layerif_core.errors import ConfigError, closest
 
 
 class StudyError(ConfigError):
@@ -86,6 +86,10 @@ class StudyConfig(StudyStrict):
     test: Literal["t", "wilcoxon"] = Field(
         "t", description="Paired test of an arm against the control over seeds: paired t "
         "(scipy.stats.ttest_rel) or Wilcoxon signed-rank (scipy.stats.wilcoxon).")
+    references: list[str] = Field(
+        default_factory=list, description="Further arms (labels) every arm is compared with, seed by "
+        "seed as with the control, e.g. the strongest baseline: the summary adds a paired-difference "
+        "table for each. A choice of the report; changing it reruns no cell.")
     dense: bool = Field(True, description="Evaluate the unmodified model once as a reference row.")
     keep_runs: bool = Field(False, description="Keep each cell's run directory (pruned model, "
                             "masks, ...); by default only its result JSON stays.")
@@ -136,6 +140,16 @@ class StudyConfig(StudyStrict):
     def _seeds(self) -> StudyConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds repeat a value; list each seed once")
+        labels = [a.label for a in self.arms]
+        for ref in self.references:
+            if ref not in labels:
+                raise ValueError(f"references: no arm is labelled '{ref}'{closest(ref, labels)}; "
+                                 "name arms by their labels")
+            if ref == self.control.label:
+                raise ValueError(f"references: '{ref}' is the control, compared with already; "
+                                 "remove it from references")
+        if len(set(self.references)) != len(self.references):
+            raise ValueError("references repeat an arm; list each once")
         return self
 
     @property
@@ -157,7 +171,8 @@ class StudyConfig(StudyStrict):
 
     def fingerprint(self) -> str:
         """Identity of the study: what decides which cells exist and what they run."""
-        data = self.model_dump(mode="json", exclude={"output_dir", "metrics", "test", "keep_runs"})
+        data = self.model_dump(mode="json", exclude={"output_dir", "metrics", "test", "keep_runs",
+                                                        "references"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

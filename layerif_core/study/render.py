@@ -32,7 +32,9 @@ def tables(summary: dict[str, Any], axes: list[str]) -> list[dict[str, Any]]:
         points = m["points"]
         header = ["arm"] + [point_label(p["grid"], axes) for p in points]
         arms = [r["arm"] for r in points[0]["rows"]] if points else []
-        values, diffs = [], []
+        refs = list(dict.fromkeys(ref for p in points[:1] for row in p["rows"] for ref in row["versus"]))
+        values, diffs, ranks = [], [], []
+        versus: dict[str, list[list[str]]] = {ref: [] for ref in refs}
         for i, arm in enumerate(arms):
             label = arm + (" (control)" if arm == summary["control"] else "")
             cells = []
@@ -41,21 +43,31 @@ def tables(summary: dict[str, Any], axes: list[str]) -> list[dict[str, Any]]:
                 text = fmt(r["mean"]) + ("" if math.isnan(r["ci95"]) else f" ± {fmt(r['ci95'])}")
                 cells.append(f"**{text}**" if r.get("best") else text)
             values.append([label] + cells)
-            if arm == summary["control"]:
-                continue
-            dcells, total = [], [0, 0, 0]
-            for p in points:
-                d = p["rows"][i]["paired"]
-                total = [total[0] + d["wins"], total[1] + d["ties"], total[2] + d["losses"]]
-                wtl = f"; {d['wins']}/{d['ties']}/{d['losses']}" if m["better"] != "none" else ""
-                dcells.append(f"{fmt(d['diff_mean'])} (p={fmt(d['p'])}{wtl})")
-            overall = f"{total[0]}/{total[1]}/{total[2]}" if m["better"] != "none" else "–"
-            diffs.append([arm] + dcells + [overall])
+            if m["better"] != "none":
+                ranks.append([label] + [str(p["rows"][i].get("rank") or "–") for p in points])
+            for ref in refs:
+                if arm != ref:
+                    versus[ref].append([label] + diff_cells([p["rows"][i]["versus"][ref] for p in points],
+                                                            m["better"]))
+            if arm != summary["control"]:
+                diffs.append([arm] + diff_cells([p["rows"][i]["paired"] for p in points], m["better"]))
         power = power_table(m, summary, axes) if m["better"] != "none" else None
         out.append({"metric": m["name"], "better": m["better"], "dense": m["dense"],
                     "values": (header, values), "diffs": (header + ["all W/T/L"], diffs),
-                    "power": power})
+                    "versus": {ref: (header + ["all W/T/L"], rows) for ref, rows in versus.items()},
+                    "ranks": (header, ranks) if len(arms) > 2 else None, "power": power})
     return out
+
+
+def diff_cells(pairs: list[dict[str, Any]], better: str) -> list[str]:
+    """One row of a paired-difference table: per grid point the mean difference (p-value; wins /
+    ties / losses), then the wins / ties / losses over every point."""
+    cells, total = [], [0, 0, 0]
+    for d in pairs:
+        total = [total[0] + d["wins"], total[1] + d["ties"], total[2] + d["losses"]]
+        wtl = f"; {d['wins']}/{d['ties']}/{d['losses']}" if better != "none" else ""
+        cells.append(f"{fmt(d['diff_mean'])} (p={fmt(d['p'])}{wtl})")
+    return cells + [f"{total[0]}/{total[1]}/{total[2]}" if better != "none" else "–"]
 
 
 FOOTNOTE_MARKS = "¹²³⁴"
@@ -180,8 +192,12 @@ def markdown(data: StudyData, summary: dict[str, Any]) -> str:
         if t["dense"] is not None:
             lines += [f"Unmodified model: {fmt(t['dense'])}.", ""]
         lines += md_table(*t["values"]) + [""]
+        if t["ranks"]:
+            lines += ["Rank by mean (1 = best; equal means share a rank):", ""] + md_table(*t["ranks"]) + [""]
         if t["diffs"][1]:
             lines += ["Paired difference to the control:", ""] + md_table(*t["diffs"]) + [""]
+        for ref, table in t["versus"].items():
+            lines += [f"Paired difference to {ref}:", ""] + md_table(*table) + [""]
         if t["power"]:
             pw = t["power"]
             lines += ["Power of the paired comparison:", ""] + md_table(pw["header"], pw["rows"])

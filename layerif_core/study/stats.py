@@ -7,7 +7,9 @@ of the comparison (:mod:`layerif_core.study.power`).
   seeds; Student's t interval).
 - Paired difference: ``d_s = arm_s − control_s`` over the seeds both have; its mean ``d̄`` and the
   same t interval of ``d_s``; the two-sided p-value of the paired t-test (``scipy.stats.ttest_rel``)
-  or of the Wilcoxon signed-rank test (``scipy.stats.wilcoxon``).
+  or of the Wilcoxon signed-rank test (``scipy.stats.wilcoxon``). The same against each of the
+  study's ``references`` (``versus``).
+- Rank: per grid point, 1 + the number of arms with a better mean (equal means share a rank).
 """
 
 from __future__ import annotations
@@ -124,13 +126,20 @@ def summarize(data: StudyData) -> dict[str, Any]:
                                        "values": {str(s): seeds[s] for s in sorted(seeds)}}
                 if arm != control:
                     row["paired"] = paired(seeds, ctrl, goal, data.study.test, spec.target_effect)
+                row["versus"] = {ref: paired(seeds, by.get((spec.name, ref, point), {}), goal,
+                                             data.study.test, None)
+                                 for ref in data.study.references if ref != arm}
                 rows.append(row)
             finite = [r for r in rows if r["n"]]
             if finite and goal != "none":
                 pick = min if goal == "lower" else max
                 best = pick(r["mean"] for r in finite)
+                sign = -1 if goal == "lower" else 1
                 for r in rows:
                     r["best"] = bool(r["n"]) and r["mean"] == best
+                    # 1 + the arms with a better mean: equal means share a rank
+                    better = sum(sign * (o["mean"] - r["mean"]) > 0 for o in finite)
+                    r["rank"] = 1 + better if r["n"] else None
             entry["points"].append({"grid": grid, "rows": rows})
         out["metrics"].append(entry)
     return out

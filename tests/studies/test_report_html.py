@@ -84,7 +84,7 @@ def test_the_html_holds_the_summary_tables_cell_for_cell(report):
     parser = Tables()
     page = (report / "report.html").read_text()
     parser.feed(page)
-    assert len(md) == 3  # values, paired differences, power
+    assert len(md) == 4  # values, ranks, paired differences, power
     assert parser.tables == md
     assert parser.tables[0][0] == ["arm", "sparsity=0.5", "sparsity=0.7"]
     assert [row[0] for row in parser.tables[0][1:]] == ["uniform (control)", "ramp", "worse", "mixed"]

@@ -230,3 +230,38 @@ def test_a_metric_spanning_more_than_a_factor_ten_is_plotted_on_a_log_axis():
     assert not wants_log_scale([0.67, 0.70])  # accuracies
     assert not wants_log_scale([-0.5, 10.0])  # a difference can be negative
     assert not wants_log_scale([])
+
+
+def test_references_add_paired_differences_and_ranks_follow_the_metrics_direction(tmp_path):
+    """An arm named in ``references`` is compared with every other arm seed by seed, as the control
+    is; the rank table counts the arms with a better mean."""
+    acc = ACC | {"ramp": [0.58, 0.56, 0.60, 0.61, 0.58]}
+    data = study(arms=[{"label": "uniform", "control": True}, {"label": "layerif"}, {"label": "ramp"}],
+                 references=["ramp"], test="t")
+    cells = [cell(arm, s, {"acc": v}) for arm, vals in acc.items() for s, v in enumerate(vals)]
+    directory = write_dir(tmp_path / "s", data, cells)
+    build_report(directory)
+    rows = json.loads((directory / "summary.json").read_text())["metrics"][0]["points"][0]["rows"]
+    by_arm = {r["arm"]: r for r in rows}
+    versus = by_arm["layerif"]["versus"]["ramp"]
+    diffs = [a - b for a, b in zip(acc["layerif"], acc["ramp"], strict=True)]
+    assert versus["diff_mean"] == pytest.approx(statistics.mean(diffs), abs=1e-12)
+    assert versus["p"] == pytest.approx(stats.ttest_rel(acc["layerif"], acc["ramp"]).pvalue, rel=1e-12)
+    # higher is better; layerif against the ramp by seed: .56<.58, .55<.56, .66>.60, .61=.61, .57<.58
+    assert (versus["wins"], versus["ties"], versus["losses"]) == (1, 1, 3)
+    assert "ramp" not in by_arm["ramp"]["versus"]
+    uniform = by_arm["uniform"]["versus"]["ramp"]  # .50<.58, .55<.56, .60=.60, .52<.61, .58=.58
+    assert (uniform["wins"], uniform["ties"], uniform["losses"]) == (0, 2, 3)
+    # means: ramp .586, layerif .59, uniform .55 -> ranks 2, 1, 3
+    assert [by_arm[a]["rank"] for a in ("uniform", "layerif", "ramp")] == [3, 1, 2]
+    text = (directory / "summary.md").read_text()
+    assert "Paired difference to ramp:" in text and "Rank by mean" in text
+    assert f"| layerif | {statistics.mean(diffs):.4g} (p={versus['p']:.4g}; 1/1/3) | 1/1/3 |" in text
+
+
+def test_a_reference_that_is_no_arm_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="no arm is labelled 'rmap' \\(did you mean 'ramp'\\?\\)"):
+        StudyConfig.model_validate(study(arms=[{"label": "uniform", "control": True}, {"label": "ramp"}],
+                                         references=["rmap"]))
+    with pytest.raises(ValueError, match="is the control"):
+        StudyConfig.model_validate(study(references=["uniform"]))
