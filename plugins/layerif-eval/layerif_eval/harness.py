@@ -190,8 +190,11 @@ class LmEval:
         manager, all_local = task_manager(opts)
         offline = all_local if opts.offline is None else opts.offline
         batch_size = opts.batch_size or getattr(ctx, "batch_size", 1)
+        from layerif_eval.shared_context import SharedContextHFLM
+
+        model_class = SharedContextHFLM if opts.shared_context else HFLM
         try:
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+            lm = model_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
                       max_length=opts.max_length)
         except AssertionError:
             raise ModelError(f"lm-eval needs a transformers tokenizer, got {type(tokenizer).__name__}; "

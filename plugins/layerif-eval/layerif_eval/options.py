@@ -86,6 +86,11 @@ class LmEvalOptions(BaseModel):
                                    "default the model's.")
     apply_chat_template: bool = Field(False, description="Format prompts with the tokenizer's chat "
                                       "template (instruction-tuned models).")
+    shared_context: bool = Field(
+        True, description="Compute a context shared by several continuations (the choices of a "
+        "multiple-choice question) once, through the attention cache, and the vocabulary logits only "
+        "where a continuation token is scored: HFLM's log-likelihoods with a fraction of the work "
+        "(docs/evaluation.md). false: HFLM's own loop, one pass per choice.")
 
 
 class PaperTaskOptions(BaseModel):
