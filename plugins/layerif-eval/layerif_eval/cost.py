@@ -17,6 +17,10 @@ LM_EVAL_TASKS: dict[str, tuple[int, int, int]] = {
     "boolq": (3270, 2, 160), "rte": (277, 2, 80), "hellaswag": (10042, 4, 110),
     "winogrande": (1267, 2, 40), "arc_easy": (2376, 4, 50), "arc_challenge": (1172, 4, 55),
     "openbookqa": (500, 4, 35), "piqa": (1838, 2, 50), "mmlu": (14042, 4, 120),
+    # the shipped tasks over layerif's bundled data (test split as their YAML sets it; tokens of
+    # SmolLM2's tokenizer: arithmetic's prompt 26.5 and choice 2.9 on average)
+    "layerif_arithmetic": (2000, 4, 30), "layerif_capitals": (100, 4, 19),
+    "layerif_antonyms": (100, 4, 18),
 }
 DEFAULT_TASK = (1000, 4, 100)
 
