@@ -3,7 +3,8 @@
 Directory ``<output_dir>/<name>/``:
 
 - ``study.json``: the study config, its base run config and its fingerprint (a rerun with another
-  study config refuses to mix results, unless ``--force`` starts over);
+  study config refuses to mix results, unless ``--force`` starts over; a study that only grew, with
+  arms, grid values or seeds added, keeps its finished cells: :func:`growth_conflict`);
 - ``cells/<id>.json``: one atomic JSON per finished cell (metrics, allocation, scores, timings,
   versions, or the error); a rerun skips the cells that finished and reruns failed ones;
 - ``shared/scores/``: layer scores, once per (scorer sub-config, model, data, seed where the scorer
@@ -74,8 +75,12 @@ def open_study_dir(study: StudyConfig, base: dict[str, Any], directory: Path, fo
     found = read_json(meta)
     fp = study.fingerprint()
     if found is not None and found.get("fingerprint") != fp and not force:
-        raise StudyError(f"'{directory}' holds a study made by a different study config; use "
-                             "another name or output_dir, or --force to start over.")
+        conflict = growth_conflict(found, study, base)
+        if conflict is not None:
+            raise StudyError(f"'{directory}' holds a study made by a different study config ({conflict}); "
+                             "a study may only grow (arms, grid values, seeds added); use another name "
+                             "or output_dir, or --force to start over.")
+        log.info("the study grew (arms, grid values or seeds added): its finished cells are kept")
     if found is not None and force:
         for sub in ("cells", "shared", "runs", "plots"):
             shutil.rmtree(directory / sub, ignore_errors=True)
@@ -84,6 +89,34 @@ def open_study_dir(study: StudyConfig, base: dict[str, Any], directory: Path, fo
     # the same cells: the report settings (metrics, test, ...) of the latest study file apply
     write_json(meta, {"fingerprint": fp, "study": study.model_dump(mode="json"), "base": base,
                       "created": created or datetime.now(UTC).isoformat(timespec="seconds")})
+
+
+def growth_conflict(found: dict[str, Any], study: StudyConfig, base: dict[str, Any]) -> str | None:
+    """Why ``study`` is not the study recorded in ``found`` (a ``study.json``) with cells added, or
+    None when it is: the same base run config, options and grid axes, every earlier arm unchanged,
+    every earlier grid value or point and seed still there. Then every finished cell ran the config
+    the same cell of ``study`` runs (a cell's id names its arm, grid point and seed only)."""
+    try:
+        old = StudyConfig.model_validate(found.get("study") or {})
+    except ValueError:
+        return "its study.json does not read as a study"
+    if json.dumps(found.get("base"), sort_keys=True) != json.dumps(base, sort_keys=True):
+        return "the base run config differs"
+    same = {"name", "dense", "keep_runs"}
+    if old.model_dump(include=same) != study.model_dump(include=same) or old.axes != study.axes:
+        return "the study's name, dense, keep_runs or grid axes differ"
+    arms = {a.label: a for a in study.arms}
+    for arm in old.arms:
+        if arm.label not in arms:
+            return f"arm '{arm.label}' is gone"
+        if arm.model_dump() != arms[arm.label].model_dump():
+            return f"arm '{arm.label}' changed"
+    points = [json.dumps(p, sort_keys=True) for p in study.points()]
+    if any(json.dumps(p, sort_keys=True) not in points for p in old.points()):
+        return "a grid value or point is gone"
+    if set(old.seeds) - set(study.seeds):
+        return f"seed {min(set(old.seeds) - set(study.seeds))} is gone"
+    return None
 
 
 def cell_result(directory: Path, cell_id: str) -> CellRecord | None:
