@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -130,6 +131,10 @@ class SelectCandidate(BaseModel):
                                       "is set in the options of an allocator that has one.")
     layers: LayerSpec | None = Field(None, description="Modules it scores (default: the run's "
                                      "`layers`), e.g. {modules: all} for AlphaPruning.")
+    grid: dict[str, list[Any]] | None = Field(
+        None, description="Allocator options that each take several values: the candidate stands for "
+        "one candidate per combination, labelled '<label> (<option> <value>, ...)', e.g. {epsilon: "
+        "[0.1, 0.2, 0.3]} to tune a rule's parameter on the held-out data.")
 
 
 class HeldoutSpec(BaseModel):
@@ -171,6 +176,35 @@ class SelectOptions(BaseModel):
                                "the first metric it returns.")
     better: Literal["lower", "higher"] = Field("lower", description="Which held-out value wins "
                                                "(lower for perplexity, higher for an accuracy).")
+    choice_seed: int | None = Field(
+        None, description="Choose once for every seed: the candidates are measured with this seed's "
+        "data (calibration windows, seeded scores), their held-out values cached, so that every run "
+        "of a study makes the same choice at the cost of one; the chosen candidate is then applied "
+        "with the run's own seed, as its own arm would be. Default: each run chooses with its seed.")
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _expand_grids(cls, candidates: Any) -> Any:
+        """A candidate with a ``grid`` becomes one candidate per combination of its values."""
+        if not isinstance(candidates, list):
+            return candidates
+        out: list[Any] = []
+        for c in candidates:
+            grid = c.get("grid") if isinstance(c, dict) else None
+            if not grid:
+                out.append({k: v for k, v in c.items() if k != "grid"} if isinstance(c, dict) else c)
+                continue
+            if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+                raise ValueError(f"candidate '{c.get('label')}': grid must map allocator options to "
+                                 "non-empty lists of values, e.g. {epsilon: [0.1, 0.2]}")
+            for values in itertools.product(*grid.values()):
+                setting = dict(zip(grid, values, strict=True))
+                allocation = dict(c.get("allocation") or {})
+                allocation["options"] = {**(allocation.get("options") or {}), **setting}
+                label = f"{c.get('label')} ({', '.join(f'{k} {v}' for k, v in setting.items())})"
+                out.append({**{k: v for k, v in c.items() if k != "grid"}, "label": label,
+                            "allocation": allocation})
+        return out
 
     @field_validator("candidates")
     @classmethod

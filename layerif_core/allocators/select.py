@@ -21,6 +21,12 @@ the scorer does not use the seed, and with a study's other arms; held-out values
 candidate, model, application, held-out evaluator, sparsity, task and, where any of these uses the
 seed, the seed (:class:`~layerif_core.context.RunContext` ``cache_root``).
 
+``choice_seed: s`` chooses once for every seed: the candidates are measured with seed s's data (its
+calibration windows, its seeded scores), so every run of a study finds their held-out values cached
+after the first, and the chosen candidate's allocation is then computed with the run's own seed,
+the allocation its own arm would use. Its cost in a study of N seeds is C candidates once, instead
+of C per seed: the way the authors of a rule tune its parameter (once per model and sparsity).
+
 The run directory receives ``select.json`` (every candidate's held-out value, allocation, achieved
 sparsity and seconds, and the choice; written only once every candidate ran) and
 ``select/<n>-<label>/`` (each candidate's application artifacts and ``metrics.json``).
@@ -81,10 +87,13 @@ class Select:
         ``scores`` are not used: each candidate brings its scorer)."""
         check_select(self.opts, ctx.config)
         forget_choice(ctx, task.name)  # a failure below leaves no earlier choice behind
+        seed = self.opts.choice_seed
+        probe = ctx if seed is None else dataclasses.replace(
+            ctx, config=ctx.config.model_copy(update={"seed": seed}))
         tried = []
         for index, candidate in enumerate(self.opts.candidates):
             try:
-                tried.append(self.try_candidate(ctx, task, candidate, index, weights))
+                tried.append(self.try_candidate(probe, task, candidate, index, weights))
             except LayerifError as exc:
                 raise type(exc)(f"select candidate '{candidate.label}' failed: {exc}") from exc
             except Exception as exc:
@@ -96,12 +105,19 @@ class Select:
                   "better": self.opts.better, "sparsity": self.opts.sparsity,
                   "rule": f"arg{'min' if self.opts.better == 'lower' else 'max'} of the held-out metric "
                           "over the candidates; equal values: the first listed",
-                  "chosen": chosen["label"], "candidates": tried}
+                  "chosen": chosen["label"], "choice_seed": seed, "candidates": tried}
+        alloc = chosen["allocation"]
+        if seed is not None and seed != ctx.config.seed:  # the chosen rule with this run's data
+            from layerif_core.registry import get_registry
+
+            cfg = candidate_config(ctx.config, self.opts.candidates[best], self.opts.sparsity)
+            allocator = get_registry().build("allocator", cfg.allocation.name, cfg.allocation.options)
+            alloc = allocator.allocate(candidate_scores(ctx, cfg, task)[0], weights).to_json()
+            record["applied_allocation"] = alloc
         write_choice(ctx, task.name, record)
         log.info("select: '%s' (%s %.6g) of %d candidates", chosen["label"], record["metric"],
                  chosen["value"], len(tried))
-        alloc = chosen["allocation"]
-        choice = {"chosen": chosen["label"], "candidate_allocator": alloc["allocator"],
+        choice = {"chosen": chosen["label"], "candidate_allocator": alloc["allocator"], "choice_seed": seed,
                   "metric": record["metric"], "better": self.opts.better,
                   "values": {t["label"]: t["value"] for t in tried}}
         return Allocation(alloc["kind"], alloc["values"], f"select:{chosen['label']}",

@@ -178,6 +178,42 @@ def test_a_second_seed_reuses_seed_free_scores_and_prunes_again_with_its_own_cal
     assert reused[1] == [{"scores": True, "heldout": False}] * 2
 
 
+def test_a_choice_seed_chooses_once_and_applies_the_choice_with_each_runs_own_seed(tiny_dir, tmp_path):
+    """choice_seed 0: seed 1 reuses seed 0's held-out values and choice, then allocates with the
+    chosen candidate's scores of seed 1 (random scores: they differ by seed), as that candidate's
+    own run with seed 1 does."""
+    candidates = [{"label": f"random eps {e}", "scorer": {"name": "random"},
+                   "allocation": {"name": "alpha_pruning", "options": {"epsilon": e}}} for e in (0.3, 0.6)]
+    data = with_options(base(tiny_dir, tmp_path, evaluation=[]), candidates=candidates, choice_seed=0)
+    results, records = {}, {}
+    for seed in (0, 1):
+        results[seed] = run(config({**data, "seed": seed}), show_progress=False)
+        records[seed] = json.loads((results[seed].run_dir / "select.json").read_text())["caps"]
+    assert all(c["reused"]["heldout"] for c in records[1]["candidates"])
+    assert [c["value"] for c in records[1]["candidates"]] == [c["value"] for c in records[0]["candidates"]]
+    chosen = records[1]["chosen"]
+    assert chosen == records[0]["chosen"] and records[1]["choice_seed"] == 0
+    own = next(c for c in candidates if c["label"] == chosen)
+    single = run(config({**alone(data, own, "alone"), "seed": 1}), show_progress=False)
+    applied = results[1].allocations["caps"].values
+    assert applied == pytest.approx(single.allocations["caps"].values, abs=1e-12)
+    assert applied != pytest.approx(results[0].allocations["caps"].values, abs=1e-6)
+
+
+def test_a_candidate_grid_stands_for_one_candidate_per_value():
+    from layerif_core.allocators.options import SelectOptions
+
+    opts = SelectOptions.model_validate({"heldout": HELDOUT, "candidates": [
+        CANDIDATES[0], {**CANDIDATES[1], "grid": {"epsilon": [0.1, 0.3], "overflow": ["clip"]}}]})
+    assert [c.label for c in opts.candidates] == [
+        "uniform", "depth ramp (epsilon 0.1, overflow clip)", "depth ramp (epsilon 0.3, overflow clip)"]
+    assert [c.allocation.options for c in opts.candidates[1:]] == [
+        {"epsilon": 0.1, "overflow": "clip"}, {"epsilon": 0.3, "overflow": "clip"}]
+    with pytest.raises(ValueError, match="grid must map allocator options to non-empty lists"):
+        SelectOptions.model_validate({"heldout": HELDOUT,
+                                      "candidates": [{**CANDIDATES[1], "grid": {"epsilon": []}}]})
+
+
 def test_candidates_with_one_scorer_compute_its_scores_once(tiny_dir, tmp_path):
     """ATP tuned: one scorer, several allocator options; the scores are computed once."""
     candidates = [{"label": f"eps {e}", "scorer": {"name": "htsr_alpha"},
