@@ -3,8 +3,9 @@
 Directory ``<output_dir>/<name>/``:
 
 - ``study.json``: the study config, its base run config and its fingerprint (a rerun with another
-  study config refuses to mix results, unless ``--force`` starts over; a study that only grew, with
-  arms, grid values or seeds added, keeps its finished cells: :func:`growth_conflict`);
+  study config refuses to mix results, unless ``--force`` starts over; a study that grew, with arms,
+  grid values or seeds added, or changed only where no cell finished, keeps its finished cells:
+  :func:`growth_conflict`);
 - ``cells/<id>.json``: one atomic JSON per finished cell (metrics, allocation, scores, timings,
   versions, or the error); a rerun skips the cells that finished and reruns failed ones;
 - ``shared/scores/``: layer scores, once per (scorer sub-config, model, data, seed where the scorer
@@ -75,12 +76,12 @@ def open_study_dir(study: StudyConfig, base: dict[str, Any], directory: Path, fo
     found = read_json(meta)
     fp = study.fingerprint()
     if found is not None and found.get("fingerprint") != fp and not force:
-        conflict = growth_conflict(found, study, base)
+        conflict = growth_conflict(found, study, base, directory)
         if conflict is not None:
             raise StudyError(f"'{directory}' holds a study made by a different study config ({conflict}); "
-                             "a study may only grow (arms, grid values, seeds added); use another name "
-                             "or output_dir, or --force to start over.")
-        log.info("the study grew (arms, grid values or seeds added): its finished cells are kept")
+                             "a study may grow or change where no cell finished, not change a finished "
+                             "cell's run; use another name or output_dir, or --force to start over.")
+        log.info("the study file changed where no cell finished: the finished cells are kept")
     if found is not None and force:
         for sub in ("cells", "shared", "runs", "plots"):
             shutil.rmtree(directory / sub, ignore_errors=True)
@@ -91,31 +92,36 @@ def open_study_dir(study: StudyConfig, base: dict[str, Any], directory: Path, fo
                       "created": created or datetime.now(UTC).isoformat(timespec="seconds")})
 
 
-def growth_conflict(found: dict[str, Any], study: StudyConfig, base: dict[str, Any]) -> str | None:
-    """Why ``study`` is not the study recorded in ``found`` (a ``study.json``) with cells added, or
-    None when it is: the same base run config, options and grid axes, every earlier arm unchanged,
-    every earlier grid value or point and seed still there. Then every finished cell ran the config
-    the same cell of ``study`` runs (a cell's id names its arm, grid point and seed only)."""
+def growth_conflict(found: dict[str, Any], study: StudyConfig, base: dict[str, Any],
+                    directory: Path) -> str | None:
+    """Why the finished cells of ``directory`` (made by the study recorded in ``found``, its
+    ``study.json``) are not cells of ``study``, or None when they all are: the same base run config
+    and grid axes, and each finished cell's arm unchanged, its grid point and seed still there. A
+    cell's id names its arm, grid point and seed only, so this is what makes a kept cell the run
+    ``study`` would make. Arms, grid values and seeds without a finished cell may change freely."""
+    done = [c for c in (cell_result(directory, p.stem) for p in sorted((directory / "cells").glob("*.json")))
+            if c is not None and c.ok]
+    if not done:
+        return None
     try:
         old = StudyConfig.model_validate(found.get("study") or {})
     except ValueError:
         return "its study.json does not read as a study"
     if json.dumps(found.get("base"), sort_keys=True) != json.dumps(base, sort_keys=True):
         return "the base run config differs"
-    same = {"name", "dense", "keep_runs"}
-    if old.model_dump(include=same) != study.model_dump(include=same) or old.axes != study.axes:
-        return "the study's name, dense, keep_runs or grid axes differ"
-    arms = {a.label: a for a in study.arms}
-    for arm in old.arms:
-        if arm.label not in arms:
-            return f"arm '{arm.label}' is gone"
-        if arm.model_dump() != arms[arm.label].model_dump():
-            return f"arm '{arm.label}' changed"
-    points = [json.dumps(p, sort_keys=True) for p in study.points()]
-    if any(json.dumps(p, sort_keys=True) not in points for p in old.points()):
-        return "a grid value or point is gone"
-    if set(old.seeds) - set(study.seeds):
-        return f"seed {min(set(old.seeds) - set(study.seeds))} is gone"
+    if old.axes != study.axes:
+        return "the grid axes differ"
+    before, now = {a.label: a for a in old.arms}, {a.label: a for a in study.arms}
+    points = {json.dumps(p, sort_keys=True) for p in study.points()}
+    for cell in done:
+        if cell.arm not in now:
+            return f"arm '{cell.arm}' is gone"
+        if cell.arm not in before or before[cell.arm].model_dump() != now[cell.arm].model_dump():
+            return f"arm '{cell.arm}' changed"
+        if json.dumps(cell.grid, sort_keys=True) not in points:
+            return f"grid point {cell.grid} is gone"
+        if cell.seed not in study.seeds:
+            return f"seed {cell.seed} is gone"
     return None
 
 

@@ -1,6 +1,7 @@
 """A study grows: arms, grid values and seeds added to its file run only the new cells and keep the
-finished ones; a change to what a finished cell ran (its arm, the base config) or a cell taken away
-is refused with one line, and --force starts over."""
+finished ones, and an arm without a finished cell may change; a change to what a finished cell ran
+(its arm, the base config) or a finished cell taken away is refused with one line, and --force
+starts over."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_added_arm_grid_value_and_seed_run_only_the_new_cells(first):
      "arm 'LayerIF ALL' changed"),
     (lambda d: d["arms"].pop(1), "arm 'LayerIF ALL' is gone"),
     (lambda d: d.update(seeds=[1]), "seed 0 is gone"),
-    (lambda d: d["grid"].update({"allocation.options.sparsity": [0.6]}), "a grid value or point is gone"),
+    (lambda d: d["grid"].update({"allocation.options.sparsity": [0.6]}), "grid point"),
     (lambda d: d["base"].update(batch_size=2), "the base run config differs"),
 ])
 def test_a_change_to_finished_cells_is_refused_and_force_starts_over(first, change, words):
@@ -63,3 +64,14 @@ def test_a_change_to_finished_cells_is_refused_and_force_starts_over(first, chan
         assert run(path, "--force").exit_code == 0
         assert {p.name for p in cells.glob("*.json")} == set(before)
         assert any(p.read_bytes() != before[p.name] for p in cells.glob("*.json"))  # rerun
+
+
+def test_an_arm_without_finished_cells_may_change(tiny_dir, tmp_path):  # noqa: F811
+    data = tiny_study(tiny_dir, tmp_path / "out", grid={"allocation.options.sparsity": [0.3]}, seeds=[0])
+    path = write_study(tmp_path / "s.yaml", data)
+    assert run(path, "--arm", "uniform").exit_code == 0
+    changed = copy.deepcopy(data)
+    changed["arms"][1]["overrides"]["scorer.aggregator.name"] = "helpful_sum"
+    result = run(write_study(path, changed))
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out" / "tiny" / "cells").glob("*.json"))) == 2
