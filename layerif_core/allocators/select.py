@@ -52,6 +52,7 @@ from layerif_core.scoring_keys import key, scores_key, scores_use_seed, scoring_
 log = logging.getLogger("layerif")
 
 FORMAT = 1
+GRID_SUFFIX = re.compile(r" \((?:[A-Za-z_]\w* [^,()]+)(?:, [A-Za-z_]\w* [^,()]+)*\)$")  # "(epsilon 0.1)"
 QUIET = ("save_model", "save_masks")  # application options select turns off for its candidates
 
 
@@ -77,9 +78,14 @@ class Select:
         return candidate_configs(self.opts, config)
 
     def estimate(self, work: Any) -> Any:
-        """Its cost for ``layerif study --plan``: every candidate's application and held-out
-        evaluation (:func:`estimate`; their scores are planned as shared stages)."""
+        """Its own cost for ``layerif study --plan`` (:func:`estimate`)."""
         return estimate(self.opts, work)
+
+    def heldout_stages(self, config: RunConfig) -> list[tuple[str, str, RunConfig, Any]]:
+        """The candidates' measurements as shared stages of the plan: ``(key, label, candidate
+        config, estimate(work))``, one per cache key (:func:`heldout_stages`)."""
+        return [(k, f"select: {GRID_SUFFIX.sub('', label)}", c, lambda w: candidate_cost(self.opts, w))
+                for k, label, c in heldout_stages(self.opts, config)]
 
     def allocate_in(self, ctx: Any, task: TaskSpec, scores: LayerScores, weights: list[float] | None
                     ) -> Allocation:
@@ -142,13 +148,8 @@ class Select:
         cfg = candidate_config(ctx.config, candidate, self.opts.sparsity)
         heldout = ComponentSpec(name=self.opts.heldout.name, options=self.opts.heldout.options)
         reg = get_registry()
-        seeded = (scores_use_seed(cfg) or reg.uses_seed("application", cfg.application, cfg)
-                  or reg.uses_seed("evaluator", heldout, cfg))
-        value_key = key({"scoring": scoring_config(cfg), "allocation": cfg.allocation.model_dump(),
-                         "model": ctx.model_fingerprint, "application": cfg.application.model_dump(),
-                         "heldout": heldout.model_dump(), "sparsity": self.opts.sparsity,
-                         "task": task.model_dump(), "weights": weights,
-                         "seed": ctx.config.seed if seeded else None})
+        seeded, what = heldout_identity(self.opts, cfg, task)
+        value_key = key({**what, "model": ctx.model_fingerprint, "weights": weights})
         path = ctx.cache_root / "select" / f"{value_key}.json"
         found = None if ctx.run_dir.force else read_json(path)
         if found is not None:
@@ -293,22 +294,56 @@ def write_choice(ctx: Any, task: str, record: dict[str, Any]) -> None:
 
 
 def estimate(opts: SelectOptions, work: Any) -> Any:
-    """Σ over candidates of one application and one held-out evaluation, on a copy of the model
-    beside the base model. The candidates' scores are stages of their own, shared like any arm's
-    (:meth:`Select.scoring_configs`)."""
+    """What a run of select costs besides its candidates' measurements: the base model and one
+    candidate's copy in memory. The measurements (one application and one held-out evaluation each)
+    and the candidates' scores are shared stages of the plan (:meth:`Select.heldout_stages`,
+    :meth:`Select.scoring_configs`), priced once per cache key as the runs reuse them."""
     from layerif_core.cost import Cost
-    from layerif_core.estimates import Workload, component_cost
 
-    total = Cost(peak_bytes=2 * work.weights())  # the base model and one candidate's copy
-    for cfg in candidate_configs(opts, work.config):
-        cand = Workload(cfg, work.model, work.dtype)
-        parts = [component_cost(cand, "evaluator", opts.heldout.name, opts.heldout.options)]
-        if cfg.application is not None:
-            parts.insert(0, component_cost(cand, "application", cfg.application.name,
-                                           cfg.application.options))
-        for part in parts:  # on the copy of the model, beside the base model
-            total = total + dataclasses.replace(part, peak_bytes=part.peak_bytes + work.weights())
+    return Cost(peak_bytes=2 * work.weights())
+
+
+def candidate_cost(opts: SelectOptions, work: Any) -> Any:
+    """One candidate's measurement (``work``: its run config): one application and one held-out
+    evaluation, on a copy of the model beside the base model."""
+    from layerif_core.cost import Cost
+    from layerif_core.estimates import component_cost
+
+    total = Cost(peak_bytes=2 * work.weights())
+    parts = [component_cost(work, "evaluator", opts.heldout.name, opts.heldout.options)]
+    if work.config.application is not None:
+        parts.insert(0, component_cost(work, "application", work.config.application.name,
+                                       work.config.application.options))
+    for part in parts:  # on the copy of the model, beside the base model
+        total = total + dataclasses.replace(part, peak_bytes=part.peak_bytes + work.weights())
     return total
+
+
+def heldout_identity(opts: SelectOptions, cfg: RunConfig, task: TaskSpec) -> tuple[bool, dict[str, Any]]:
+    """Whether a candidate's held-out value can change with the seed, and what else decides it (with
+    the model and the layer weights: its cache key). ``cfg`` is the candidate's run config."""
+    from layerif_core.registry import get_registry
+
+    reg = get_registry()
+    heldout = ComponentSpec(name=opts.heldout.name, options=opts.heldout.options)
+    seeded = (scores_use_seed(cfg) or reg.uses_seed("application", cfg.application, cfg)
+              or reg.uses_seed("evaluator", heldout, cfg))
+    return seeded, {"scoring": scoring_config(cfg), "allocation": cfg.allocation.model_dump(),
+                    "application": cfg.application.model_dump() if cfg.application else None,
+                    "heldout": heldout.model_dump(), "sparsity": opts.sparsity,
+                    "task": task.model_dump(), "seed": cfg.seed if seeded else None}
+
+
+def heldout_stages(opts: SelectOptions, config: RunConfig) -> list[tuple[str, str, RunConfig]]:
+    """Each candidate's measurement as ``layerif study --plan`` prices it, once per key: the key
+    (the cache's, less the model and layer weights, which are one study's throughout; with
+    ``choice_seed`` the seed is that one), its label and its run config."""
+    base = config if opts.choice_seed is None else config.model_copy(update={"seed": opts.choice_seed})
+    task = next(t for t in base.tasks if t.name == base.application_task("select"))
+    out = []
+    for candidate, cfg in zip(opts.candidates, candidate_configs(opts, base), strict=True):
+        out.append((key(heldout_identity(opts, cfg, task)[1]), candidate.label, cfg))
+    return out
 
 
 def candidate_configs(opts: SelectOptions, config: RunConfig) -> list[RunConfig]:

@@ -32,7 +32,7 @@ DISK_BYTES_PER_S = 2e9  # loading a model's weights into memory
 class Stage:
     """One unit of work: a shared stage (run once for the cells that use it) or a cell's own part."""
 
-    kind: str  # "dense evaluation", "adapter", "scores", "cell"
+    kind: str  # "dense evaluation", "adapter", "scores", "held-out", "cell"
     label: str
     cells: list[str]
     cost: Cost
@@ -164,6 +164,10 @@ def plan_study(path: str | Path, device: str, data: dict[str, Any] | None = None
         for scored in [cfg, *allocator_scoring(cfg)]:
             stage("scores", scores_key(shared, scored), scorer_label(scored), cell,
                   lambda w=Workload(scored, model, dtype): scorer_cost(w), dtype)
+        for key, label, cand, estimate in allocator_stages(cfg):
+            cand_work = Workload(cand.model_copy(update={"layers": application_layers(cand.layers)}),
+                                 model, dtype)
+            stage("held-out", key, label, cell, lambda w=cand_work, e=estimate: e(w), dtype)
         app = Workload(cfg.model_copy(update={"layers": application_layers(cfg.layers)}), model, dtype)
         stage("cell", cell.id, cell.arm, cell, lambda w=app: cell_cost(w), dtype)
     merge_rows(plan)
@@ -187,6 +191,17 @@ def allocator_scoring(cfg: RunConfig) -> list[RunConfig]:
         return []
     allocator = get_registry().build("allocator", cfg.allocation.name, cfg.allocation.options)
     found = getattr(allocator, "scoring_configs", None)
+    return found(cfg) if callable(found) else []
+
+
+def allocator_stages(cfg: RunConfig) -> list[tuple[str, str, RunConfig, Any]]:
+    """The allocator's own shared stages (``select``'s candidate measurements, once per cache key)."""
+    from layerif_core.registry import get_registry
+
+    if cfg.allocation is None:
+        return []
+    allocator = get_registry().build("allocator", cfg.allocation.name, cfg.allocation.options)
+    found = getattr(allocator, "heldout_stages", None)
     return found(cfg) if callable(found) else []
 
 

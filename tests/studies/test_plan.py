@@ -94,3 +94,35 @@ def test_plan_counts_one_influence_computation_for_arms_that_differ_only_in_aggr
     assert runs == {"uniform": 1, "layerif grad_dot on caps": 1}
     run_study(path, show_progress=False)
     assert len([p for p in (tmp_path / "out" / "tiny" / "shared" / "runs").iterdir() if p.is_dir()]) == 2
+
+
+def test_select_candidates_are_priced_once_per_cache_key_as_the_runner_measures_them(tiny_dir, tmp_path):  # noqa: F811
+    """Two select arms choosing once (choice_seed 0) share their candidates' measurements, one per
+    candidate and sparsity; an arm choosing per seed measures again for seed 1 only (its seed-0
+    measurements are the same cache entries). The plan counts what the runner writes."""
+    heldout = {"name": "perplexity", "options": {
+        "source": "bundled:capitals", "split": "validation", "text": "{question} {answer}", "limit": 40,
+        "seqlen": 32, "max_windows": 2, "name": "heldout"}}
+    candidates = [{"label": "uniform", "scorer": {"name": "uniform"},
+                   "allocation": {"name": "uniform_sparsity"}},
+                  {"label": "ramp", "scorer": {"name": "depth"}, "allocation": {"name": "alpha_pruning"},
+                   "grid": {"epsilon": [0.2, 0.5]}}]
+
+    def select(**extra):
+        return {"scorer.name": "uniform", "allocation": {"name": "select", "options": {
+            "sparsity": 0.5, "candidates": candidates, "heldout": heldout, "metric": "perplexity/heldout",
+            **extra}}}
+
+    data = tiny_study(tiny_dir, tmp_path / "out", arms=[
+        {"label": "uniform", "control": True,
+         "overrides": {"scorer.name": "uniform", "allocation.name": "uniform_sparsity",
+                       "allocation.options": {}}},
+        {"label": "ramp (tuned)", "overrides": select(choice_seed=0)},
+        {"label": "select", "overrides": select(choice_seed=0)},
+        {"label": "per seed", "overrides": select()}])
+    plan = plan_study(write_study(tmp_path / "s.yaml", data), "H100")
+    planned = sum(s.runs for s in plan.stages if s.kind == "held-out")
+    assert planned == 3 * 2 * 2  # 3 candidates x 2 sparsities x (seed 0, and seed 1 of 'per seed')
+    run_study(write_study(tmp_path / "s.yaml", data), show_progress=False)
+    measured = list((tmp_path / "out" / "tiny" / "shared" / "select").glob("*.json"))
+    assert len(measured) == planned

@@ -60,5 +60,9 @@ def test_a_study_with_a_select_arm_runs_and_shares_scores_with_the_other_arms(ti
 def test_the_plan_prices_the_select_arm_above_the_uniform_arm(tiny_dir, tmp_path):  # noqa: F811
     plan = plan_study(study(tiny_dir, tmp_path), "cpu")
     cells = {s.label.split(":")[0]: s for s in plan.stages if s.kind == "cell"}
-    # two candidates: two more prunes and two held-out evaluations than the uniform cell
-    assert cells["select"].cost.total_flops > 2 * cells["uniform"].cost.total_flops
+    # two candidates: two more prunes and two held-out evaluations than the uniform cell, as stages
+    # of their own (one per cache key: shared between the arms and seeds that measure alike)
+    held = [s for s in plan.stages if s.kind == "held-out"]
+    assert {s.label for s in held} == {"select: uniform", "select: depth ramp"}
+    total = cells["select"].cost.total_flops + sum(s.cost.total_flops * s.runs for s in held)
+    assert total > 2 * cells["uniform"].cost.total_flops
