@@ -27,10 +27,12 @@ def test_every_cell_of_every_preset_validates(name):
 
 def test_the_pruning_study_compares_every_rule_under_wanda():
     study, cells = cells_of("pruning.yaml")
-    assert [a.label for a in study.arms] == [
-        "uniform", "depth ramp", "ATP (beta 0.01)", "ATP (tuned)", "select", "AlphaPruning", "OWL",
-        "DLP", "LSA", "ALP", "LayerIF +VE", "LayerIF +VE (EK-FAC)", "LayerIF +VE (arithmetic task)",
-        "LayerIF +VE, layer 0 at the bottom"]
+    published = ["uniform", "depth ramp", "ATP (beta 0.01)", "AlphaPruning", "OWL", "DLP", "LSA", "ALP",
+                 "LayerIF +VE", "LayerIF +VE (EK-FAC)", "LayerIF +VE (arithmetic task)",
+                 "LayerIF +VE, layer 0 at the bottom"]
+    tuned = ["ATP (tuned)", "depth ramp (tuned)", "AlphaPruning (tuned)", "OWL (tuned)", "DLP (tuned)",
+             "LSA (tuned)", "ALP (tuned)", "LayerIF +VE (tuned)"]
+    assert [a.label for a in study.arms] == published + tuned + ["select"]
     assert study.control.label == "uniform" and len(study.seeds) >= 5
     assert sorted({c.config.allocation.options["sparsity"] for c in cells}) == [0.5, 0.6, 0.7]
     by_arm = {c.arm: c.config for c in cells}
@@ -126,29 +128,34 @@ def test_the_lora_ranks_study_has_the_layerif_arm_a_depth_ramp_and_enough_seeds(
     assert (evaluation.name, evaluation.options["tasks"]) == ("lm_eval", ["layerif_arithmetic"])
 
 
-def test_select_chooses_among_the_single_rules_with_the_arms_own_scores():
-    """select's candidates are the study's single-rule arms (all but the arithmetic-task one, which
-    scores another task): each candidate's scores are its arm's (one score file for both), and the
-    held-out text comes after the calibration lines."""
+def test_every_rule_is_tuned_alike_and_select_takes_the_best_of_the_tuned_rules():
+    """Each tuned arm chooses its rule's parameter once (choice_seed) on the same held-out text, after
+    the calibration lines, among candidates whose scores are the published arm's (one score file
+    for both); select's candidates are every tuned arm's (their held-out values shared) and uniform."""
     from layerif_core.allocators.options import SelectOptions
     from layerif_core.allocators.select import candidate_configs
     from layerif_core.scoring_keys import scores_key
 
-    for name, wanted in (("pruning.yaml", 10), ("pruning_sparsegpt.yaml", 10)):
+    for name, select_size in (("pruning.yaml", 46), ("pruning_sparsegpt.yaml", 26)):
         study, cells = cells_of(name)
         point = cells[0].point
         at = {c.arm: c.config for c in cells if c.point == point and c.seed == 0}
-        opts = SelectOptions(**at["select"].allocation.options)
-        candidates = dict(zip((c.label for c in opts.candidates),
-                              candidate_configs(opts, at["select"]), strict=True))
-        assert len(candidates) == wanted
-        shared = [label for label in candidates if label in at]
-        assert shared, name
-        for label in shared:
-            assert scores_key(candidates[label]) == scores_key(at[label]), (name, label)
+        options = {arm: SelectOptions(**cfg.allocation.options) for arm, cfg in at.items()
+                   if cfg.allocation.name == "select"}
+        assert {o.heldout.model_dump_json() for o in options.values()} == {
+            options["select"].heldout.model_dump_json()}
+        assert {o.choice_seed for o in options.values()} == {0}
         calibration = at["select"].application.options["calibration"]
-        assert opts.heldout.options["skip"] >= calibration["limit"]
-        tuned = SelectOptions(**at["ATP (tuned)"].allocation.options)
-        betas = [c.allocation.options["beta"] for c in tuned.candidates]
+        assert options["select"].heldout.options["skip"] >= calibration["limit"]
+        labels = [c.label for c in options["select"].candidates]
+        assert len(labels) == select_size
+        for arm, opts in options.items():
+            if arm != "select":
+                assert {c.label for c in opts.candidates} <= set(labels), (name, arm)
+        published = {arm.removesuffix(" (tuned)") for arm in options if arm.endswith(" (tuned)")} & set(at)
+        assert published, name
+        for arm in published:  # a tuned candidate scores as the published arm does
+            opts = options[f"{arm} (tuned)"]
+            assert scores_key(candidate_configs(opts, at["select"])[0]) == scores_key(at[arm]), (name, arm)
+        betas = [c.allocation.options["beta"] for c in options["ATP (tuned)"].candidates]
         assert betas == [round(0.002 * k, 3) for k in range(1, 11)]  # the authors' grid to 70%'s bound
-
