@@ -6,6 +6,7 @@ plots embedded as PNG, the study config and the provenance added: one self-conta
 from __future__ import annotations
 
 import base64
+import copy
 import csv
 import html
 import json
@@ -23,6 +24,23 @@ def fmt(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:.4g}"
+
+
+def finished_only(summary: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``summary`` without the grid points and arms where no cell has finished (a study in progress),
+    and the labels of the arms left out."""
+    out = copy.deepcopy(summary)
+    ran = {r["arm"] for m in out["metrics"] for p in m["points"] for r in p["rows"] if r["n"]}
+    waiting = [r["arm"] for r in (summary["metrics"][0]["points"][0]["rows"]
+                                  if summary["metrics"] and summary["metrics"][0]["points"] else [])
+               if r["arm"] not in ran]
+    for m in out["metrics"]:
+        m["points"] = [p for p in m["points"] if any(r["n"] for r in p["rows"])]
+        for p in m["points"]:
+            p["rows"] = [r for r in p["rows"] if r["arm"] in ran]
+            for r in p["rows"]:
+                r["versus"] = {ref: v for ref, v in r["versus"].items() if ref in ran}
+    return out, waiting
 
 
 def tables(summary: dict[str, Any], axes: list[str]) -> list[dict[str, Any]]:
@@ -186,7 +204,10 @@ def markdown(data: StudyData, summary: dict[str, Any]) -> str:
              f"the same seed, mean over seeds, two-sided p-value of a {test}, and wins/ties/losses "
              "over the seeds (a win is better in the metric's direction).", ""]
     lines += hardware_line(data) + budget_line(data)
-    for t in tables(summary, data.axes):
+    shown, waiting = finished_only(summary)
+    if waiting:
+        lines += [f"Not run yet (no finished cell): {', '.join(waiting)}.", ""]
+    for t in tables(shown, data.axes):
         goal = "a measurement" if t["better"] == "none" else f"{t['better']} is better"
         lines += [f"## {t['metric']} ({goal})", ""]
         if t["dense"] is not None:

@@ -108,6 +108,23 @@ def test_the_report_of_a_partial_study_lists_failures_and_missing_cells(tmp_path
     assert row["n"] == 1 and row["ci95"] is None and row["paired"]["p"] is None  # undefined: null
 
 
+def test_a_study_in_progress_shows_only_the_arms_and_grid_points_with_finished_cells(tmp_path):
+    """Two of three arms and one of two grid points have finished cells: the tables hold those, the
+    arm without any is named once, and summary.json keeps every arm and point."""
+    grid = {"allocation.options.total": [90, 120]}
+    data = study(arms=[{"label": "uniform", "control": True}, {"label": "layerif"}, {"label": "ramp"}],
+                 grid=grid, references=["ramp"])
+    cells = [cell(arm, s, {"acc": v}) for arm, vals in ACC.items() for s, v in enumerate(vals)]
+    directory = write_dir(tmp_path / "s", data, cells)
+    build_report(directory)
+    text = (directory / "summary.md").read_text()
+    assert "Not run yet (no finished cell): ramp." in text
+    assert "| arm | total=90 |" in text and "total=120" not in text
+    assert "| ramp" not in text and "Paired difference to ramp" not in text
+    summary = json.loads((directory / "summary.json").read_text())
+    assert len(summary["metrics"][0]["points"]) == 2 and len(summary["metrics"][0]["points"][0]["rows"]) == 3
+
+
 def test_influence_mass_groups_arms_that_share_their_influences(tmp_path):
     """+VE and ALL score from the same influence matrices: one entry for both, the mean over the two
     seeds; a second estimator gets its own; an arm without influences (uniform) none."""
