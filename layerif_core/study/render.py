@@ -175,17 +175,24 @@ BUDGET_TOL = 1e-4
 
 def budget_line(data: StudyData) -> list[str]:
     """summary.md's budget line, for cells that report ``sparsity/achieved`` and ``sparsity/target``
-    (pruning): the largest gap between them, which must stay within 1e-4 for arms to compare at
-    equal budget."""
-    gaps = [abs(c.metrics["sparsity/achieved"] - c.metrics["sparsity/target"]) for c in data.ok
+    (pruning): the largest gap between what a cell pruned and the sparsity it was asked for (its
+    grid value of an axis named ``...sparsity``, else the allocation's own mean), which must stay
+    within 1e-4 for arms to compare at equal budget. An allocation that clips layers without
+    rebalancing (``overflow: clip``) misses the grid's value by what it clipped."""
+    def asked(c: Any) -> float:
+        nominal = [v for k, v in c.grid.items() if k.split(".")[-1] == "sparsity"]
+        return float(nominal[0]) if nominal else c.metrics["sparsity/target"]
+
+    gaps = [abs(c.metrics["sparsity/achieved"] - asked(c)) for c in data.ok
             if "sparsity/achieved" in c.metrics and "sparsity/target" in c.metrics]
     if not gaps:
         return []
     line = (f"Budget: achieved sparsity within {max(gaps):.1e} of its target in all {len(gaps)} "
             "pruned cells")
     if max(gaps) > BUDGET_TOL:
-        line += (f"; more than {BUDGET_TOL:g} in {sum(g > BUDGET_TOL for g in gaps)}: those arms "
-                 "pruned a different number of weights (Wanda's `rounding: floor`?)")
+        line += (f"; more than {BUDGET_TOL:g} in {sum(g > BUDGET_TOL for g in gaps)}: those cells "
+                 "pruned a different number of weights (an allocation clipped without rebalancing, or "
+                 "Wanda's `rounding: floor`?)")
     return [line + ".", ""]
 
 
