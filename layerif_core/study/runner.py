@@ -17,6 +17,10 @@ Directory ``<output_dir>/<name>/``:
 - ``shared/dense/``: the evaluation of the unmodified model, once;
 - ``shared/select/``: the held-out values of ``select`` candidates (their scores go to
   ``shared/scores/`` under the keys of :mod:`layerif_core.scoring_keys`, shared with the arms);
+- ``shared/outcomes/``: what each application + evaluation measured, keyed by everything it
+  depends on (:func:`outcome_key`): a cell whose allocation equals a finished cell's under the same
+  application, evaluation, data and seed (``select`` applying the candidate another arm runs)
+  takes that cell's metrics instead of pruning and evaluating again;
 - ``runs/<id>/``: a cell's run directory (removed after the cell unless ``keep_runs``).
 
 Stages of a cell: scores (shared) → allocation → application → evaluation. The application acts on
@@ -221,6 +225,10 @@ class Shared:
         del ctx, model
         return scores[task], False
 
+    def outcome_path(self, cfg: RunConfig, allocation: Any) -> Path:
+        """Where the application + evaluation outcome of ``cfg`` with ``allocation`` is kept."""
+        return self.directory / "shared" / "outcomes" / f"{outcome_key(cfg, allocation)}.json"
+
     def dense(self, cfg: RunConfig, stage: Stage) -> dict[str, Any] | None:
         """Metrics of the unmodified base model (no adapter, no application), once."""
         if not cfg.evaluation:
@@ -253,6 +261,16 @@ class Shared:
 
 
 # --- one cell ----------------------------------------------------------------------------------
+
+def outcome_key(cfg: RunConfig, allocation: Any) -> str:
+    """What the application and the evaluation of a cell depend on: its application config (model,
+    data, seed, application, evaluation; not its name, scorer or allocator) and the allocation it
+    applies (kind, values, and the details an application may read, less ``select``'s record of
+    its choice)."""
+    what = cfg.model_dump(mode="json", exclude={"name", "output_dir", "scorer", "allocation"})
+    details = {k: v for k, v in allocation.details.items() if k != "select"}
+    return key([what, allocation.kind, [float(v) for v in allocation.values], details])
+
 
 def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
     """Scores → allocation → application → evaluation of one cell, on the task ``apply_to`` names;
@@ -287,12 +305,22 @@ def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
             record["allocation"]["select"] = allocation.details["select"]
     if cfg.application is not None and allocation is None:
         raise StudyError(f"{cell.describe()}: an application needs an `allocation:` section.")
+    outcome = shared.outcome_path(app_cfg, allocation) if allocation is not None else None
+    found = read_json(outcome) if outcome is not None else None
+    if found is not None:  # the same pruned model, measured alike, finished in another cell
+        record.update(curves=found["curves"], metrics=found["metrics"], timings=timings,
+                      outcome={"key": outcome.stem, "reused_from": found["cell"]})
+        return record
     applied = apply_allocation(ctx, task, allocation, model, tokenizer, stage=stage)
     if cfg.application is not None:
         record["curves"] = applied.curves
     timings.update(applied.seconds)
     record["metrics"] = {k: float(v) for k, v in applied.metrics.items()}
     record["timings"] = timings
+    if outcome is not None:
+        write_json(outcome, {"cell": cell.id, "metrics": record["metrics"],
+                             "curves": record.get("curves"), "timings": applied.seconds})
+        record["outcome"] = {"key": outcome.stem}
     return record
 
 

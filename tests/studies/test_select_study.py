@@ -66,3 +66,27 @@ def test_the_plan_prices_the_select_arm_above_the_uniform_arm(tiny_dir, tmp_path
     assert {s.label for s in held} == {"select: uniform", "select: depth ramp"}
     total = cells["select"].cost.total_flops + sum(s.cost.total_flops * s.runs for s in held)
     assert total > 2 * cells["uniform"].cost.total_flops
+
+
+def test_a_select_cell_that_applies_another_arms_allocation_takes_that_cells_outcome(tiny_dir, tmp_path):  # noqa: F811
+    """``select`` choosing the candidate another arm runs (the same allocation, application,
+    evaluation, data and seed) does not prune and evaluate again: it takes the finished cell's
+    metrics and names it; a cell of another seed does not."""
+    data = tiny_study(tiny_dir, tmp_path / "out", seeds=[0, 1], grid={"allocation.options.sparsity": [0.4]})
+    only_uniform = {**SELECT_ARM["overrides"]["allocation.options"],
+                    "candidates": SELECT_ARM["overrides"]["allocation.options"]["candidates"][:1]}
+    data["arms"] = [data["arms"][0], {"label": "select", "overrides": {
+        **SELECT_ARM["overrides"], "allocation.options": only_uniform}}]
+    path = write_study(tmp_path / "tiny.yaml", data)
+    outcome = run_study(path, show_progress=False, seeds=[0])
+    run_study(path, show_progress=False, arms=["uniform"], seeds=[1])
+    assert outcome.failed == [] and len(outcome.ran) == 2
+    records = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text())
+                                                 for p in (outcome.directory / "cells").glob("*.json"))}
+    uniform, chosen = records[("uniform", 0)], records[("select", 0)]
+    assert chosen["allocation"]["values"] == uniform["allocation"]["values"]
+    assert chosen["outcome"] == {"key": uniform["outcome"]["key"], "reused_from": uniform["id"]}
+    assert chosen["metrics"] == uniform["metrics"] and "application" not in chosen["timings"]
+    # another seed calibrates on other windows: its own outcome
+    assert records[("uniform", 1)]["outcome"]["key"] != uniform["outcome"]["key"]
+    assert "reused_from" not in records[("uniform", 1)]["outcome"]
