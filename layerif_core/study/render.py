@@ -70,11 +70,33 @@ def tables(summary: dict[str, Any], axes: list[str]) -> list[dict[str, Any]]:
             if arm != summary["control"]:
                 diffs.append([arm] + diff_cells([p["rows"][i]["paired"] for p in points], m["better"]))
         power = power_table(m, summary, axes) if m["better"] != "none" else None
+        boards = ([(point_label(p["grid"], axes), ranking(p, m["better"], summary["control"], refs))
+                   for p in points] if ranks and len(arms) > 2 else [])
         out.append({"metric": m["name"], "better": m["better"], "dense": m["dense"],
                     "values": (header, values), "diffs": (header + ["all W/T/L"], diffs),
                     "versus": {ref: (header + ["all W/T/L"], rows) for ref, rows in versus.items()},
-                    "ranks": (header, ranks) if len(arms) > 2 else None, "power": power})
+                    "ranks": boards, "power": power})
     return out
+
+
+def ranking(point: dict[str, Any], better: str, control: str,
+            refs: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The arms of one grid point from best to worst mean: rank, value, the paired difference to
+    the control and its MDE, and the paired difference to each reference (the arms that ran)."""
+    header = (["rank", "arm", "mean ± 95% CI", f"Δ vs {control} (p; W/T/L)", "MDE vs control"]
+              + [f"Δ vs {ref} (p; W/T/L)" for ref in refs])
+    rows = []
+    for r in sorted((r for r in point["rows"] if r["n"]), key=lambda r: r["rank"]):
+        value = fmt(r["mean"]) + ("" if math.isnan(r["ci95"]) else f" ± {fmt(r['ci95'])}")
+        row = [str(r["rank"]), r["arm"] + (" (control)" if r["arm"] == control else ""), value]
+        if r["arm"] == control:
+            row += ["–", "–"]
+        else:
+            mde = r["paired"]["power"]["mde"]
+            row += [diff_cells([r["paired"]], better)[0], "–" if mde is None else fmt(mde)]
+        row += [diff_cells([r["versus"][ref]], better)[0] if ref in r["versus"] else "–" for ref in refs]
+        rows.append(row)
+    return header, rows
 
 
 def diff_cells(pairs: list[dict[str, Any]], better: str) -> list[str]:
@@ -220,8 +242,9 @@ def markdown(data: StudyData, summary: dict[str, Any]) -> str:
         if t["dense"] is not None:
             lines += [f"Unmodified model: {fmt(t['dense'])}.", ""]
         lines += md_table(*t["values"]) + [""]
-        if t["ranks"]:
-            lines += ["Rank by mean (1 = best; equal means share a rank):", ""] + md_table(*t["ranks"]) + [""]
+        for label, board in t["ranks"]:
+            lines += [f"Ranking{' at ' + label if label != 'all' else ''} (1 = best mean; equal means share a "
+                      "rank; Δ: paired difference, MDE: at 80% power):", ""] + md_table(*board) + [""]
         if t["diffs"][1]:
             lines += ["Paired difference to the control:", ""] + md_table(*t["diffs"]) + [""]
         for ref, table in t["versus"].items():

@@ -272,7 +272,19 @@ def test_references_add_paired_differences_and_ranks_follow_the_metrics_directio
     # means: ramp .586, layerif .59, uniform .55 -> ranks 2, 1, 3
     assert [by_arm[a]["rank"] for a in ("uniform", "layerif", "ramp")] == [3, 1, 2]
     text = (directory / "summary.md").read_text()
-    assert "Paired difference to ramp:" in text and "Rank by mean" in text
+    assert "Paired difference to ramp:" in text
+    # the ranking: best mean first, its paired differences to the control and to the reference
+    mde = by_arm["layerif"]["paired"]["power"]["mde"]
+    paired = by_arm["layerif"]["paired"]
+    board = text.split("Ranking")[1].split("\n\n")[1].splitlines()
+    assert board[0] == "| rank | arm | mean ± 95% CI | Δ vs uniform (p; W/T/L) | MDE vs control | Δ vs ramp (p; W/T/L) |"
+    assert [line.split(" | ")[1] for line in board[2:]] == ["layerif", "ramp", "uniform (control)"]
+    assert board[2] == (f"| 1 | layerif | {by_arm['layerif']['mean']:.4g} ± {by_arm['layerif']['ci95']:.4g} | "
+                        f"{paired['diff_mean']:.4g} (p={paired['p']:.4g}; {paired['wins']}/{paired['ties']}/"
+                        f"{paired['losses']}) | {mde:.4g} | {statistics.mean(diffs):.4g} "
+                        f"(p={versus['p']:.4g}; 1/1/3) |")
+    assert board[4].startswith("| 3 | uniform (control) |") and "| – | – |" in board[4]
+    assert board[4].endswith("; 0/2/3) |")  # the control against the reference
     assert f"| layerif | {statistics.mean(diffs):.4g} (p={versus['p']:.4g}; 1/1/3) | 1/1/3 |" in text
 
 
