@@ -243,8 +243,9 @@ def markdown(data: StudyData, summary: dict[str, Any]) -> str:
             lines += [f"Unmodified model: {fmt(t['dense'])}.", ""]
         lines += md_table(*t["values"]) + [""]
         for label, board in t["ranks"]:
-            lines += [f"Ranking{' at ' + label if label != 'all' else ''} (1 = best mean; equal means share a "
-                      "rank; Δ: paired difference, MDE: at 80% power):", ""] + md_table(*board) + [""]
+            where = f" at {label}" if label != "all" else ""
+            lines += [f"Ranking{where} (1 = best mean; equal means share a rank; Δ: paired difference, "
+                      "MDE: at 80% power):", ""] + md_table(*board) + [""]
         if t["diffs"][1]:
             lines += ["Paired difference to the control:", ""] + md_table(*t["diffs"]) + [""]
         for ref, table in t["versus"].items():
