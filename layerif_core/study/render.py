@@ -81,14 +81,15 @@ def tables(summary: dict[str, Any], axes: list[str]) -> list[dict[str, Any]]:
 
 def ranking(point: dict[str, Any], better: str, control: str,
             refs: list[str]) -> tuple[list[str], list[list[str]]]:
-    """The arms of one grid point from best to worst mean: rank, value, the paired difference to
-    the control and its MDE, and the paired difference to each reference (the arms that ran)."""
-    header = (["rank", "arm", "mean ± 95% CI", f"Δ vs {control} (p; W/T/L)", "MDE vs control"]
+    """The arms of one grid point from best to worst mean: rank, seeds finished, value, the paired
+    difference to the control and its MDE, and the paired difference to each reference (the arms
+    that ran)."""
+    header = (["rank", "arm", "seeds", "mean ± 95% CI", f"Δ vs {control} (p; W/T/L)", "MDE vs control"]
               + [f"Δ vs {ref} (p; W/T/L)" for ref in refs])
     rows = []
     for r in sorted((r for r in point["rows"] if r["n"]), key=lambda r: r["rank"]):
         value = fmt(r["mean"]) + ("" if math.isnan(r["ci95"]) else f" ± {fmt(r['ci95'])}")
-        row = [str(r["rank"]), r["arm"] + (" (control)" if r["arm"] == control else ""), value]
+        row = [str(r["rank"]), r["arm"] + (" (control)" if r["arm"] == control else ""), str(r["n"]), value]
         if r["arm"] == control:
             row += ["–", "–"]
         else:

@@ -277,11 +277,11 @@ def test_references_add_paired_differences_and_ranks_follow_the_metrics_directio
     mde = by_arm["layerif"]["paired"]["power"]["mde"]
     paired = by_arm["layerif"]["paired"]
     board = text.split("Ranking")[1].split("\n\n")[1].splitlines()
-    assert board[0] == ("| rank | arm | mean ± 95% CI | Δ vs uniform (p; W/T/L) | MDE vs control | "
+    assert board[0] == ("| rank | arm | seeds | mean ± 95% CI | Δ vs uniform (p; W/T/L) | MDE vs control | "
                         "Δ vs ramp (p; W/T/L) |")
     assert [line.split(" | ")[1] for line in board[2:]] == ["layerif", "ramp", "uniform (control)"]
     mean, ci = by_arm["layerif"]["mean"], by_arm["layerif"]["ci95"]
-    assert board[2] == (f"| 1 | layerif | {mean:.4g} ± {ci:.4g} | "
+    assert board[2] == (f"| 1 | layerif | 5 | {mean:.4g} ± {ci:.4g} | "
                         f"{paired['diff_mean']:.4g} (p={paired['p']:.4g}; {paired['wins']}/{paired['ties']}/"
                         f"{paired['losses']}) | {mde:.4g} | {statistics.mean(diffs):.4g} "
                         f"(p={versus['p']:.4g}; 1/1/3) |")
