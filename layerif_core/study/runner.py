@@ -30,6 +30,7 @@ the base model (a scoring adapter is not part of it: :mod:`layerif_core.scope`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import shutil
@@ -298,7 +299,10 @@ def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
     allocation = None
     if cfg.allocation is not None:
         stage("allocation")
-        allocation = allocate(ctx, {task: scores})[task]
+        # the allocation sees the cell's scoring layers, as in `layerif run`: a select candidate
+        # without `layers` scores through them (its budget weights are the application's either way)
+        scoring = dataclasses.replace(ctx, config=ctx.config.model_copy(update={"layers": cfg.layers}))
+        allocation = allocate(scoring, {task: scores})[task]
         record["allocation"] = {"kind": allocation.kind, "allocator": allocation.allocator,
                                 "values": [float(v) for v in allocation.values]}
         if "select" in allocation.details:  # which candidate won, and every candidate's held-out value

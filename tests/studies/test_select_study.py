@@ -90,3 +90,22 @@ def test_a_select_cell_that_applies_another_arms_allocation_takes_that_cells_out
     # another seed calibrates on other windows: its own outcome
     assert records[("uniform", 1)]["outcome"]["key"] != uniform["outcome"]["key"]
     assert "reused_from" not in records[("uniform", 1)]["outcome"]
+
+
+def test_a_candidate_without_layers_scores_through_the_cells_scoring_layers(tiny_dir, tmp_path):  # noqa: F811
+    """As in ``layerif run``: a study cell scores through ``layers`` (here the attention modules)
+    while the application acts on every module; a candidate that names no ``layers`` scores as the
+    cell does, so its scores are the LayerIF arm's, not a computation over every module."""
+    data = tiny_study(tiny_dir, tmp_path / "out", seeds=[0], grid={"allocation.options.sparsity": [0.4]})
+    data["base"]["layers"] = {"modules": "attention"}
+    layerif = {"label": "LayerIF", "scorer": data["base"]["scorer"],
+               "allocation": {"name": "alpha_pruning", "options": {"epsilon": 0.3}}}
+    options = {**SELECT_ARM["overrides"]["allocation.options"], "candidates": [layerif]}
+    data["arms"] = [{**data["arms"][1], "control": True}, {"label": "select", "overrides": {
+        **SELECT_ARM["overrides"], "allocation.options": options}}]
+    outcome = run_study(write_study(tmp_path / "tiny.yaml", data), show_progress=False)
+    assert outcome.failed == [] and len(outcome.ran) == 2
+    (held,) = [json.loads(p.read_text()) for p in (outcome.directory / "shared" / "select").glob("*.json")]
+    # two score files: the LayerIF arm's (the candidate's too) and the select cell's own (uniform)
+    assert len(list((outcome.directory / "shared" / "scores").glob("*.json"))) == 2
+    assert held["reused"]["scores"] is True
