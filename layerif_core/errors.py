@@ -18,6 +18,11 @@ class ConfigError(LayerifError):
     """A configuration key or value is wrong."""
 
 
+class BudgetError(ConfigError):
+    """An allocator's options cannot meet the budget: some layer's value would leave its range (a
+    sparsity outside [0, 1)). ``select`` skips a grid point that raises it, as a search would."""
+
+
 class PluginError(LayerifError):
     """A plugin name is unknown, clashes, or the plugin failed to load."""
 

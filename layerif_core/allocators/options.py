@@ -135,6 +135,10 @@ class SelectCandidate(BaseModel):
         None, description="Allocator options that each take several values: the candidate stands for "
         "one candidate per combination, labelled '<label> (<option> <value>, ...)', e.g. {epsilon: "
         "[0.1, 0.2, 0.3]} to tune a rule's parameter on the held-out data.")
+    grid_point: dict[str, Any] | None = Field(
+        None, description="Set by the expansion of a `grid`: this candidate's option values. A grid "
+        "point whose allocation cannot meet the budget at this sparsity is skipped (recorded as "
+        "infeasible); any other candidate that fails stops select.")
 
 
 class HeldoutSpec(BaseModel):
@@ -203,7 +207,7 @@ class SelectOptions(BaseModel):
                 allocation["options"] = {**(allocation.get("options") or {}), **setting}
                 label = f"{c.get('label')} ({', '.join(f'{k} {v}' for k, v in setting.items())})"
                 out.append({**{k: v for k, v in c.items() if k != "grid"}, "label": label,
-                            "allocation": allocation})
+                            "allocation": allocation, "grid_point": setting})
         return out
 
     @field_validator("candidates")

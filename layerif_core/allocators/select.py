@@ -45,7 +45,7 @@ from typing import Any
 from layerif_core.allocators.options import SelectCandidate, SelectOptions
 from layerif_core.allocators.select_check import candidate_config, check_select
 from layerif_core.config import ComponentSpec, RunConfig, TaskSpec
-from layerif_core.errors import ConfigError, LayerifError
+from layerif_core.errors import BudgetError, ConfigError, LayerifError
 from layerif_core.results import Allocation, LayerScores
 from layerif_core.scoring_keys import key, scores_key, scores_use_seed, scoring_config, scoring_run_key
 
@@ -96,27 +96,37 @@ class Select:
         seed = self.opts.choice_seed
         probe = ctx if seed is None else dataclasses.replace(
             ctx, config=ctx.config.model_copy(update={"seed": seed}))
-        tried = []
+        tried, indices, infeasible = [], [], {}
         for index, candidate in enumerate(self.opts.candidates):
             try:
                 tried.append(self.try_candidate(probe, task, candidate, index, weights))
+                indices.append(index)
+            except BudgetError as exc:  # a grid point this budget rules out: not a choice
+                if candidate.grid_point is None:
+                    raise BudgetError(f"select candidate '{candidate.label}' failed: {exc}") from exc
+                infeasible[candidate.label] = str(exc)
+                log.warning("select: candidate '%s' skipped: %s", candidate.label, exc)
             except LayerifError as exc:
                 raise type(exc)(f"select candidate '{candidate.label}' failed: {exc}") from exc
             except Exception as exc:
                 raise CandidateError(f"select candidate '{candidate.label}' failed: {type(exc).__name__}: "
                                      f"{exc}; fix or remove that candidate (--debug shows where).") from exc
+        if not tried:
+            raise BudgetError(f"select: no candidate meets the budget at sparsity {self.opts.sparsity} "
+                              f"({'; '.join(infeasible.values())}); widen the grids.")
         best = choose([t["value"] for t in tried], self.opts.better)
         chosen = tried[best]
         record = {"format": FORMAT, "task": task.name, "metric": self.metric_name(tried[0]),
                   "better": self.opts.better, "sparsity": self.opts.sparsity,
                   "rule": f"arg{'min' if self.opts.better == 'lower' else 'max'} of the held-out metric "
                           "over the candidates; equal values: the first listed",
-                  "chosen": chosen["label"], "choice_seed": seed, "candidates": tried}
+                  "chosen": chosen["label"], "choice_seed": seed, "candidates": tried,
+                  "infeasible": infeasible}
         alloc = chosen["allocation"]
         if seed is not None and seed != ctx.config.seed:  # the chosen rule with this run's data
             from layerif_core.registry import get_registry
 
-            cfg = candidate_config(ctx.config, self.opts.candidates[best], self.opts.sparsity)
+            cfg = candidate_config(ctx.config, self.opts.candidates[indices[best]], self.opts.sparsity)
             allocator = get_registry().build("allocator", cfg.allocation.name, cfg.allocation.options)
             alloc = allocator.allocate(candidate_scores(ctx, cfg, task)[0], weights).to_json()
             record["applied_allocation"] = alloc
@@ -125,7 +135,8 @@ class Select:
                  chosen["value"], len(tried))
         choice = {"chosen": chosen["label"], "candidate_allocator": alloc["allocator"], "choice_seed": seed,
                   "metric": record["metric"], "better": self.opts.better,
-                  "values": {t["label"]: t["value"] for t in tried}}
+                  "values": {t["label"]: t["value"] for t in tried},
+                  **({"infeasible": sorted(infeasible)} if infeasible else {})}
         return Allocation(alloc["kind"], alloc["values"], f"select:{chosen['label']}",
                           {**alloc["details"], "select": choice})
 

@@ -47,7 +47,7 @@ from layerif_core.allocators.options import (
     OWLSparsityOptions,
     UniformSparsityOptions,
 )
-from layerif_core.errors import ConfigError
+from layerif_core.errors import BudgetError, ConfigError
 from layerif_core.results import Allocation, LayerScores
 
 log = logging.getLogger("layerif")
@@ -87,7 +87,7 @@ def scale_to_mean(ratios: torch.Tensor, weights: torch.Tensor, target: float, ca
         return torch.zeros_like(ratios), []
     positive = ratios > 0
     if float(weights[positive].sum()) * cap < total - 1e-12:
-        raise ConfigError(f"target sparsity {target} cannot be reached with layers clipped to "
+        raise BudgetError(f"target sparsity {target} cannot be reached with layers clipped to "
                           f"{cap}; lower the sparsity or epsilon, or raise max_sparsity.")
     pinned = torch.zeros_like(positive)
     while True:
@@ -171,7 +171,7 @@ class OWLSparsity:
         d = minmax(scores.worseness()) * 2.0 * o.lamda
         values = o.sparsity - d.mean() + d
         if float(values.min()) < 0 or float(values.max()) >= 1:
-            raise ConfigError(f"owl_sparsity: sparsity {o.sparsity} ± lamda {o.lamda} leaves [0, 1); "
+            raise BudgetError(f"owl_sparsity: sparsity {o.sparsity} ± lamda {o.lamda} leaves [0, 1); "
                               "lower lamda.")
         return Allocation("sparsity", [float(v) for v in values], "owl_sparsity",
                           {"target": o.sparsity, "lamda": o.lamda, "scorer": scores.scorer})
@@ -208,7 +208,7 @@ class DLPSparsity:
         w = _weights(weights, len(e), o.weighted)
         values = o.sparsity + e - (e * w).sum() / w.sum()
         if float(values.min()) < 0 or float(values.max()) >= 1:
-            raise ConfigError(f"dlp_sparsity: sparsity {o.sparsity} with alpha {alpha} gives layer "
+            raise BudgetError(f"dlp_sparsity: sparsity {o.sparsity} with alpha {alpha} gives layer "
                               f"sparsities in [{float(values.min()):.3g}, {float(values.max()):.3g}], "
                               "outside [0, 1); lower alpha.")
         mean = float((values * w).sum() / w.sum())
@@ -258,7 +258,7 @@ class ATPSparsity:
         w = _weights(weights, len(scores.values), True)
         top = max_beta(o.sparsity, w)
         if o.beta > top + 1e-12:
-            raise ConfigError(f"atp_sparsity: beta {o.beta} puts a layer's sparsity outside [0, 1] at "
+            raise BudgetError(f"atp_sparsity: beta {o.beta} puts a layer's sparsity outside [0, 1] at "
                               f"sparsity {o.sparsity} over {len(w)} layers; use beta <= {top:.6g}.")
         values = atp_sparsities(o.sparsity, o.beta, w).clamp(0.0, 1.0)
         mean = float((values * w).sum() / w.sum())

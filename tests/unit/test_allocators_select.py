@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from layerif_core.config import RunConfig
-from layerif_core.errors import ConfigError, LayerifError, PluginError
+from layerif_core.errors import BudgetError, ConfigError, LayerifError, PluginError
 from layerif_core.pipeline import run
 from layerif_core.registry import check_components, get_registry
 from layerif_core.testing import save_tiny_model
@@ -212,6 +212,31 @@ def test_a_candidate_grid_stands_for_one_candidate_per_value():
     with pytest.raises(ValueError, match="grid must map allocator options to non-empty lists"):
         SelectOptions.model_validate({"heldout": HELDOUT,
                                       "candidates": [{**CANDIDATES[1], "grid": {"epsilon": []}}]})
+
+
+def test_a_grid_point_the_budget_rules_out_is_skipped_and_recorded(tiny_dir, tmp_path):
+    """A search skips the settings that cannot meet the budget at this sparsity (ATP's search keeps
+    its beta where every layer stays in [0, 1]); select records them and chooses among the rest.
+    With choice_seed the chosen candidate is re-allocated with the run's seed: the right one,
+    although a skipped point stands before it in the list."""
+    ramp = {"label": "capped ramp", "scorer": {"name": "depth"},
+            "allocation": {"name": "alpha_pruning", "options": {"epsilon": 0.2}},
+            "grid": {"max_sparsity": [0.3, 0.9]}}
+    data = with_options(base(tiny_dir, tmp_path, evaluation=[]), candidates=[ramp], choice_seed=0)
+    result = run(config({**data, "seed": 1}), show_progress=False)
+    record = json.loads((result.run_dir / "select.json").read_text())["caps"]
+    assert [c["label"] for c in record["candidates"]] == ["capped ramp (max_sparsity 0.9)"]
+    assert record["chosen"] == "capped ramp (max_sparsity 0.9)"
+    assert list(record["infeasible"]) == ["capped ramp (max_sparsity 0.3)"]
+    reason = record["infeasible"]["capped ramp (max_sparsity 0.3)"]
+    assert "cannot be reached with layers clipped to 0.3" in reason
+    assert result.allocations["caps"].details["select"]["infeasible"] == ["capped ramp (max_sparsity 0.3)"]
+    # no grid point meets the budget: one line saying so
+    data = with_options(data, candidates=[{**ramp, "grid": {"max_sparsity": [0.2, 0.3]}}])
+    none = r"^select: no candidate meets the budget at sparsity 0.5 \("
+    with pytest.raises(BudgetError, match=none) as info:
+        run(config({**data, "name": "none"}), show_progress=False)
+    assert "\n" not in str(info.value)
 
 
 def test_candidates_with_one_scorer_compute_its_scores_once(tiny_dir, tmp_path):
