@@ -186,7 +186,7 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(tiny_dir, tmp_path):  
     result = invoke("study", str(write_study(tmp_path / "s.yaml", data)))
     assert result.exit_code == 1, result.output
     found = {c["arm"]: c for c in cells(tmp_path / "out" / "tiny")}
-    assert found["broken"]["status"] == "failed" and found["broken"]["error"]["type"] == "ConfigError"
+    assert found["broken"]["status"] == "failed" and found["broken"]["error"]["type"] == "BudgetError"
     assert "owl_sparsity" in found["broken"]["error"]["message"]
     assert found["uniform"]["status"] == found["LayerIF ALL"]["status"] == "ok"
     assert found["broken"]["id"] in result.output
