@@ -95,9 +95,15 @@ def ranking(point: dict[str, Any], better: str, control: str,
         else:
             mde = r["paired"]["power"]["mde"]
             row += [diff_cells([r["paired"]], better)[0], "–" if mde is None else fmt(mde)]
-        row += [diff_cells([r["versus"][ref]], better)[0] if ref in r["versus"] else "–" for ref in refs]
+        row += [diff_cells([r["versus"][ref]], better)[0] if paired_seeds(r["versus"].get(ref)) else "–"
+                for ref in refs]
         rows.append(row)
     return header, rows
+
+
+def paired_seeds(d: dict[str, Any] | None) -> int:
+    """How many seeds a paired comparison had (none where the other arm has no cell there yet)."""
+    return 0 if d is None else d["wins"] + d["ties"] + d["losses"]
 
 
 def diff_cells(pairs: list[dict[str, Any]], better: str) -> list[str]:
