@@ -72,8 +72,11 @@ def tables(summary: dict[str, Any], axes: list[str]) -> list[dict[str, Any]]:
         power = power_table(m, summary, axes) if m["better"] != "none" else None
         boards = ([(point_label(p["grid"], axes), ranking(p, m["better"], summary["control"], refs))
                    for p in points] if ranks and len(arms) > 2 else [])
+        # ranks side by side: one column per grid point, where the per-point boards are one each
+        ranks_table = (header, ranks) if ranks and len(points) > 1 else None
         out.append({"metric": m["name"], "better": m["better"], "dense": m["dense"],
-                    "values": (header, values), "diffs": (header + ["all W/T/L"], diffs),
+                    "values": (header, values), "ranks_by_point": ranks_table,
+                    "diffs": (header + ["all W/T/L"], diffs),
                     "versus": {ref: (header + ["all W/T/L"], rows) for ref, rows in versus.items()},
                     "ranks": boards, "power": power})
     return out
@@ -249,6 +252,9 @@ def markdown(data: StudyData, summary: dict[str, Any]) -> str:
         if t["dense"] is not None:
             lines += [f"Unmodified model: {fmt(t['dense'])}.", ""]
         lines += md_table(*t["values"]) + [""]
+        if t["ranks_by_point"]:
+            lines += ["Rank per grid point (1 = best mean of its column; – where the arm has no "
+                      "finished cell there):", ""] + md_table(*t["ranks_by_point"]) + [""]
         for label, board in t["ranks"]:
             where = f" at {label}" if label != "all" else ""
             lines += [f"Ranking{where} (1 = best mean; equal means share a rank; Δ: paired difference, "

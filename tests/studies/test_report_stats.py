@@ -125,6 +125,27 @@ def test_a_study_in_progress_shows_only_the_arms_and_grid_points_with_finished_c
     assert len(summary["metrics"][0]["points"]) == 2 and len(summary["metrics"][0]["points"][0]["rows"]) == 3
 
 
+def test_the_ranks_of_every_grid_point_side_by_side(tmp_path):
+    """With several grid points the summary puts each arm's rank at every point in one table (the
+    order can change between points); an arm without a finished cell at a point shows a dash."""
+    grid = {"allocation.options.total": [90, 120]}
+    data = study(arms=[{"label": "uniform", "control": True}, {"label": "layerif"}, {"label": "ramp"}],
+                 grid=grid, seeds=[0, 1])
+    means = {90: {"uniform": 0.5, "layerif": 0.7, "ramp": 0.6}, 120: {"uniform": 0.6, "layerif": 0.5}}
+    cells = [cell(arm, s, {"acc": v + s / 100}, {"allocation.options.total": g})
+             for g, arms in means.items() for arm, v in arms.items() for s in (0, 1)]
+    directory = write_dir(tmp_path / "s", data, cells)
+    build_report(directory)
+    text = (directory / "summary.md").read_text()
+    table = text.split("Rank per grid point")[1].split("\n\n")[1].splitlines()
+    assert table[0] == "| arm | total=90 | total=120 |"
+    assert table[2:] == ["| uniform (control) | 3 | 1 |", "| layerif | 1 | 2 |", "| ramp | 2 | – |"]
+    one_point = write_dir(tmp_path / "one", study(seeds=[0, 1]), [c for c in cells if c["grid"][
+        "allocation.options.total"] == 90 and c["arm"] != "ramp"])
+    build_report(one_point)
+    assert "Rank per grid point" not in (one_point / "summary.md").read_text()  # the board says it
+
+
 def test_influence_mass_groups_arms_that_share_their_influences(tmp_path):
     """+VE and ALL score from the same influence matrices: one entry for both, the mean over the two
     seeds; a second estimator gets its own; an arm without influences (uniform) none."""
