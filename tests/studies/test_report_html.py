@@ -84,10 +84,11 @@ def test_the_html_holds_the_summary_tables_cell_for_cell(report):
     parser = Tables()
     page = (report / "report.html").read_text()
     parser.feed(page)
-    assert len(md) == 5  # values, a ranking per grid point, paired differences, power
+    assert len(md) == 6  # values, ranks side by side, a ranking per grid point, paired differences, power
     assert parser.tables == md
+    assert parser.tables[1][0] == ["arm", "sparsity=0.5", "sparsity=0.7"]
     means = {a: statistics.mean(PPL[a][0.7]) for a in PPL}
-    assert [row[1] for row in parser.tables[2][1:]] == [
+    assert [row[1] for row in parser.tables[3][1:]] == [
         a + (" (control)" if a == "uniform" else "") for a in sorted(means, key=means.get)]
     assert parser.tables[0][0] == ["arm", "sparsity=0.5", "sparsity=0.7"]
     assert [row[0] for row in parser.tables[0][1:]] == ["uniform (control)", "ramp", "worse", "mixed"]
