@@ -11,6 +11,8 @@ Single-process runs use the same code with a world of one.
 
 from __future__ import annotations
 
+import atexit
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -126,6 +128,14 @@ def init_from_env() -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    # leave the group while the interpreter is whole: a group still open at exit can abort the
+    # process in gloo's worker threads (SIGABRT) after the results are written
+    atexit.register(_leave_group)
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_rank() -> int:

@@ -43,8 +43,12 @@ def _worker(rank: int, world: int, init: str, tmp_path, estimator: str, fsdp: bo
     try:
         result = _influence(tmp_path / f"rank{rank}", estimator, fsdp)
         torch.save(result, f"{out}.{rank}")
+        dist.barrier()  # no rank leaves the group while the other still sends
     finally:
         dist.destroy_process_group()
+    # the result is on disk: skip interpreter teardown, where gloo work handles still held by FSDP's
+    # sharded parameters can be freed after their group (std::terminate, SIGABRT in one rank)
+    os._exit(0)
 
 
 def _two_ranks(tmp_path, estimator: str, fsdp: bool = False) -> list[torch.Tensor]:
