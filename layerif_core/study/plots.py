@@ -48,7 +48,9 @@ def plot_metrics(data: StudyData, summary: dict[str, Any], out: Path) -> list[Pa
             for p in m["points"]:
                 groups[tuple(json.dumps(p["grid"].get(o)) for o in others)].append(p)
             n = len(groups)
-            fig, axs = plt.subplots(1, n, figsize=(4.2 * n + 1, 3.6), squeeze=False)
+            # the legend beside the last panel, not over the lines: a study compares up to 20+ arms
+            height = max(3.6, 0.8 + 0.19 * len(data.study.arms))
+            fig, axs = plt.subplots(1, n, figsize=(4.2 * n + 3.5, height), squeeze=False)
             for ax, (key, pts) in zip(axs[0], groups.items(), strict=True):
                 xs = list(range(len(pts)))
                 labels = [str(p["grid"].get(axis, "")) for p in pts]
@@ -59,7 +61,8 @@ def plot_metrics(data: StudyData, summary: dict[str, Any], out: Path) -> list[Pa
                     mean = [p["rows"][i]["mean"] for p in pts]
                     shown += [v for v in mean if math.isfinite(v)]
                     ci = [0.0 if math.isnan(p["rows"][i]["ci95"]) else p["rows"][i]["ci95"] for p in pts]
-                    line, = ax.plot(xs, mean, "o-", label=arm, lw=1.5, ms=4)
+                    line, = ax.plot(xs, mean, "o-", label=arm, lw=1.5, ms=4,
+                                    ls=("-", "--")[i // 20 % 2])  # dashed once tab20 comes round
                     ax.fill_between(xs, [a - c for a, c in zip(mean, ci, strict=True)],
                                     [a + c for a, c in zip(mean, ci, strict=True)],
                                     color=line.get_color(), alpha=0.15)
@@ -73,7 +76,7 @@ def plot_metrics(data: StudyData, summary: dict[str, Any], out: Path) -> list[Pa
                     ax.set_title(", ".join(f"{o.split('.')[-1]}={json.loads(k)}" for o, k in
                                            zip(others, key, strict=True)), fontsize=9)
                 ax.grid(alpha=0.3)
-            axs[0][-1].legend(fontsize=7, loc="best")
+            axs[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
             goal = "" if m["better"] == "none" else f"{m['better']} is better; "
             fig.suptitle(f"{m['name']} ({goal}mean ± 95% CI over seeds)", fontsize=10)
             paths.append(_save(fig, out / f"{slug(m['name'])}__{slug(axis)}.png"))
