@@ -180,7 +180,8 @@ class Select:
                   "allocation": allocation.to_json(),
                   "seconds": {"scores": round(score_seconds, 3), **applied.seconds},
                   "reused": {"scores": reused, "heldout": False}, "seeded": seeded,
-                  "scores_key": scores_key(cfg), "heldout_key": value_key}
+                  "scores_key": scores_key(cfg), "heldout_key": value_key,
+                  "identity": key(what)}  # the key `layerif study --plan` prices it by
         write_json(ctx, path, result)
         return result
 

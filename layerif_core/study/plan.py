@@ -6,7 +6,9 @@ config: the keys the runner uses), and each stage's cost is estimated from the m
 offline: :mod:`layerif_core.shapes`) and the components' options (:mod:`layerif_core.estimates`;
 applications and evaluators state theirs through an ``estimate`` method), then turned into seconds
 and peak memory on a device of the table (:mod:`layerif_core.cost`). Nothing is downloaded, loaded
-or written.
+or written. Stages whose results are already in the study directory (finished cells, cached
+scores, held-out measurements, the dense evaluation) are counted as done and cost nothing: the plan
+of a study that was interrupted prices what is left.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ class Stage:
     cost: Cost
     seconds: float
     runs: int = 1
+    done: int = 0  # of the runs, those whose results are already in the study directory
 
     @property
     def total_seconds(self) -> float:
-        return self.seconds * self.runs
+        """What is left of this row: its runs not done."""
+        return self.seconds * (self.runs - self.done)
 
 
 @dataclass
@@ -75,16 +79,23 @@ class StudyPlan:
         lines = [f"# Plan of study '{self.name}': {len(self.cells)} cells on {dev.name}",
                  "", f"Device: {dev.name}, {gib(dev.memory_bytes)}; throughput: {dev.source}."]
         lines += [f"Model: {src} ({what})." for src, what in self.models.items()]
-        lines += ["", "| stage | runs | cells | time each | peak memory | time |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| stage | runs | done | cells | time each | peak memory | time left |",
+                  "|---|---|---|---|---|---|---|"]
         for s in self.stages:
             fits = "" if s.cost.peak_bytes <= dev.memory_bytes else " **does not fit**"
-            lines.append(f"| {s.kind}: {s.label} | {s.runs} | {len(s.cells)} | {duration(s.seconds)} | "
-                         f"{gib(s.cost.peak_bytes)}{fits} | {duration(s.total_seconds)} |")
+            lines.append(f"| {s.kind}: {s.label} | {s.runs} | {s.done} | {len(s.cells)} | "
+                         f"{duration(s.seconds)} | {gib(s.cost.peak_bytes)}{fits} | "
+                         f"{duration(s.total_seconds)} |")
         shared = sum(s.total_seconds for s in self.stages if s.kind != "cell")
         lines += ["", f"**Total: {self.seconds / 3600:.2f} device-hours** on {dev.name} (shared stages "
                   f"{duration(shared)}, cells {duration(self.seconds - shared)}); largest stage peak "
                   f"{gib(self.peak_bytes)} of {gib(dev.memory_bytes)}."]
+        cells = [s for s in self.stages if s.kind == "cell"]
+        finished = sum(s.done for s in cells)
+        if any(s.done for s in self.stages):
+            lines.append(f"Already in the study directory (not counted): {finished} of "
+                         f"{sum(s.runs for s in cells)} cells, "
+                         f"{sum(s.done for s in self.stages if s.kind != 'cell')} shared stages.")
         if self.peak_bytes > dev.memory_bytes:
             lines.append("Stages marked **does not fit** need a larger device, FSDP over several "
                          "(model.fsdp under torchrun) or smaller batches.")
@@ -96,7 +107,8 @@ class StudyPlan:
     def to_json(self) -> dict[str, Any]:
         return {"study": self.name, "device": self.device.name, "device_source": self.device.source,
                 "cells": len(self.cells), "seconds": self.seconds, "peak_bytes": self.peak_bytes,
-                "stages": [{"kind": s.kind, "label": s.label, "runs": s.runs, "cells": s.cells,
+                "stages": [{"kind": s.kind, "label": s.label, "runs": s.runs, "done": s.done,
+                            "cells": s.cells,
                             "seconds": s.seconds, "peak_bytes": s.cost.peak_bytes,
                             "flops": s.cost.total_flops, "note": s.cost.note} for s in self.stages]}
 
@@ -140,10 +152,13 @@ def plan_study(path: str | Path, device: str, data: dict[str, Any] | None = None
     gpu = device.lower() != "cpu"
     found: dict[tuple[str, str], Stage] = {}
 
-    def stage(kind: str, key: str, label: str, cell: Cell, estimate: Any, dtype: torch.dtype) -> None:
+    on_disk = OnDisk(directory, shared)
+
+    def stage(kind: str, key: str, label: str, cell: Cell, estimate: Any, dtype: torch.dtype,
+              done: bool = False) -> None:
         if (kind, key) not in found:
             cost = estimate()
-            found[(kind, key)] = Stage(kind, label, [], cost, cost.seconds(dev, dtype))
+            found[(kind, key)] = Stage(kind, label, [], cost, cost.seconds(dev, dtype), done=int(done))
             plan.stages.append(found[(kind, key)])
         found[(kind, key)].cells.append(cell.id)
 
@@ -157,21 +172,63 @@ def plan_study(path: str | Path, device: str, data: dict[str, Any] | None = None
         work = Workload(cfg, model, dtype)
         if study.dense and cfg.evaluation:
             stage("dense evaluation", "dense", "the unmodified model", cell,
-                  lambda w=work: evaluation_cost(w), dtype)
+                  lambda w=work: evaluation_cost(w), dtype, on_disk.dense(cfg))
         if cfg.layers.lora_only and not cfg.model.adapter:
             stage("adapter", repr(cfg.finetune.model_dump()), "LoRA fine-tuning for scoring", cell,
-                  lambda w=work: finetune_cost(w), dtype)
+                  lambda w=work: finetune_cost(w), dtype, on_disk.adapter(cfg))
         for scored in [cfg, *allocator_scoring(cfg)]:
             stage("scores", scores_key(shared, scored), scorer_label(scored), cell,
-                  lambda w=Workload(scored, model, dtype): scorer_cost(w), dtype)
+                  lambda w=Workload(scored, model, dtype): scorer_cost(w), dtype, on_disk.scores(scored))
         for key, label, cand, estimate in allocator_stages(cfg):
             cand_work = Workload(cand.model_copy(update={"layers": application_layers(cand.layers)}),
                                  model, dtype)
-            stage("held-out", key, label, cell, lambda w=cand_work, e=estimate: e(w), dtype)
+            stage("held-out", key, label, cell, lambda w=cand_work, e=estimate: e(w), dtype,
+                  on_disk.heldout(key))
         app = Workload(cfg.model_copy(update={"layers": application_layers(cfg.layers)}), model, dtype)
-        stage("cell", cell.id, cell.arm, cell, lambda w=app: cell_cost(w), dtype)
+        stage("cell", cell.id, cell.arm, cell, lambda w=app: cell_cost(w), dtype, on_disk.cell(cell))
     merge_rows(plan)
     return plan
+
+
+class OnDisk:
+    """Which stages a study directory already holds, read where the runner writes them (a stage
+    counts as done when its result file is there; the runner still checks its inputs before reuse)."""
+
+    def __init__(self, directory: Path, shared: Any) -> None:
+        self.directory, self.shared = directory, shared
+        self._heldout: set[str] | None = None
+
+    def dense(self, cfg: RunConfig) -> bool:
+        return self.shared.dense_path(cfg).is_file()
+
+    def adapter(self, cfg: RunConfig) -> bool:
+        from layerif_core.finetune import STATE_FILE
+
+        out = self.shared.adapter_path(cfg)
+        return (out / STATE_FILE).is_file() and (out / "adapter_model.safetensors").is_file()
+
+    def scores(self, cfg: RunConfig) -> bool:
+        if self.shared.scores_path(cfg).is_file():
+            return True
+        if cfg.scorer.name != "layerif":
+            return False
+        run = self.directory / "shared" / "runs" / scoring_run_key(scoring_config(cfg))
+        return (run / "influence.safetensors").is_file()
+
+    def heldout(self, key: str) -> bool:
+        """``select``'s candidate measurements carry the key the plan prices them by (``identity``)."""
+        if self._heldout is None:
+            from layerif_core.study.runner import read_json
+
+            found = (read_json(p) for p in sorted((self.directory / "shared" / "select").glob("*.json")))
+            self._heldout = {f["identity"] for f in found if isinstance(f, dict) and "identity" in f}
+        return key in self._heldout
+
+    def cell(self, cell: Cell) -> bool:
+        from layerif_core.study.runner import cell_result
+
+        found = cell_result(self.directory, cell.id)
+        return found is not None and found.ok
 
 
 def scores_key(shared: Any, cfg: RunConfig) -> str:
@@ -247,6 +304,7 @@ def merge_rows(plan: StudyPlan) -> None:
         key = (s.kind, s.label, round(s.seconds, 6))
         if key in rows:
             rows[key].runs += s.runs
+            rows[key].done += s.done
             rows[key].cells += s.cells
         else:
             rows[key] = s

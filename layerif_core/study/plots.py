@@ -61,7 +61,7 @@ def plot_metrics(data: StudyData, summary: dict[str, Any], out: Path) -> list[Pa
                     mean = [p["rows"][i]["mean"] for p in pts]
                     shown += [v for v in mean if math.isfinite(v)]
                     ci = [0.0 if math.isnan(p["rows"][i]["ci95"]) else p["rows"][i]["ci95"] for p in pts]
-                    line, = ax.plot(xs, mean, "o-", label=arm, lw=1.5, ms=4,
+                    line, = ax.plot(xs, mean, marker="o", label=arm, lw=1.5, ms=4,
                                     ls=("-", "--")[i // 20 % 2])  # dashed once tab20 comes round
                     ax.fill_between(xs, [a - c for a, c in zip(mean, ci, strict=True)],
                                     [a + c for a, c in zip(mean, ci, strict=True)],

@@ -186,8 +186,7 @@ class Shared:
             return cfg
         from layerif_core.finetune import finetune
 
-        name = key([cfg.model_dump(mode="json", include={"model", "finetune", "tasks", "seed"})])
-        out = self.directory / "shared" / "adapters" / name
+        out = self.adapter_path(cfg)
         cfg = cfg.model_copy(deep=True)
         cfg.finetune.output = str(out)
         stage("fine-tuning the scoring adapter")
@@ -230,6 +229,17 @@ class Shared:
         """Where the application + evaluation outcome of ``cfg`` with ``allocation`` is kept."""
         return self.directory / "shared" / "outcomes" / f"{outcome_key(cfg, allocation)}.json"
 
+    def dense_path(self, cfg: RunConfig) -> Path:
+        """Where the unmodified base model's metrics are kept (one file per model, evaluation, tasks)."""
+        what = cfg.model_dump(mode="json", include={"model", "evaluation", "tasks"})
+        what["model"]["adapter"] = None
+        return self.directory / "shared" / "dense" / f"{key(what)}.json"
+
+    def adapter_path(self, cfg: RunConfig) -> Path:
+        """Where the scoring adapter of ``cfg`` (the paper's route) is kept."""
+        name = key([cfg.model_dump(mode="json", include={"model", "finetune", "tasks", "seed"})])
+        return self.directory / "shared" / "adapters" / name
+
     def dense(self, cfg: RunConfig, stage: Stage) -> dict[str, Any] | None:
         """Metrics of the unmodified base model (no adapter, no application), once."""
         if not cfg.evaluation:
@@ -238,10 +248,8 @@ class Shared:
         from layerif_core.pipeline import open_run
         from layerif_core.scope import application_layers
 
-        what = cfg.model_dump(mode="json", include={"model", "evaluation", "tasks"})
-        what["model"]["adapter"] = None
-        name = key(what)
-        path = self.directory / "shared" / "dense" / f"{name}.json"
+        path = self.dense_path(cfg)
+        name = path.stem
         found = read_json(path)
         if found is not None:
             return found

@@ -27,6 +27,25 @@ def test_plan_shares_the_stages_the_runner_shares(tiny_dir, tmp_path):  # noqa: 
     assert by_kind["scores"] == outcome.shared["scores"]  # uniform once, LayerIF once per seed
 
 
+def test_the_plan_of_a_started_study_prices_only_what_is_left(tiny_dir, tmp_path):  # noqa: F811
+    """Cells finished, scores cached and the dense evaluation on disk cost nothing in the plan: the
+    plan of an interrupted study says how long the rest takes."""
+    data = tiny_study(tiny_dir, tmp_path / "out")
+    path = write_study(tmp_path / "s.yaml", data)
+    fresh = plan_study(path, "H100")
+    assert all(s.done == 0 for s in fresh.stages)
+    run_study(path, show_progress=False, arms=["uniform"], seeds=[0])
+    half = plan_study(path, "H100")
+    done = {(s.kind, s.label): s.done for s in half.stages if s.done}
+    # uniform, seed 0: both grid points' cells, its scores, the dense evaluation; nothing of LayerIF
+    assert done == {("cell", "uniform: load, application, evaluation"): 2, ("scores", "uniform"): 1,
+                    ("dense evaluation", "the unmodified model"): 1}
+    assert fresh.seconds > half.seconds > 0
+    assert "Already in the study directory (not counted): 2 of 8 cells, 2 shared stages." in half.markdown()
+    run_study(path, show_progress=False)
+    assert plan_study(path, "H100").seconds == 0
+
+
 def test_perplexity_stage_costs_its_forward_flops(tiny_dir, tmp_path):  # noqa: F811
     """2 d_in d_out per token and linear map, plus causal attention 3 T d_attn per token and layer
     (QKᵀ and AV, half of each masked), over max_windows × seqlen tokens."""

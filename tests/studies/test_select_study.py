@@ -55,6 +55,9 @@ def test_a_study_with_a_select_arm_runs_and_shares_scores_with_the_other_arms(ti
     summary = build_report(outcome.directory)["summary.md"].read_text()
     assert "## What select chose" in summary
     assert f"| select | sparsity=0.4 | {best['label']} ×1 |" in summary
+    # the plan finds the candidates' measurements on disk: nothing is left
+    held = [s for s in plan_study(study(tiny_dir, tmp_path), "H100").stages if s.kind == "held-out"]
+    assert len(held) == 2 and all(s.done == s.runs == 1 for s in held)
 
 
 def test_the_plan_prices_the_select_arm_above_the_uniform_arm(tiny_dir, tmp_path):  # noqa: F811
