@@ -145,3 +145,16 @@ def test_select_candidates_are_priced_once_per_cache_key_as_the_runner_measures_
     run_study(write_study(tmp_path / "s.yaml", data), show_progress=False)
     measured = list((tmp_path / "out" / "tiny" / "shared" / "select").glob("*.json"))
     assert len(measured) == planned
+
+
+def test_a_cpu_plan_made_on_a_busy_machine_says_so(monkeypatch):
+    """``--device cpu`` measures the share of the cores it gets: on a busy machine its times are
+    those of that share, and the plan's device line says so."""
+    import os
+
+    from layerif_core.cost import measure_cpu
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert measure_cpu().source == "measured on this machine"
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count()), 0.0, 0.0))
+    assert "busy" in measure_cpu().source
