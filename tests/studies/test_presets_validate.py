@@ -31,7 +31,7 @@ def test_the_pruning_study_compares_every_rule_under_wanda():
                  "LayerIF +VE", "LayerIF +VE (EK-FAC)", "LayerIF +VE (arithmetic task)",
                  "LayerIF +VE, layer 0 at the bottom"]
     tuned = ["ATP (tuned)", "depth ramp (tuned)", "AlphaPruning (tuned)", "OWL (tuned)", "DLP (tuned)",
-             "LSA (tuned)", "ALP (tuned)", "LayerIF +VE (tuned)"]
+             "LSA (tuned)", "ALP (tuned)", "LayerIF +VE (tuned)", "LayerIF +VE (EK-FAC, tuned)"]
     assert [a.label for a in study.arms] == published + tuned + ["select"]
     assert study.control.label == "uniform" and len(study.seeds) >= 5
     assert sorted({c.config.allocation.options["sparsity"] for c in cells}) == [0.5, 0.6, 0.7]
@@ -137,7 +137,7 @@ def test_every_rule_is_tuned_alike_and_select_takes_the_best_of_the_tuned_rules(
     from layerif_core.allocators.select import candidate_configs
     from layerif_core.scoring_keys import scores_key
 
-    for name, select_size in (("pruning.yaml", 46), ("pruning_sparsegpt.yaml", 26)):
+    for name, select_size in (("pruning.yaml", 51), ("pruning_sparsegpt.yaml", 26)):
         study, cells = cells_of(name)
         point = cells[0].point
         at = {c.arm: c.config for c in cells if c.point == point and c.seed == 0}
