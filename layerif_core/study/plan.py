@@ -204,7 +204,9 @@ class OnDisk:
     def adapter(self, cfg: RunConfig) -> bool:
         from layerif_core.finetune import STATE_FILE
 
-        out = self.shared.adapter_path(cfg)
+        # the runner fine-tunes with the scoring seed (one adapter for every seed when the
+        # scores do not depend on it)
+        out = self.shared.adapter_path(cfg.model_copy(update={"seed": scoring_config(cfg)["seed"]}))
         return (out / STATE_FILE).is_file() and (out / "adapter_model.safetensors").is_file()
 
     def scores(self, cfg: RunConfig) -> bool:

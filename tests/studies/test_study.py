@@ -212,3 +212,7 @@ def test_the_paper_route_is_an_arm(tiny_dir, tmp_path):  # noqa: F811
         assert len(c["allocation"]["values"]) == 3
     adapters = list((tmp_path / "out" / "tiny" / "shared" / "adapters").glob("*/adapter_config.json"))
     assert len(adapters) == 1
+    from layerif_core.study.plan import plan_study
+
+    adapter = [s for s in plan_study(tmp_path / "s.yaml", "H100").stages if s.kind == "adapter"]
+    assert [(s.runs, s.done) for s in adapter] == [(1, 1)]  # the plan finds it on disk
