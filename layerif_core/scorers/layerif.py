@@ -24,6 +24,8 @@ from layerif_core.splits import load_task_splits
 log = logging.getLogger("layerif")
 
 
+INFLUENCE_FILE = "influence.safetensors"  # per task: its influence matrix I[l, i], cached in the run
+
 def influence_fingerprint(ctx: RunContext, task: TaskSpec, train_fp: str, query_fp: str) -> str:
     spec = ctx.config.scorer.estimator.model_dump()
     key = [ctx.model_fingerprint, ctx.config.layers.model_dump(), train_fp, query_fp, spec,
@@ -56,7 +58,7 @@ class LayerIFScorer:
             estimator.fit(ctx, train)
             return estimator.influence(ctx, train, query).float().cpu()
 
-        influence = ctx.run_dir.cached_entry("influence.safetensors", task.name, fingerprint, compute)
+        influence = ctx.run_dir.cached_entry(INFLUENCE_FILE, task.name, fingerprint, compute)
         values = aggregator(influence)
         side = getattr(aggregator, "side", None)
         helpful, harmful = (float(x.float().mean()) for x in (influence > 0, influence < 0))

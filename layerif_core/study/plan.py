@@ -214,8 +214,9 @@ class OnDisk:
             return True
         if cfg.scorer.name != "layerif":
             return False
-        run = self.directory / "shared" / "runs" / scoring_run_key(scoring_config(cfg))
-        return (run / "influence.safetensors").is_file()
+        from layerif_core.scorers.layerif import INFLUENCE_FILE
+
+        return (self.shared.scoring_runs / scoring_run_key(scoring_config(cfg)) / INFLUENCE_FILE).is_file()
 
     def heldout(self, key: str) -> bool:
         """``select``'s candidate measurements carry the key the plan prices them by (``identity``)."""

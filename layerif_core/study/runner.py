@@ -215,7 +215,7 @@ class Shared:
         scored = self.adapter(cfg.model_copy(update={"seed": scoring["seed"]}), stage)
         run_cfg = scored.model_copy(update={"name": scoring_run_key(scoring), "allocation": None,
                                             "application": None, "evaluation": [],
-                                            "output_dir": str(self.directory / "shared" / "runs"),
+                                            "output_dir": str(self.scoring_runs),
                                             "seed": scoring["seed"]})
         model, tokenizer = self.models.get(run_cfg.model)
         ctx = open_run(run_cfg, show_progress=False, model=model, tokenizer=tokenizer)
@@ -228,6 +228,11 @@ class Shared:
     def outcome_path(self, cfg: RunConfig, allocation: Any) -> Path:
         """Where the application + evaluation outcome of ``cfg`` with ``allocation`` is kept."""
         return self.directory / "shared" / "outcomes" / f"{outcome_key(cfg, allocation)}.json"
+
+    @property
+    def scoring_runs(self) -> Path:
+        """Where the scoring runs are kept (one per scoring config, named by its run key)."""
+        return self.directory / "shared" / "runs"
 
     def dense_path(self, cfg: RunConfig) -> Path:
         """Where the unmodified base model's metrics are kept (one file per model, evaluation, tasks)."""
