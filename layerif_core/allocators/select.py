@@ -53,6 +53,7 @@ log = logging.getLogger("layerif")
 
 FORMAT = 1
 GRID_SUFFIX = re.compile(r" \((?:[A-Za-z_]\w* [^,()]+)(?:, [A-Za-z_]\w* [^,()]+)*\)$")  # "(epsilon 0.1)"
+CACHE = "select"  # the folder under the cache root that keeps the candidates' held-out values
 QUIET = ("save_model", "save_masks")  # application options select turns off for its candidates
 
 
@@ -161,7 +162,7 @@ class Select:
         reg = get_registry()
         seeded, what = heldout_identity(self.opts, cfg, task)
         value_key = key({**what, "model": ctx.model_fingerprint, "weights": weights})
-        path = ctx.cache_root / "select" / f"{value_key}.json"
+        path = ctx.cache_root / CACHE / f"{value_key}.json"
         found = None if ctx.run_dir.force else read_json(path)
         if found is not None:
             log.info("select: candidate '%s' reused from %s", candidate.label, path)

@@ -221,9 +221,10 @@ class OnDisk:
     def heldout(self, key: str) -> bool:
         """``select``'s candidate measurements carry the key the plan prices them by (``identity``)."""
         if self._heldout is None:
+            from layerif_core.allocators.select import CACHE
             from layerif_core.study.runner import read_json
 
-            found = (read_json(p) for p in sorted((self.directory / "shared" / "select").glob("*.json")))
+            found = (read_json(p) for p in sorted((self.shared.root / CACHE).glob("*.json")))
             self._heldout = {f["identity"] for f in found if isinstance(f, dict) and "identity" in f}
         return key in self._heldout
 

@@ -196,9 +196,14 @@ class Shared:
             self.computed["adapters"] += 1
         return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(out)})})
 
+    @property
+    def root(self) -> Path:
+        """Where the shared stages are kept (also the cache root ``select`` reuses across cells)."""
+        return self.directory / "shared"
+
     def scores_path(self, cfg: RunConfig) -> Path:
         """Where the layer scores of ``cfg`` are kept (one file per distinct scoring config)."""
-        return self.directory / "shared" / "scores" / f"{scores_key(cfg)}.json"
+        return self.root / "scores" / f"{scores_key(cfg)}.json"
 
     def scores(self, cfg: RunConfig, stage: Stage) -> tuple[Any, bool]:
         """The :class:`LayerScores` of ``cfg``'s scorer for the task ``apply_to`` names (the only
@@ -227,23 +232,23 @@ class Shared:
 
     def outcome_path(self, cfg: RunConfig, allocation: Any) -> Path:
         """Where the application + evaluation outcome of ``cfg`` with ``allocation`` is kept."""
-        return self.directory / "shared" / "outcomes" / f"{outcome_key(cfg, allocation)}.json"
+        return self.root / "outcomes" / f"{outcome_key(cfg, allocation)}.json"
 
     @property
     def scoring_runs(self) -> Path:
         """Where the scoring runs are kept (one per scoring config, named by its run key)."""
-        return self.directory / "shared" / "runs"
+        return self.root / "runs"
 
     def dense_path(self, cfg: RunConfig) -> Path:
         """Where the unmodified base model's metrics are kept (one file per model, evaluation, tasks)."""
         what = cfg.model_dump(mode="json", include={"model", "evaluation", "tasks"})
         what["model"]["adapter"] = None
-        return self.directory / "shared" / "dense" / f"{key(what)}.json"
+        return self.root / "dense" / f"{key(what)}.json"
 
     def adapter_path(self, cfg: RunConfig) -> Path:
         """Where the scoring adapter of ``cfg`` (the paper's route) is kept."""
         name = key([cfg.model_dump(mode="json", include={"model", "finetune", "tasks", "seed"})])
-        return self.directory / "shared" / "adapters" / name
+        return self.root / "adapters" / name
 
     def dense(self, cfg: RunConfig, stage: Stage) -> dict[str, Any] | None:
         """Metrics of the unmodified base model (no adapter, no application), once."""
@@ -260,7 +265,7 @@ class Shared:
             return found
         stage("dense evaluation")
         dense_cfg = cfg.model_copy(update={
-            "name": name, "output_dir": str(self.directory / "shared" / "dense"), "allocation": None,
+            "name": name, "output_dir": str(self.root / "dense"), "allocation": None,
             "application": None, "layers": application_layers(cfg.layers),
             "model": cfg.model.model_copy(update={"adapter": None})})
         model, tokenizer = self.models.get(dense_cfg.model)
@@ -307,7 +312,7 @@ def run_cell(cell: Cell, shared: Shared, stage: Stage) -> dict[str, Any]:
     stage("loading the model")
     model, tokenizer = shared.models.get(app_cfg.model)
     ctx = open_run(app_cfg, show_progress=False, model=model, tokenizer=tokenizer)
-    ctx.cache_dir = shared.directory / "shared"  # what select reuses across cells (scores, held-out values)
+    ctx.cache_dir = shared.root  # what select reuses across cells (scores, held-out values)
     task = cfg.application_task("layerif study")
     allocation = None
     if cfg.allocation is not None:
