@@ -150,6 +150,15 @@ def power_table(m: dict[str, Any], summary: dict[str, Any], axes: list[str]) -> 
                 row.append(str(pw["seeds_for_target"]) if pw["seeds_for_target"] is not None
                            else f"> {MAX_SEEDS}" if pw["seeds_over_cap"] else missing(pw["note"]))
             rows.append(row)
+        pooled = p.get("pooled_power")
+        if pooled is not None:
+            row = [f"pooled over {pooled['arms']} arms"] + ([point_label(p["grid"], axes)] if axes else [])
+            row += [f"{pooled['n']} planned", fmt(pooled["sd"]),
+                    fmt(pooled["mde"]) if pooled["mde"] is not None else missing(pooled["note"])]
+            if target:
+                row.append(str(pooled["seeds_for_target"]) if pooled["seeds_for_target"] is not None
+                           else f"> {MAX_SEEDS}" if pooled["seeds_over_cap"] else missing(pooled["note"]))
+            rows.append(row)
     if not rows:
         return None
     return {"header": header, "rows": rows, "explain": power_sentence(summary["test"], target),
@@ -169,7 +178,11 @@ def power_sentence(test: str, target: float | None) -> str:
     if target:
         text += (f"; seeds for target is how many seeds the same test needs to detect a difference "
                  f"of {fmt(target)} with 80% power at that spread")
-    return text + "."
+    return text + (". The pooled row pools the arms' SDs (each variance weighted by its pairs − 1) "
+                   "and gives the MDE at the seeds the study file plans: what the whole study "
+                   "resolves if that spread holds, the figure to size the study on after a pilot "
+                   "of a few seeds (the arms share the control's seeds, so it is less certain than "
+                   "its pooled pairs suggest).")
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from layerif_core.errors import closest
 from layerif_core.study.config import MetricSpec, StudyError
-from layerif_core.study.power import paired_power
+from layerif_core.study.power import paired_power, pooled_power
 from layerif_core.study.records import StudyData, point_key
 
 
@@ -140,6 +140,9 @@ def summarize(data: StudyData) -> dict[str, Any]:
                     # 1 + the arms with a better mean: equal means share a rank
                     better = sum(sign * (o["mean"] - r["mean"]) > 0 for o in finite)
                     r["rank"] = 1 + better if r["n"] else None
-            entry["points"].append({"grid": grid, "rows": rows})
+            pooled = pooled_power([(r["paired"]["power"]["n"], r["paired"]["power"]["sd"])
+                                   for r in rows if "paired" in r],
+                                  len(data.study.seeds), data.study.test, spec.target_effect)
+            entry["points"].append({"grid": grid, "rows": rows, "pooled_power": pooled})
         out["metrics"].append(entry)
     return out

@@ -146,3 +146,27 @@ def test_a_bad_target_effect_is_one_line(tmp_path, spec, message):
     with pytest.raises(StudyError, match=None) as info:
         load_study(tmp_path / "s.yaml", study(metrics=[spec]))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_pilot_reads_the_pooled_spread_at_the_seeds_the_study_plans(tmp_path):
+    """Seeds 0-2 of a study that plans 20: the arms' paired SDs pooled by their degrees of freedom,
+    the MDE at 20 pairs and the seeds the target needs at that spread."""
+    control, a, b = [0.70, 0.68, 0.71], [0.66, 0.69, 0.70], [0.72, 0.65]
+    cells = [cell("uniform", s, {"acc": v}) for s, v in enumerate(control)]
+    cells += [cell("a", s, {"acc": v}) for s, v in enumerate(a)]
+    cells += [cell("b", s, {"acc": v}) for s, v in enumerate(b)]
+    cells.append(cell("c", 0, {"acc": 0.6}))  # one pair: no spread to pool
+    arms = [{"label": "uniform", "control": True}, {"label": "a"}, {"label": "b"}, {"label": "c"}]
+    data = study(test="t", seeds=list(range(20)), arms=arms,
+                 metrics=[{"name": "acc", "target_effect": 0.01}])
+    directory = write_dir(tmp_path / "s", data, cells)
+    build_report(directory)
+    var_a = statistics.variance([x - y for x, y in zip(a, control, strict=False)])
+    var_b = statistics.variance([x - y for x, y in zip(b, control, strict=False)])
+    sd = math.sqrt((2 * var_a + 1 * var_b) / 3)  # weights: pairs - 1
+    mde = mde_by_integration(20) * sd
+    seeds = next(n for n in range(2, 500) if power_by_integration(n, 0.01 / sd) >= 0.8)
+    text = (directory / "summary.md").read_text()
+    assert f"| pooled over 2 arms | total=90 | 20 planned | {sd:.4g} | {mde:.4g} | {seeds} |" in text
+    pooled = json.loads((directory / "summary.json").read_text())["metrics"][0]["points"][0]["pooled_power"]
+    assert pooled["df"] == 3 and pooled["mde"] == pytest.approx(mde, rel=1e-6)
