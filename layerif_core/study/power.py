@@ -12,22 +12,15 @@ Analysis for the Behavioral Sciences*, ch. 2; G*Power's "difference from constan
   exact power (not the normal approximation, which is far off at a handful of seeds: n = 10 needs
   d = 0.994·s, not 0.886·s);
 - seeds for a target effect e: the smallest n ≥ 2 with power(n, e) ≥ 0.8;
-- pooled over the arms (a pilot's reading): the arms' SDs pooled, each variance weighted by its
-  degrees of freedom, ``s_p² = Σ (n_a − 1)·s_a² / Σ (n_a − 1)``, and the MDE and seeds above at
-  that spread, the MDE at the seeds the study plans. One arm's SD from 2–3 seeds is too rough to
-  size a study on (a 3-seed SD's 95% interval spans 0.52–6.3 times the true one); the pooled one
-  is steadier, though the arms share the control's seeds, so it has fewer independent degrees of
-  freedom than the sum counts.
-
-The Wilcoxon signed-rank test has no closed-form power; it is taken as the t-test's at ``n·3/π``
-pairs, its asymptotic relative efficiency for normal differences (Lehmann 1975, *Nonparametrics*,
-ch. 2, the "A.R.E. method" of power programs). It is optimistic at few pairs, where the exact test's
-p-values are coarse: at the MDE it gives, 6 pairs reach 66% power, 8 reach 76%, 20 reach 80%
-(simulated). Below 6 pairs no outcome reaches p < 0.05 (the smallest two-sided exact p-value is
-2/2ⁿ), so nothing is detectable there.
-
-The spread s is the one observed in the study, itself uncertain at a few seeds: the figures say what
-the study could resolve if that spread is typical, not a guarantee.
+- pooled over the arms (a pilot's reading): the arm × seed table as a randomized block design,
+  ``y[a, s] = μ_a + τ_s + e[a, s]`` with the training noise e alike in every arm; the residual mean
+  square of that additive fit (least squares, df = cells − arms − seeds + 1 on a complete table)
+  estimates σ², a paired difference between two arms varies by ``s_p = √(2σ²)``, and the MDE (at
+  the seeds the study plans) and the seeds above are read at s_p. One arm's SD from 2–3 seeds is
+  too rough to size a study on (a 3-seed SD's 95% interval spans 0.52–6.3 times the true one), and
+  pooling the arms' SDs against the control would put the control's own noise into every term:
+  the block fit uses every arm alike. An arm whose values repeat another's exactly (the same
+  allocation) counts once.
 """
 
 from __future__ import annotations
@@ -120,18 +113,30 @@ class Power:
                 "seeds_over_cap": self.seeds_over_cap, "note": self.note}
 
 
-def pooled_power(spreads: list[tuple[int, float | None]], seeds: int, test: str = "t",
+def pooled_power(table: dict[str, dict[int, float]], seeds: int, test: str = "t",
                  target: float | None = None) -> dict[str, object] | None:
-    """The paired comparisons' SD pooled over the arms (``spreads``: each arm's pairs and SD), the
-    MDE at ``seeds`` pairs (the seeds the study plans) and the seeds ``target`` needs at that
-    spread; None when no arm has two pairs."""
-    sized = [(n - 1, sd) for n, sd in spreads if sd is not None and n >= 2]
-    df = sum(k for k, _ in sized)
-    if not df:
+    """The spread of a paired difference from the arm × seed ``table`` (arm -> seed -> value) by
+    the additive block fit, the MDE at ``seeds`` pairs (the seeds the study plans) and the seeds
+    ``target`` needs at that spread; None when the table leaves no residual degree of freedom."""
+    import numpy as np
+
+    kept: list[dict[int, float]] = []
+    for values in table.values():
+        if values and not any(repeats(values, other) for other in kept):
+            kept.append(values)
+    cells = [(i, s, v) for i, values in enumerate(kept) for s, v in sorted(values.items())]
+    order = sorted({s for _, s, _ in cells})
+    design = np.zeros((len(cells), len(kept) + len(order)))
+    for row, (i, s, _) in enumerate(cells):
+        design[row, i] = design[row, len(kept) + order.index(s)] = 1.0
+    y = np.array([v for *_, v in cells], dtype=np.float64)
+    df = len(cells) - (int(np.linalg.matrix_rank(design)) if cells else 0)
+    if df < 1:
         return None
-    sd = math.sqrt(sum(k * s * s for k, s in sized) / df)
+    resid = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    sd = math.sqrt(2 * float(resid @ resid) / df)
     out = Power(seeds, sd, None)
-    if sd <= 1e-12:
+    if sd <= 1e-12 * max(1.0, float(np.abs(y).max())):
         out.note = NO_SPREAD
     else:
         dz = mde_dz(seeds, test)
@@ -139,7 +144,13 @@ def pooled_power(spreads: list[tuple[int, float | None]], seeds: int, test: str 
         if target is not None:
             out.seeds = seeds_for(target / sd, test)
             out.seeds_over_cap = out.seeds is None
-    return {**out.to_json(), "arms": len(sized), "df": df}
+    return {**out.to_json(), "arms": sum(len(v) >= 2 for v in kept), "df": df}
+
+
+def repeats(a: dict[int, float], b: dict[int, float]) -> bool:
+    """Whether ``a`` repeats ``b``: equal on every seed they share, and they share two or more."""
+    common = set(a) & set(b)
+    return len(common) >= 2 and all(a[s] == b[s] for s in common)
 
 
 def paired_power(diffs: list[float], test: str = "t", target: float | None = None) -> Power:

@@ -152,7 +152,7 @@ def power_table(m: dict[str, Any], summary: dict[str, Any], axes: list[str]) -> 
             rows.append(row)
         pooled = p.get("pooled_power")
         if pooled is not None:
-            row = [f"pooled over {pooled['arms']} arms"] + ([point_label(p["grid"], axes)] if axes else [])
+            row = [f"pooled over {pooled['arms']} arms ({pooled['df']} df)"] + ([point_label(p["grid"], axes)] if axes else [])
             row += [f"{pooled['n']} planned", fmt(pooled["sd"]),
                     fmt(pooled["mde"]) if pooled["mde"] is not None else missing(pooled["note"])]
             if target:
@@ -178,11 +178,12 @@ def power_sentence(test: str, target: float | None) -> str:
     if target:
         text += (f"; seeds for target is how many seeds the same test needs to detect a difference "
                  f"of {fmt(target)} with 80% power at that spread")
-    return text + (". The pooled row pools the arms' SDs (each variance weighted by its pairs − 1) "
-                   "and gives the MDE at the seeds the study file plans: what the whole study "
-                   "resolves if that spread holds, the figure to size the study on after a pilot "
-                   "of a few seeds (the arms share the control's seeds, so it is less certain than "
-                   "its pooled pairs suggest).")
+    return text + (". The pooled row reads the spread of a paired difference from every arm and "
+                   "seed at once (the arm × seed table fitted as arm + seed effects; SD = √2 × the "
+                   "residual SD, with the residual degrees of freedom in brackets) and gives the MDE "
+                   "at the seeds the study file plans: what the whole study resolves if every arm's "
+                   "training noise is alike, the figure to size the study on after a pilot of a few "
+                   "seeds.")
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -148,25 +148,27 @@ def test_a_bad_target_effect_is_one_line(tmp_path, spec, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_a_pilot_reads_the_pooled_spread_at_the_seeds_the_study_plans(tmp_path):
-    """Seeds 0-2 of a study that plans 20: the arms' paired SDs pooled by their degrees of freedom,
-    the MDE at 20 pairs and the seeds the target needs at that spread."""
-    control, a, b = [0.70, 0.68, 0.71], [0.66, 0.69, 0.70], [0.72, 0.65]
-    cells = [cell("uniform", s, {"acc": v}) for s, v in enumerate(control)]
-    cells += [cell("a", s, {"acc": v}) for s, v in enumerate(a)]
-    cells += [cell("b", s, {"acc": v}) for s, v in enumerate(b)]
-    cells.append(cell("c", 0, {"acc": 0.6}))  # one pair: no spread to pool
-    arms = [{"label": "uniform", "control": True}, {"label": "a"}, {"label": "b"}, {"label": "c"}]
+def test_a_pilot_reads_the_paired_spread_from_every_arm_and_seed(tmp_path):
+    """Seeds 0-2 of a study that plans 20: the spread of a paired difference from the arm × seed
+    table as a randomized block design (double-centred residuals, (A − 1)(S − 1) df), the MDE at
+    20 pairs and the seeds the target needs; an arm that repeats another's values counts once, an
+    arm with one seed adds nothing."""
+    table = {"uniform": [0.70, 0.68, 0.71], "a": [0.66, 0.69, 0.70], "b": [0.72, 0.65, 0.69]}
+    cells = [cell(arm, s, {"acc": v}) for arm, vals in table.items() for s, v in enumerate(vals)]
+    cells += [cell("repeat of a", s, {"acc": v}) for s, v in enumerate(table["a"])]
+    cells.append(cell("c", 0, {"acc": 0.6}))
+    arms = [{"label": a} for a in ("uniform", "a", "b", "repeat of a", "c")]
+    arms[0]["control"] = True
     data = study(test="t", seeds=list(range(20)), arms=arms,
                  metrics=[{"name": "acc", "target_effect": 0.01}])
     directory = write_dir(tmp_path / "s", data, cells)
     build_report(directory)
-    var_a = statistics.variance([x - y for x, y in zip(a, control, strict=False)])
-    var_b = statistics.variance([x - y for x, y in zip(b, control, strict=False)])
-    sd = math.sqrt((2 * var_a + 1 * var_b) / 3)  # weights: pairs - 1
+    y = np.array(list(table.values()))
+    resid = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
+    sd = math.sqrt(2 * (resid ** 2).sum() / ((3 - 1) * (3 - 1)))
     mde = mde_by_integration(20) * sd
     seeds = next(n for n in range(2, 500) if power_by_integration(n, 0.01 / sd) >= 0.8)
     text = (directory / "summary.md").read_text()
-    assert f"| pooled over 2 arms | total=90 | 20 planned | {sd:.4g} | {mde:.4g} | {seeds} |" in text
+    assert f"| pooled over 3 arms (4 df) | total=90 | 20 planned | {sd:.4g} | {mde:.4g} | {seeds} |" in text
     pooled = json.loads((directory / "summary.json").read_text())["metrics"][0]["points"][0]["pooled_power"]
-    assert pooled["df"] == 3 and pooled["mde"] == pytest.approx(mde, rel=1e-6)
+    assert pooled["sd"] == pytest.approx(sd, rel=1e-9) and pooled["mde"] == pytest.approx(mde, rel=1e-6)
