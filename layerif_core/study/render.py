@@ -137,28 +137,22 @@ def power_table(m: dict[str, Any], summary: dict[str, Any], axes: list[str]) -> 
             notes.append(note)
         return "n/a" + FOOTNOTE_MARKS[notes.index(note)]
 
+    def row(label: str, grid: dict[str, Any], pw: dict[str, Any], pairs: str) -> list[str]:
+        out = [label] + ([point_label(grid, axes)] if axes else [])
+        out += [pairs, fmt(pw["sd"]), fmt(pw["mde"]) if pw["mde"] is not None else missing(pw["note"])]
+        if target:
+            out.append(str(pw["seeds_for_target"]) if pw["seeds_for_target"] is not None
+                       else f"> {MAX_SEEDS}" if pw["seeds_over_cap"] else missing(pw["note"]))
+        return out
+
     rows = []
     for p in m["points"]:
-        for r in p["rows"]:
-            if r["arm"] == summary["control"]:
-                continue
-            pw = r["paired"]["power"]
-            row = [r["arm"]] + ([point_label(p["grid"], axes)] if axes else [])
-            row += [str(pw["n"]), fmt(pw["sd"]),
-                    fmt(pw["mde"]) if pw["mde"] is not None else missing(pw["note"])]
-            if target:
-                row.append(str(pw["seeds_for_target"]) if pw["seeds_for_target"] is not None
-                           else f"> {MAX_SEEDS}" if pw["seeds_over_cap"] else missing(pw["note"]))
-            rows.append(row)
+        rows += [row(r["arm"], p["grid"], r["paired"]["power"], str(r["paired"]["power"]["n"]))
+                 for r in p["rows"] if r["arm"] != summary["control"]]
         pooled = p.get("pooled_power")
         if pooled is not None:
-            row = [f"pooled over {pooled['arms']} arms ({pooled['df']} df)"] + ([point_label(p["grid"], axes)] if axes else [])
-            row += [f"{pooled['n']} planned", fmt(pooled["sd"]),
-                    fmt(pooled["mde"]) if pooled["mde"] is not None else missing(pooled["note"])]
-            if target:
-                row.append(str(pooled["seeds_for_target"]) if pooled["seeds_for_target"] is not None
-                           else f"> {MAX_SEEDS}" if pooled["seeds_over_cap"] else missing(pooled["note"]))
-            rows.append(row)
+            rows.append(row(f"pooled over {pooled['arms']} arms ({pooled['df']} df)", p["grid"], pooled,
+                            f"{pooled['n']} planned"))
     if not rows:
         return None
     return {"header": header, "rows": rows, "explain": power_sentence(summary["test"], target),
