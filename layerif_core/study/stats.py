@@ -140,8 +140,9 @@ def summarize(data: StudyData) -> dict[str, Any]:
                     # 1 + the arms with a better mean: equal means share a rank
                     better = sum(sign * (o["mean"] - r["mean"]) > 0 for o in finite)
                     r["rank"] = 1 + better if r["n"] else None
-            pooled = pooled_power({arm: by.get((spec.name, arm, point), {}) for arm in arms},
-                                  len(data.study.seeds), data.study.test, spec.target_effect)
+            pooled = (pooled_power({arm: by.get((spec.name, arm, point), {}) for arm in arms},
+                                   len(data.study.seeds), data.study.test, spec.target_effect)
+                      if goal != "none" else None)  # a measurement has no power table
             entry["points"].append({"grid": grid, "rows": rows, "pooled_power": pooled})
         out["metrics"].append(entry)
     return out
