@@ -37,6 +37,10 @@ HOLDER = ".lock.json"  # who holds it
 _HELD: dict[Path, FileLock] = {}  # lock files this process holds (released at exit)
 
 
+class RunInUse(ArtifactError):
+    """A live process on this host holds the run directory's lock."""
+
+
 def holder_record() -> dict[str, Any]:
     """What ``.lock.json`` says of this process."""
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -70,7 +74,7 @@ def acquire_lock(run_path: Path) -> Path:
     try:
         lock.acquire()
     except Timeout:
-        raise ArtifactError(_in_use(run_path, read_holder(run_path))) from None
+        raise RunInUse(_in_use(run_path, read_holder(run_path))) from None
     except OSError as exc:
         raise ArtifactError(f"cannot lock run directory '{run_path}' ({exc.strerror or exc}); choose a "
                             "writable output_dir (--set output_dir=...).") from None
@@ -107,6 +111,15 @@ def _take_over(run_path: Path, held: dict[str, Any] | None) -> None:
     log.warning("taking over run directory '%s': its lock belongs to process %s, which is no longer "
                 "running (killed?); finished artifacts are verified and reused.",
                 run_path, held.get("pid", "?"))
+
+
+def wait_for_lock(run_path: Path) -> None:
+    """Block until no process holds ``run_path``'s lock (another may take it right after)."""
+    if not (run_path / LOCK).is_file():
+        return
+    lock = FileLock(str(run_path / LOCK), timeout=-1, thread_local=False)
+    lock.acquire()
+    lock.release(force=True)
 
 
 def release_lock(lock_path: Path) -> None:

@@ -19,6 +19,13 @@ from layerif_core.errors import LayerifError
 from layerif_core.study.config import StudyConfig, StudyError
 
 OK, FAILED = "ok", "failed"
+SHARED = "shared"  # the study directory's folder of shared stages (the runner's ``Shared.root``)
+
+
+def dense_dir(directory: Path) -> Path:
+    """Where a study directory keeps the unmodified model's metrics (one JSON per model, evaluation
+    and tasks: the runner's ``Shared.dense_path``)."""
+    return directory / SHARED / "dense"
 
 
 @dataclass

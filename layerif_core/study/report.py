@@ -31,7 +31,7 @@ from layerif_core.atomic import atomic_path
 from layerif_core.study import plots as draw
 from layerif_core.study.config import StudyConfig, StudyError
 from layerif_core.study.hardware import check_report
-from layerif_core.study.records import CellRecord, StudyData, point_key
+from layerif_core.study.records import CellRecord, StudyData, dense_dir, point_key
 from layerif_core.study.render import cell_hardware, markdown, write_csv, write_html
 from layerif_core.study.stats import summarize
 
@@ -53,7 +53,7 @@ def read_study(directory: str | Path) -> StudyData:
             continue  # a cell being written by another shard
         cells.append(CellRecord.from_json(found))
     dense: dict[str, float] = {}
-    for path in sorted((directory / "shared" / "dense").glob("*.json")):
+    for path in sorted(dense_dir(directory).glob("*.json")):
         dense.update(json.loads(path.read_text()).get("metrics", {}))
     return StudyData(directory, study, meta.get("base", {}), cells, dense)
 

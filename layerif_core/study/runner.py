@@ -54,7 +54,7 @@ from layerif_core.scoring_keys import (
 from layerif_core.study.cells import Cell, build_cells, select_cells
 from layerif_core.study.config import StudyConfig, StudyError, load_study
 from layerif_core.study.hardware import check_run, count, device_type, processor
-from layerif_core.study.records import CellError, CellRecord
+from layerif_core.study.records import SHARED, CellError, CellRecord, dense_dir
 
 log = logging.getLogger("layerif")
 
@@ -199,7 +199,7 @@ class Shared:
     @property
     def root(self) -> Path:
         """Where the shared stages are kept (also the cache root ``select`` reuses across cells)."""
-        return self.directory / "shared"
+        return self.directory / SHARED
 
     def scores_path(self, cfg: RunConfig) -> Path:
         """Where the layer scores of ``cfg`` are kept (one file per distinct scoring config)."""
@@ -214,21 +214,23 @@ class Shared:
         scoring = scoring_config(cfg)
         path = self.scores_path(cfg)
         task = cfg.application_task("layerif study")
-        if path.is_file():
-            return read_scores(path)[task], True
-        stage("scores")
-        scored = self.adapter(cfg.model_copy(update={"seed": scoring["seed"]}), stage)
-        run_cfg = scored.model_copy(update={"name": scoring_run_key(scoring), "allocation": None,
-                                            "application": None, "evaluation": [],
-                                            "output_dir": str(self.scoring_runs),
-                                            "seed": scoring["seed"]})
-        model, tokenizer = self.models.get(run_cfg.model)
-        ctx = open_run(run_cfg, show_progress=False, model=model, tokenizer=tokenizer)
-        scores = compute_layer_scores(ctx)
-        write_json(path, {t: s.to_json() for t, s in scores.items()})
-        self.computed["scores"] += 1
-        del ctx, model
-        return scores[task], False
+
+        def compute() -> Any:
+            stage("scores")
+            scored = self.adapter(cfg.model_copy(update={"seed": scoring["seed"]}), stage)
+            run_cfg = scored.model_copy(update={"name": scoring_run_key(scoring), "allocation": None,
+                                                "application": None, "evaluation": [],
+                                                "output_dir": str(self.scoring_runs),
+                                                "seed": scoring["seed"]})
+            model, tokenizer = self.models.get(run_cfg.model)
+            ctx = open_run(run_cfg, show_progress=False, model=model, tokenizer=tokenizer)
+            scores = compute_layer_scores(ctx)
+            write_json(path, {t: s.to_json() for t, s in scores.items()})
+            self.computed["scores"] += 1
+            return scores[task]
+
+        return self.once(path, self.scoring_runs / scoring_run_key(scoring), "scores", stage, compute,
+                         lambda: read_scores(path)[task])
 
     def outcome_path(self, cfg: RunConfig, allocation: Any) -> Path:
         """Where the application + evaluation outcome of ``cfg`` with ``allocation`` is kept."""
@@ -243,7 +245,7 @@ class Shared:
         """Where the unmodified base model's metrics are kept (one file per model, evaluation, tasks)."""
         what = cfg.model_dump(mode="json", include={"model", "evaluation", "tasks"})
         what["model"]["adapter"] = None
-        return self.root / "dense" / f"{key(what)}.json"
+        return dense_dir(self.directory) / f"{key(what)}.json"
 
     def adapter_path(self, cfg: RunConfig) -> Path:
         """Where the scoring adapter of ``cfg`` (the paper's route) is kept."""
@@ -259,24 +261,43 @@ class Shared:
         from layerif_core.scope import application_layers
 
         path = self.dense_path(cfg)
-        name = path.stem
-        found = read_json(path)
-        if found is not None:
-            return found
-        stage("dense evaluation")
-        dense_cfg = cfg.model_copy(update={
-            "name": name, "output_dir": str(self.root / "dense"), "allocation": None,
-            "application": None, "layers": application_layers(cfg.layers),
-            "model": cfg.model.model_copy(update={"adapter": None})})
-        model, tokenizer = self.models.get(dense_cfg.model)
-        ctx = open_run(dense_cfg, show_progress=False, model=model, tokenizer=tokenizer)
-        start = time.perf_counter()
-        metrics = evaluate_model(ctx, model, tokenizer).metrics
-        result = {"metrics": metrics, "seconds": round(time.perf_counter() - start, 3),
-                  "model": cfg.model.source}
-        write_json(path, result)
-        self.computed["dense"] += 1
-        return result
+
+        def compute() -> dict[str, Any]:
+            stage("dense evaluation")
+            dense_cfg = cfg.model_copy(update={
+                "name": path.stem, "output_dir": str(path.parent), "allocation": None,
+                "application": None, "layers": application_layers(cfg.layers),
+                "model": cfg.model.model_copy(update={"adapter": None})})
+            model, tokenizer = self.models.get(dense_cfg.model)
+            ctx = open_run(dense_cfg, show_progress=False, model=model, tokenizer=tokenizer)
+            start = time.perf_counter()
+            metrics = evaluate_model(ctx, model, tokenizer).metrics
+            result = {"metrics": metrics, "seconds": round(time.perf_counter() - start, 3),
+                      "model": cfg.model.source}
+            write_json(path, result)
+            self.computed["dense"] += 1
+            return result
+
+        return self.once(path, path.with_suffix(""), "dense evaluation", stage, compute,
+                         lambda: read_json(path))[0]
+
+    def once(self, path: Path, run: Path, what: str, stage: Stage, compute: Callable[[], Any],
+             read: Callable[[], Any]) -> tuple[Any, bool]:
+        """A shared stage's result, kept at ``path``, computed once per study directory: ``read()``
+        once it is there, else ``compute()`` (which writes it), and whether it was reused. Another
+        process of the study (a shard, a run of other ``--arm``s) that finds the stage's run
+        directory ``run`` in use waits for that process and reads its result, instead of failing
+        on the lock; if that process ended without one, this one computes it."""
+        from layerif_core.runlock import RunInUse, wait_for_lock
+
+        while not path.is_file():
+            try:
+                return compute(), False
+            except RunInUse:
+                stage(f"{what}: waiting for another process")
+                log.info("%s: %s is being computed by another process; waiting for it", what, run)
+                wait_for_lock(run)
+        return read(), True
 
 
 # --- one cell ----------------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""Two processes of one study (shards, or runs of different ``--arm``s) that need the same shared
+stage: the second waits for the first's result instead of failing on the run directory's lock, and
+computes the stage itself when the first ended without one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from study_helpers import PPL, tiny_dir, tiny_study  # noqa: F401 (tiny_dir: fixture)
+
+from layerif_core.config import RunConfig
+from layerif_core.study.runner import Shared
+
+# holds the lock of a shared stage's run directory, says so, then writes (or not) the stage's result
+HOLDER = """
+import json, sys, time
+from pathlib import Path
+from layerif_core.runlock import acquire_lock
+run, result, ready = (Path(a) for a in sys.argv[1:4])
+write, metric = sys.argv[4] == "1", sys.argv[5]
+run.mkdir(parents=True, exist_ok=True)
+acquire_lock(run)
+ready.write_text("held")
+time.sleep(1.5)
+if write:
+    result.write_text(json.dumps({"metrics": {metric: 123.0}, "seconds": 0.0, "model": "other"}))
+"""
+
+
+def hold(shared: Shared, cfg: RunConfig, tmp_path, write: bool) -> subprocess.Popen:
+    path = shared.dense_path(cfg)
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path.with_suffix("")), str(path), str(ready),
+                             "1" if write else "0", PPL])
+    deadline = time.monotonic() + 60
+    while not ready.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.parametrize("holder_writes", [True, False])
+def test_a_shared_stage_under_way_in_another_process_is_waited_for(tiny_dir, tmp_path,  # noqa: F811
+                                                                   holder_writes):
+    cfg = RunConfig.model_validate(tiny_study(tiny_dir, tmp_path / "out")["base"])
+    shared = Shared(tmp_path / "study")
+    proc = hold(shared, cfg, tmp_path, holder_writes)
+    stages: list[str] = []
+    result = shared.dense(cfg, stages.append)
+    assert proc.wait(timeout=60) == 0
+    assert "dense evaluation: waiting for another process" in stages
+    if holder_writes:  # its result, read back: the stage is not computed twice
+        assert result["metrics"] == {PPL: 123.0}
+        assert shared.computed["dense"] == 0
+    else:  # it ended without one: this process computes it
+        assert result["metrics"][PPL] > 1 and result["metrics"][PPL] != 123.0
+        assert shared.computed["dense"] == 1
+        assert json.loads(shared.dense_path(cfg).read_text())["metrics"] == result["metrics"]
