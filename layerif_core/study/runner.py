@@ -141,6 +141,25 @@ def cell_result(directory: Path, cell_id: str) -> CellRecord | None:
 
 # --- shared stages -----------------------------------------------------------------------------
 
+def compute_once(path: Path, run: Path, what: str, stage: Stage, compute: Callable[[], Any],
+                 read: Callable[[], Any]) -> tuple[Any, bool]:
+    """A shared stage's result, kept at ``path``, computed once per study directory: ``read()``
+    once it is there, else ``compute()`` (which writes it), and whether it was reused. Another
+    process of the study (a shard, a run of other ``--arm``s) that finds the stage's run
+    directory ``run`` in use waits for that process and reads its result, instead of failing
+    on the lock; if that process ended without one, this one computes it."""
+    from layerif_core.runlock import RunInUse, wait_for_lock
+
+    while not path.is_file():
+        try:
+            return compute(), False
+        except RunInUse:
+            stage(f"{what}: waiting for another process")
+            log.info("%s: %s is being computed by another process; waiting for it", what, run)
+            wait_for_lock(run)
+    return read(), True
+
+
 class ModelCache:
     """One pristine copy of the last base model loaded; every stage gets its own deep copy."""
 
@@ -229,8 +248,8 @@ class Shared:
             self.computed["scores"] += 1
             return scores[task]
 
-        return self.once(path, self.scoring_runs / scoring_run_key(scoring), "scores", stage, compute,
-                         lambda: read_scores(path)[task])
+        return compute_once(path, self.scoring_runs / scoring_run_key(scoring), "scores", stage, compute,
+                            lambda: read_scores(path)[task])
 
     def outcome_path(self, cfg: RunConfig, allocation: Any) -> Path:
         """Where the application + evaluation outcome of ``cfg`` with ``allocation`` is kept."""
@@ -278,26 +297,8 @@ class Shared:
             self.computed["dense"] += 1
             return result
 
-        return self.once(path, path.with_suffix(""), "dense evaluation", stage, compute,
-                         lambda: read_json(path))[0]
-
-    def once(self, path: Path, run: Path, what: str, stage: Stage, compute: Callable[[], Any],
-             read: Callable[[], Any]) -> tuple[Any, bool]:
-        """A shared stage's result, kept at ``path``, computed once per study directory: ``read()``
-        once it is there, else ``compute()`` (which writes it), and whether it was reused. Another
-        process of the study (a shard, a run of other ``--arm``s) that finds the stage's run
-        directory ``run`` in use waits for that process and reads its result, instead of failing
-        on the lock; if that process ended without one, this one computes it."""
-        from layerif_core.runlock import RunInUse, wait_for_lock
-
-        while not path.is_file():
-            try:
-                return compute(), False
-            except RunInUse:
-                stage(f"{what}: waiting for another process")
-                log.info("%s: %s is being computed by another process; waiting for it", what, run)
-                wait_for_lock(run)
-        return read(), True
+        return compute_once(path, path.with_suffix(""), "dense evaluation", stage, compute,
+                            lambda: read_json(path))[0]
 
 
 # --- one cell ----------------------------------------------------------------------------------
