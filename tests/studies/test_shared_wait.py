@@ -60,3 +60,50 @@ def test_a_shared_stage_under_way_in_another_process_is_waited_for(tiny_dir, tmp
         assert result["metrics"][PPL] > 1 and result["metrics"][PPL] != 123.0
         assert shared.computed["dense"] == 1
         assert json.loads(shared.dense_path(cfg).read_text())["metrics"] == result["metrics"]
+
+
+# holds the scoring adapter's directory lock, says so, then trains the adapter itself (or not)
+ADAPTER_HOLDER = """
+import sys, time
+from pathlib import Path
+from layerif_core.config import RunConfig
+from layerif_core.runlock import acquire_lock
+from layerif_core.study.runner import Shared
+study, config, ready = (Path(a) for a in sys.argv[1:4])
+cfg = RunConfig.model_validate_json(config.read_text())
+shared = Shared(study)
+out = shared.adapter_path(cfg)
+out.mkdir(parents=True, exist_ok=True)
+acquire_lock(out)
+ready.write_text("held")
+time.sleep(1.5)
+if sys.argv[4] == "1":
+    shared.adapter(cfg, lambda stage: None)
+"""
+
+
+@pytest.mark.parametrize("holder_trains", [True, False])
+def test_a_scoring_adapter_under_training_in_another_process_is_waited_for(tiny_dir, tmp_path,  # noqa: F811
+                                                                           holder_trains):
+    base = tiny_study(tiny_dir, tmp_path / "out")["base"]
+    base["layers"] = {**base.get("layers", {}), "lora_only": True}
+    base["finetune"] = {"rank": 2, "alpha": 4, "epochs": 1, "batch_size": 3,
+                        "target_modules": ["q_proj", "v_proj"]}
+    cfg = RunConfig.model_validate(base)
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", ADAPTER_HOLDER, str(tmp_path / "study"),
+                             str(tmp_path / "cfg.json"), str(ready), "1" if holder_trains else "0"])
+    deadline = time.monotonic() + 60
+    while not ready.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
+        time.sleep(0.05)
+    shared = Shared(tmp_path / "study")
+    stages: list[str] = []
+    scored = shared.adapter(cfg, stages.append)
+    assert proc.wait(timeout=120) == 0
+    assert "fine-tuning the scoring adapter: waiting for another process" in stages
+    assert (shared.adapter_path(cfg) / "adapter_model.safetensors").is_file()
+    assert scored.model.adapter == str(shared.adapter_path(cfg))
+    # the holder's adapter is reused, not trained twice; a holder that ended without one leaves it to us
+    assert shared.computed["adapters"] == (0 if holder_trains else 1)
