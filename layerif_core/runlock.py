@@ -22,6 +22,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,23 @@ def wait_for_lock(run_path: Path) -> None:
     lock = FileLock(str(run_path / LOCK), timeout=-1, thread_local=False)
     lock.acquire()
     lock.release(force=True)
+
+
+@contextmanager
+def holding_lock(run_path: Path, on_wait: Callable[[], None]) -> Iterator[None]:
+    """Hold ``run_path``'s lock for the block, first waiting (``on_wait()`` once per wait) for any
+    other process of this host that holds it."""
+    while True:
+        try:
+            lock = acquire_lock(run_path)
+            break
+        except RunInUse:
+            on_wait()
+            wait_for_lock(run_path)
+    try:
+        yield
+    finally:
+        release_lock(lock)
 
 
 def release_lock(lock_path: Path) -> None:

@@ -204,27 +204,21 @@ class Shared:
         if not needs_finetune(cfg):
             return cfg
         from layerif_core.finetune import finetune
-        from layerif_core.runlock import RunInUse, acquire_lock, release_lock, wait_for_lock
+        from layerif_core.runlock import holding_lock
 
         out = self.adapter_path(cfg)
         cfg = cfg.model_copy(deep=True)
         cfg.finetune.output = str(out)
         stage("fine-tuning the scoring adapter")
+
+        def waiting() -> None:
+            stage("fine-tuning the scoring adapter: waiting for another process")
+            log.info("the scoring adapter %s is being trained by another process; waiting for it", out)
+
         out.mkdir(parents=True, exist_ok=True)
-        while True:  # another process of the study training this adapter is waited for, then reused
-            try:
-                lock = acquire_lock(out)
-            except RunInUse:
-                stage("fine-tuning the scoring adapter: waiting for another process")
-                log.info("the scoring adapter %s is being trained by another process; waiting for it", out)
-                wait_for_lock(out)
-                continue
-            try:
-                model, tokenizer = self.models.get(cfg.model)
-                result = finetune(cfg, model=model, tokenizer=tokenizer, show_progress=False)
-            finally:
-                release_lock(lock)
-            break
+        with holding_lock(out, waiting):  # then finetune reuses the adapter that process trained
+            model, tokenizer = self.models.get(cfg.model)
+            result = finetune(cfg, model=model, tokenizer=tokenizer, show_progress=False)
         if not result.reused:
             self.computed["adapters"] += 1
         return cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": str(out)})})

@@ -31,16 +31,20 @@ if write:
 """
 
 
-def hold(shared: Shared, cfg: RunConfig, tmp_path, write: bool) -> subprocess.Popen:
-    path = shared.dense_path(cfg)
-    ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path.with_suffix("")), str(path), str(ready),
-                             "1" if write else "0", PPL])
+def start(script: str, ready, *args: str) -> subprocess.Popen:
+    """Run ``script`` in a process of its own; return once it says it holds its lock (``ready``)."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args])
     deadline = time.monotonic() + 60
     while not ready.is_file():
         assert proc.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
         time.sleep(0.05)
     return proc
+
+
+def hold(shared: Shared, cfg: RunConfig, tmp_path, write: bool) -> subprocess.Popen:
+    path = shared.dense_path(cfg)
+    ready = tmp_path / "ready"
+    return start(HOLDER, ready, str(path.with_suffix("")), str(path), str(ready), "1" if write else "0", PPL)
 
 
 @pytest.mark.parametrize("holder_writes", [True, False])
@@ -92,12 +96,8 @@ def test_a_scoring_adapter_under_training_in_another_process_is_waited_for(tiny_
     cfg = RunConfig.model_validate(base)
     (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, "-c", ADAPTER_HOLDER, str(tmp_path / "study"),
-                             str(tmp_path / "cfg.json"), str(ready), "1" if holder_trains else "0"])
-    deadline = time.monotonic() + 60
-    while not ready.is_file():
-        assert proc.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
-        time.sleep(0.05)
+    proc = start(ADAPTER_HOLDER, ready, str(tmp_path / "study"), str(tmp_path / "cfg.json"), str(ready),
+                 "1" if holder_trains else "0")
     shared = Shared(tmp_path / "study")
     stages: list[str] = []
     scored = shared.adapter(cfg, stages.append)
