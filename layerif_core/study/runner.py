@@ -144,19 +144,21 @@ def cell_result(directory: Path, cell_id: str) -> CellRecord | None:
 def compute_once(path: Path, run: Path, what: str, stage: Stage, compute: Callable[[], Any],
                  read: Callable[[], Any]) -> tuple[Any, bool]:
     """A shared stage's result, kept at ``path``, computed once per study directory: ``read()``
-    once it is there, else ``compute()`` (which writes it), and whether it was reused. Another
-    process of the study (a shard, a run of other ``--arm``s) that finds the stage's run
-    directory ``run`` in use waits for that process and reads its result, instead of failing
-    on the lock; if that process ended without one, this one computes it."""
-    from layerif_core.runlock import RunInUse, wait_for_lock
+    once it is there, else ``compute()`` (which writes it), and whether it was reused. The stage's
+    run directory ``run`` is locked while it is computed, and freed once its result is written:
+    another process of the study (a shard, a run of other ``--arm``s) that finds it in use waits
+    for that process's result and reads it; if that process ended without one, this one computes it."""
+    from layerif_core.runlock import holding_lock
 
-    while not path.is_file():
-        try:
-            return compute(), False
-        except RunInUse:
-            stage(f"{what}: waiting for another process")
-            log.info("%s: %s is being computed by another process; waiting for it", what, run)
-            wait_for_lock(run)
+    def waiting() -> None:
+        stage(f"{what}: waiting for another process")
+        log.info("%s: %s is being computed by another process; waiting for it", what, run)
+
+    if not path.is_file():
+        run.mkdir(parents=True, exist_ok=True)
+        with holding_lock(run, waiting):  # re-entrant: the stage's own run takes the same lock
+            if not path.is_file():
+                return compute(), False
     return read(), True
 
 

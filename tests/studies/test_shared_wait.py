@@ -13,6 +13,7 @@ import pytest
 from study_helpers import PPL, tiny_dir, tiny_study  # noqa: F401 (tiny_dir: fixture)
 
 from layerif_core.config import RunConfig
+from layerif_core.runlock import LOCK, acquire_lock, release_lock
 from layerif_core.study.runner import Shared
 
 # holds the lock of a shared stage's run directory, says so, then writes (or not) the stage's result
@@ -66,11 +67,46 @@ def test_a_shared_stage_under_way_in_another_process_is_waited_for(tiny_dir, tmp
         assert json.loads(shared.dense_path(cfg).read_text())["metrics"] == result["metrics"]
 
 
+# computes the dense evaluation as a study process does, says so, then stays alive until told to end
+COMPUTER = """
+import sys, time
+from pathlib import Path
+from layerif_core.config import RunConfig
+from layerif_core.runlock import LOCK, acquire_lock, release_lock
+from layerif_core.study.runner import Shared
+study, config, ready, end = (Path(a) for a in sys.argv[1:5])
+Shared(study).dense(RunConfig.model_validate_json(config.read_text()), lambda stage: None)
+ready.write_text("computed")
+deadline = time.monotonic() + 60
+while not end.is_file() and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_a_shared_stage_frees_its_run_directory_once_its_result_is_written(tiny_dir, tmp_path):  # noqa: F811
+    # a waiting process goes on when the result is there, not when the computing process (a whole cell) ends
+    cfg = RunConfig.model_validate(tiny_study(tiny_dir, tmp_path / "out")["base"])
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    ready, end = tmp_path / "ready", tmp_path / "end"
+    proc = start(COMPUTER, ready, str(tmp_path / "study"), str(tmp_path / "cfg.json"), str(ready), str(end))
+    try:
+        shared = Shared(tmp_path / "study")
+        run = shared.dense_path(cfg).with_suffix("")
+        acquire_lock(run)  # the computing process is alive, and no longer holds it
+        release_lock(run / LOCK)
+        assert shared.dense(cfg, lambda stage: None)["metrics"][PPL] > 1
+        assert shared.computed["dense"] == 0
+    finally:
+        end.write_text("end")
+        assert proc.wait(timeout=60) == 0
+
+
 # holds the scoring adapter's directory lock, says so, then trains the adapter itself (or not)
 ADAPTER_HOLDER = """
 import sys, time
 from pathlib import Path
 from layerif_core.config import RunConfig
+from layerif_core.runlock import LOCK, acquire_lock, release_lock
 from layerif_core.runlock import acquire_lock
 from layerif_core.study.runner import Shared
 study, config, ready = (Path(a) for a in sys.argv[1:4])
