@@ -134,6 +134,7 @@ def holding_lock(run_path: Path, on_wait: Callable[[], None]) -> Iterator[None]:
             break
         except RunInUse:
             on_wait()
+            log.info("%s is in use by another process; waiting for it", run_path)
             wait_for_lock(run_path)
     try:
         yield

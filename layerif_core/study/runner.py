@@ -150,13 +150,10 @@ def compute_once(path: Path, run: Path, what: str, stage: Stage, compute: Callab
     for that process's result and reads it; if that process ended without one, this one computes it."""
     from layerif_core.runlock import holding_lock
 
-    def waiting() -> None:
-        stage(f"{what}: waiting for another process")
-        log.info("%s: %s is being computed by another process; waiting for it", what, run)
-
     if not path.is_file():
         run.mkdir(parents=True, exist_ok=True)
-        with holding_lock(run, waiting):  # re-entrant: the stage's own run takes the same lock
+        # re-entrant: the stage's own run takes the same lock, freed here once the result is written
+        with holding_lock(run, lambda: stage(f"{what}: waiting for another process")):
             if not path.is_file():
                 return compute(), False
     return read(), True
@@ -212,13 +209,9 @@ class Shared:
         cfg = cfg.model_copy(deep=True)
         cfg.finetune.output = str(out)
         stage("fine-tuning the scoring adapter")
-
-        def waiting() -> None:
-            stage("fine-tuning the scoring adapter: waiting for another process")
-            log.info("the scoring adapter %s is being trained by another process; waiting for it", out)
-
         out.mkdir(parents=True, exist_ok=True)
-        with holding_lock(out, waiting):  # then finetune reuses the adapter that process trained
+        # another process training this adapter is waited for; finetune then reuses its adapter
+        with holding_lock(out, lambda: stage("fine-tuning the scoring adapter: waiting for another process")):
             model, tokenizer = self.models.get(cfg.model)
             result = finetune(cfg, model=model, tokenizer=tokenizer, show_progress=False)
         if not result.reused:

@@ -72,7 +72,6 @@ COMPUTER = """
 import sys, time
 from pathlib import Path
 from layerif_core.config import RunConfig
-from layerif_core.runlock import LOCK, acquire_lock, release_lock
 from layerif_core.study.runner import Shared
 study, config, ready, end = (Path(a) for a in sys.argv[1:5])
 Shared(study).dense(RunConfig.model_validate_json(config.read_text()), lambda stage: None)
@@ -106,7 +105,6 @@ ADAPTER_HOLDER = """
 import sys, time
 from pathlib import Path
 from layerif_core.config import RunConfig
-from layerif_core.runlock import LOCK, acquire_lock, release_lock
 from layerif_core.runlock import acquire_lock
 from layerif_core.study.runner import Shared
 study, config, ready = (Path(a) for a in sys.argv[1:4])
